@@ -1,0 +1,11 @@
+//! Command-line entry points of the gateway: `dev`, `gateway`, `approvals`.
+
+/// Arguments of `toolwarden dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {}
+
+impl DevArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        anyhow::bail!("`toolwarden dev` is not built yet")
+    }
+}

@@ -1,0 +1,2 @@
+//! Toolwarden's MCP gateway (being built: see issue 4).
+pub mod cli;

@@ -1,0 +1,2 @@
+//! Toolwarden's Kubernetes controllers (being built: see issue 5).
+pub mod cli;

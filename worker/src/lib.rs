@@ -1,0 +1,1 @@
+//! The sandboxed executor (being built: see issue 3).
