@@ -4,7 +4,11 @@
 //! Nothing here does I/O beyond reading manifest files in [`manifest`], and nothing talks to Kubernetes:
 //! the operator, the gateway and `toolwarden policy` all call the same functions.
 
+pub mod compiler;
+pub mod config;
 pub mod crdgen;
 pub mod duration;
+pub mod manifest;
 pub mod names;
+pub mod policy;
 pub mod resources;

@@ -1,0 +1,95 @@
+//! `explain`: for one call, every policy considered and why it matched or not.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use super::rules::CallContext;
+use super::selector::tool_selected;
+use super::{Decision, Engine, Session, Subject, decide};
+use crate::resources::PolicyDecision;
+
+/// One policy's part in a decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyTrace {
+    pub policy: String,
+    pub decision: PolicyDecision,
+    pub selects_tool: bool,
+    pub matches_subject: bool,
+    /// `(rule, passed, message)` for every rule, when the policy applies.
+    pub rules: Vec<(String, bool, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Explanation {
+    pub tool: String,
+    pub traces: Vec<PolicyTrace>,
+    pub decision: Decision,
+}
+
+pub fn explain(engine: &Engine, subject: &Subject, session: &Session, tool_name: &str, args: &Value) -> Explanation {
+    let decision = decide(engine, subject, session, tool_name, args);
+    let ctx = CallContext {
+        subject: &subject.name,
+        groups: &subject.groups,
+        session_id: &session.id,
+        tainted: session.tainted,
+        client: &session.client,
+    };
+    let tool = engine.tool(tool_name);
+    let traces = engine
+        .config
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, policy)| {
+            let selects_tool = tool.is_some_and(|t| tool_selected(&policy.tools, t));
+            let matches_subject = subject.matches(&policy.subjects);
+            let rules = if selects_tool && matches_subject {
+                engine.policies[i].iter().map(|r| (r.name.clone(), r.passes(args, &ctx), r.message.clone())).collect()
+            } else {
+                Vec::new()
+            };
+            PolicyTrace { policy: policy.name.clone(), decision: policy.decision, selects_tool, matches_subject, rules }
+        })
+        .collect();
+    Explanation { tool: tool_name.to_string(), traces, decision }
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "call of {}:", self.tool)?;
+        for t in &self.traces {
+            let verdict = match (t.selects_tool, t.matches_subject) {
+                (false, _) => "does not select this tool".to_string(),
+                (true, false) => "selects the tool but not this subject".to_string(),
+                (true, true) if t.rules.is_empty() => "applies (no argument rules)".to_string(),
+                (true, true) => {
+                    let failed = t.rules.iter().filter(|r| !r.1).count();
+                    format!("applies; {} of {} rules pass", t.rules.len() - failed, t.rules.len())
+                }
+            };
+            let kind = match t.decision {
+                PolicyDecision::Allow => "allow",
+                PolicyDecision::Deny => "deny",
+            };
+            writeln!(f, "  {} ({kind}): {verdict}", t.policy)?;
+            for (rule, passed, message) in &t.rules {
+                let mark = if *passed { "pass" } else { "FAIL" };
+                writeln!(f, "    - {rule}: {mark}{}", if *passed { String::new() } else { format!(" ({message})") })?;
+            }
+        }
+        match &self.decision {
+            Decision::Allow(a) => writeln!(f, "decision: allow (policies: {})", a.policies.join(", ")),
+            Decision::Deny(d) => writeln!(
+                f,
+                "decision: deny [{}]{}{}: {}",
+                d.code,
+                d.policy.as_ref().map(|p| format!(" policy {p}")).unwrap_or_default(),
+                d.rule.as_ref().map(|r| format!(" rule {r}")).unwrap_or_default(),
+                d.message
+            ),
+            Decision::NeedsApproval(a) => writeln!(f, "decision: {} approval: {}", a.mode.as_str(), a.reason),
+        }
+    }
+}
