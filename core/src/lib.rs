@@ -4,6 +4,9 @@
 //! Nothing here does I/O beyond reading manifest files in [`manifest`], and nothing talks to Kubernetes:
 //! the operator, the gateway and `toolwarden policy` all call the same functions.
 
+pub mod approval;
+pub mod audit;
+pub mod canonical;
 pub mod compiler;
 pub mod config;
 pub mod crdgen;

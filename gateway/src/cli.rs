@@ -9,3 +9,23 @@ impl DevArgs {
         anyhow::bail!("`toolwarden dev` is not built yet")
     }
 }
+
+/// Arguments of `toolwarden gateway`.
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {}
+
+impl GatewayArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        anyhow::bail!("`toolwarden gateway` is not built yet")
+    }
+}
+
+/// Arguments of `toolwarden approvals`.
+#[derive(Debug, clap::Args)]
+pub struct ApprovalsArgs {}
+
+impl ApprovalsArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        anyhow::bail!("`toolwarden approvals` is not built yet")
+    }
+}
