@@ -12,7 +12,7 @@ echo "== cargo test (unit, integration, drift checks)"
 cargo test --workspace --all-targets --locked
 
 echo "== toolwarden policy test on examples/"
-cargo run --quiet --locked -- policy test --manifests examples examples/policy-cases.yaml
+cargo run --quiet --locked -- policy test --manifests examples examples/cases/policy-cases.yaml
 
 if [ -x scripts/check-chart.sh ]; then
   echo "== chart checks"

@@ -1,1 +1,59 @@
-fn main() {}
+//! `toolwarden`: the operator, the gateway, the embedded default (`dev`) and the tools around them.
+
+mod policy_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "toolwarden", version, about = "Narrow, policy-checked MCP tools for AI agents, on Kubernetes or a laptop")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve examples/ (or --manifests) on a laptop: MCP gateway + local sandbox, hot reload.
+    Dev(toolwarden_gateway::cli::DevArgs),
+    /// Run the MCP gateway in a cluster (config from the operator's ConfigMaps).
+    Gateway(toolwarden_gateway::cli::GatewayArgs),
+    /// Run the operator (McpTool/ToolPolicy → NetworkPolicies, Secrets, gateway config).
+    Operator(toolwarden_operator::cli::OperatorArgs),
+    /// Print every CRD as one multi-document YAML stream.
+    Crd,
+    /// Test and explain policy decisions offline.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
+    /// List and decide pending human approvals on a gateway.
+    Approvals(toolwarden_gateway::cli::ApprovalsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crd => {
+            print!("{}", toolwarden_core::crdgen::all_crds_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(command) => command.run(),
+        Command::Dev(args) => block_on(args.run()),
+        Command::Gateway(args) => block_on(args.run()),
+        Command::Operator(args) => block_on(args.run()),
+        Command::Approvals(args) => block_on(args.run()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on(future: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(future)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -332,20 +332,23 @@ fn check_http(http: &HttpRuntime, properties: &BTreeSet<String>, err: &mut impl 
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
         _ => err("spec.runtime.http.url", format!("`{url}` is not an http(s) URL with a host")),
     }
-    let mut rest = url.as_str();
-    while let Some(start) = rest.find('{') {
-        let Some(len) = rest[start..].find('}') else {
+    // Path parameters must sit after the authority: arguments never choose the host.
+    let authority_end = url.find("://").map(|i| i + 3).map(|i| url[i..].find('/').map_or(url.len(), |j| i + j));
+    let mut offset = 0;
+    while let Some(found) = url[offset..].find('{') {
+        let start = offset + found;
+        let Some(len) = url[start..].find('}') else {
             err("spec.runtime.http.url", "has an unclosed `{`".into());
             break;
         };
-        let name = &rest[start + 1..start + len];
+        let name = &url[start + 1..start + len];
         if !properties.contains(name) {
             err("spec.runtime.http.url", format!("path parameter `{{{name}}}` is not an argument in inputSchema"));
         }
-        if url[..url.find("://").map_or(0, |i| i + 3)].len() + url[url.find("://").map_or(0, |i| i + 3)..].find('/').unwrap_or(usize::MAX) > start {
+        if authority_end.is_none_or(|end| start < end) {
             err("spec.runtime.http.url", format!("`{{{name}}}` is in the host; only path parameters may come from arguments"));
         }
-        rest = &rest[start + len + 1..];
+        offset = start + len + 1;
     }
     for (param, arg) in &http.query {
         if !properties.contains(arg) {
@@ -433,10 +436,9 @@ pub fn compile_policy(policy: &ToolPolicy, tools: &[ToolConfig]) -> (Result<Poli
                 }
                 if let Some(argument) = &config.argument {
                     let top = argument.split('.').next().unwrap_or_default();
-                    for tool in &named {
-                        if !schema_properties(&tool.input_schema).contains(top) {
-                            err(format!("{field}.argument"), format!("`{argument}` is not an argument of {} (its inputSchema has no `{top}`)", tool.name));
-                        }
+                    if !named.is_empty() && !named.iter().any(|tool| schema_properties(&tool.input_schema).contains(top)) {
+                        let names: Vec<&str> = named.iter().map(|t| t.name.as_str()).collect();
+                        err(format!("{field}.argument"), format!("`{argument}` is not an argument of {} (no inputSchema has `{top}`)", names.join(" or ")));
                     }
                 }
                 rules.push(config);
