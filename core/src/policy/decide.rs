@@ -226,7 +226,7 @@ pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: 
         let rules = &engine.policies[p];
         match policy.decision {
             PolicyDecision::Deny => {
-                if rules.iter().all(|r| r.passes(args, &ctx)) {
+                if rules.iter().all(|r| r.matches(args, &ctx)) {
                     let message = policy
                         .message
                         .clone()

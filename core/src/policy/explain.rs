@@ -46,7 +46,16 @@ pub fn explain(engine: &Engine, subject: &Subject, session: &Session, tool_name:
             let selects_tool = tool.is_some_and(|t| tool_selected(&policy.tools, t));
             let matches_subject = subject.matches(&policy.subjects);
             let rules = if selects_tool && matches_subject {
-                engine.policies[i].iter().map(|r| (r.name.clone(), r.passes(args, &ctx), r.message.clone())).collect()
+                engine.policies[i]
+                    .iter()
+                    .map(|r| {
+                        let hit = match policy.decision {
+                            PolicyDecision::Allow => r.passes(args, &ctx),
+                            PolicyDecision::Deny => r.matches(args, &ctx),
+                        };
+                        (r.name.clone(), hit, r.message.clone())
+                    })
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -75,8 +84,15 @@ impl fmt::Display for Explanation {
             };
             writeln!(f, "  {} ({kind}): {verdict}", t.policy)?;
             for (rule, passed, message) in &t.rules {
-                let mark = if *passed { "pass" } else { "FAIL" };
-                writeln!(f, "    - {rule}: {mark}{}", if *passed { String::new() } else { format!(" ({message})") })?;
+                // For a deny policy a rule "passes" when it selects the call for the deny.
+                let mark = match (t.decision, *passed) {
+                    (PolicyDecision::Allow, true) => "pass",
+                    (PolicyDecision::Allow, false) => "FAIL",
+                    (PolicyDecision::Deny, true) => "matches",
+                    (PolicyDecision::Deny, false) => "does not match",
+                };
+                let failed = t.decision == PolicyDecision::Allow && !passed;
+                writeln!(f, "    - {rule}: {mark}{}", if failed { format!(" ({message})") } else { String::new() })?;
             }
         }
         match &self.decision {

@@ -85,6 +85,13 @@ impl CompiledRule {
         Ok(CompiledRule { name: rule.name.clone(), argument, check, message: rule.message.clone() })
     }
 
+    /// Whether a deny policy's rule selects this call: like [`Self::passes`], except that an absent
+    /// argument never matches (a deny on `path` prefix `tmp/` must not catch calls without a path).
+    pub fn matches(&self, args: &Value, ctx: &CallContext<'_>) -> bool {
+        let present = self.argument.as_ref().is_none_or(|path| lookup(args, path).is_some());
+        present && self.passes(args, ctx)
+    }
+
     /// Whether the call satisfies the rule. An absent argument satisfies every check except `equals` and
     /// `oneOf`, which pin a value (the schema decides whether the argument is required).
     pub fn passes(&self, args: &Value, ctx: &CallContext<'_>) -> bool {
