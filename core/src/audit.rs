@@ -127,10 +127,8 @@ impl UntrustedText {
 
     fn walk(&self, value: &Value, path: String, found: &mut Vec<String>) {
         match value {
-            Value::String(s) => {
-                if s.as_bytes().windows(PROVENANCE_RUN).any(|w| self.windows.contains(&fingerprint(w))) {
-                    found.push(if path.is_empty() { "/".into() } else { path });
-                }
+            Value::String(s) if s.as_bytes().windows(PROVENANCE_RUN).any(|w| self.windows.contains(&fingerprint(w))) => {
+                found.push(if path.is_empty() { "/".into() } else { path });
             }
             Value::Array(items) => {
                 for (i, v) in items.iter().enumerate() {

@@ -74,8 +74,9 @@ impl fmt::Display for Explanation {
                 (true, false) => "selects the tool but not this subject".to_string(),
                 (true, true) if t.rules.is_empty() => "applies (no argument rules)".to_string(),
                 (true, true) => {
-                    let failed = t.rules.iter().filter(|r| !r.1).count();
-                    format!("applies; {} of {} rules pass", t.rules.len() - failed, t.rules.len())
+                    let hits = t.rules.iter().filter(|r| r.1).count();
+                    let verb = if t.decision == PolicyDecision::Deny { "match" } else { "pass" };
+                    format!("applies; {hits} of {} rules {verb}", t.rules.len())
                 }
             };
             let kind = match t.decision {

@@ -17,7 +17,7 @@ pub fn engine(yaml: &str) -> Engine {
 /// The compile errors of inline manifests (which must load).
 pub fn compile_errors(yaml: &str) -> CompileErrors {
     let manifests = load_str(yaml, Path::new("inline.yaml")).unwrap_or_else(|e| panic!("{e}"));
-    compile_manifests(&manifests).err().expect("expected compile errors")
+    compile_manifests(&manifests).map(|_| ()).expect_err("expected compile errors")
 }
 
 /// An McpTool with an exec runtime; `extra` is appended to its spec.
