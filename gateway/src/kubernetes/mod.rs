@@ -1,1 +1,153 @@
-//! The `kubernetes` worker runtime: one sandboxed worker pod per (session, tool), `McpSession` objects.
+//! The `kubernetes` worker runtime: one sandboxed worker pod per (session, tool), `McpSession` objects
+//! that operators see with `kubectl get mcpsessions`, warm pools, and recovery after a gateway restart.
+//!
+//! `pod` builds objects (pure); `pods` and `session_store` do the API calls; `runtime` ties them to the
+//! gateway's sessions; `warm_pool` and `restart` are the two background duties.
+
+use std::time::Duration;
+
+pub mod metrics;
+pub mod pod;
+pub mod pods;
+pub mod restart;
+pub mod runtime;
+pub mod session_store;
+pub mod warm_pool;
+
+pub use metrics::Metrics;
+pub use runtime::{KubernetesRuntime, SessionEnded, SessionStart, WorkerEndpoint};
+
+/// Settings of the Kubernetes runtime (`toolwarden gateway --runtime kubernetes`).
+#[derive(Clone, Debug)]
+pub struct KubernetesConfig {
+    /// Image holding the static worker binary, copied into each tool's image by an init container.
+    pub worker_image: String,
+    /// Stable name of this gateway; sessions and pods are labelled with it so a restarted gateway finds
+    /// (and cleans up) what it left behind. Give each replica its own (the pod name in a StatefulSet).
+    pub gateway_id: String,
+    /// How long a worker pod may take to become ready.
+    pub start_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_lifetime: Duration,
+    /// At most one McpSession status write per session per interval.
+    pub status_interval: Duration,
+    /// How often idle and expired sessions are looked for, and warm pools topped up.
+    pub sweep_interval: Duration,
+    /// Whether sessions found after a restart are kept for their clients to come back to
+    /// (their pods are always removed: the tokens died with the old process).
+    pub resume_sessions: bool,
+}
+
+/// `ghcr.io/toolwarden/worker:<this version>`.
+pub fn default_worker_image() -> String {
+    format!("ghcr.io/toolwarden/worker:{}", env!("CARGO_PKG_VERSION"))
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            worker_image: default_worker_image(),
+            gateway_id: "toolwarden-gateway".to_owned(),
+            start_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_lifetime: Duration::from_secs(8 * 60 * 60),
+            status_interval: Duration::from_secs(1),
+            sweep_interval: Duration::from_secs(5),
+            resume_sessions: true,
+        }
+    }
+}
+
+/// What went wrong, specific enough for the caller's error result; `code` doubles as the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    InvalidTool(#[from] pod::PodBuildError),
+    #[error("worker pod {pod} could not pull image {image}: {message}")]
+    ImagePull { pod: String, image: String, message: String },
+    #[error("worker pod {pod} did not become ready within {seconds}s: {detail}")]
+    StartTimeout { pod: String, seconds: u64, detail: String },
+    #[error("worker pod {pod} cannot start: Secret {secret} or one of its keys is missing in namespace {namespace} ({message})")]
+    MissingSecret { pod: String, secret: String, namespace: String, message: String },
+    #[error("worker pod {pod} cannot start: {message}")]
+    ContainerConfig { pod: String, message: String },
+    #[error("namespace {namespace} is out of quota for worker pods: {message}")]
+    QuotaExceeded { namespace: String, message: String },
+    #[error("the gateway may not {action} in namespace {namespace}: {message}")]
+    Forbidden { action: &'static str, namespace: String, message: String },
+    #[error("worker pod {pod} stopped ({reason}): {message}")]
+    PodFailed { pod: String, reason: String, message: String },
+    #[error("worker pod {pod} was deleted")]
+    PodGone { pod: String },
+    #[error("session {session} has ended")]
+    SessionEnded { session: String },
+    #[error("no session {session} on this gateway")]
+    UnknownSession { session: String },
+    #[error("the operating system gave no random bytes for a worker token: {0}")]
+    NoEntropy(String),
+    #[error("Kubernetes API: {context}: {source}")]
+    Api {
+        context: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Machine-readable code for callers, audit records and the `reason` metric label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidTool(_) => "invalid_tool",
+            Error::ImagePull { .. } => "image_pull",
+            Error::StartTimeout { .. } => "start_timeout",
+            Error::MissingSecret { .. } => "missing_secret",
+            Error::ContainerConfig { .. } => "container_config",
+            Error::QuotaExceeded { .. } => "quota_exceeded",
+            Error::Forbidden { .. } => "forbidden",
+            Error::PodFailed { .. } => "pod_failed",
+            Error::PodGone { .. } => "pod_deleted",
+            Error::SessionEnded { .. } => "session_ended",
+            Error::UnknownSession { .. } => "unknown_session",
+            Error::Api { .. } => "api_error",
+            Error::NoEntropy(_) => "no_entropy",
+        }
+    }
+
+    /// Whether the same call may succeed if simply retried later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::StartTimeout { .. } | Error::QuotaExceeded { .. } | Error::Api { .. } | Error::PodGone { .. })
+    }
+
+    pub(crate) fn api(context: impl Into<String>, source: kube::Error) -> Self {
+        Error::Api { context: context.into(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The HTTP status of an API error, if it was one.
+pub(crate) fn api_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// Random bytes as hex: worker tokens and name suffixes.
+pub(crate) fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| Error::NoEntropy(e.to_string()))?;
+    Ok(hex(&buf))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(crate) fn sha256_hex(text: &str) -> String {
+    hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
+}

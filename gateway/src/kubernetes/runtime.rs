@@ -1,0 +1,525 @@
+//! The Kubernetes runtime: sessions held by this gateway, their McpSessions and worker pods.
+//!
+//! Calls never wait on status writes: counters change in memory and a flusher applies at most one
+//! status per session per `status_interval`. A watch on this gateway's McpSessions ends a session
+//! within seconds of `kubectl delete mcpsession`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::broadcast;
+use toolwarden_core::config::ToolConfig;
+use toolwarden_core::resources::{
+    ApprovalState, ClientInfo, McpSession, McpSessionSpec, McpSessionStatus, PendingApproval, SessionPhase, WorkerRef,
+};
+
+use super::pod::{Binding, WORKER_PORT, WorkerPodParams, build_worker_pod, pod_name};
+use super::restart::{ANNOTATION_SESSION_ID, RestartReport, recover};
+use super::session_store::{SessionStore, gateway_selector, merge_remote_decisions, session_object_name};
+use super::warm_pool::{WarmPods, WarmPools, bind, start_warm_pod};
+use super::{Error, KubernetesConfig, Metrics, Result, now_rfc3339, pods, random_hex, sha256_hex};
+
+/// What the gateway knows when a session starts.
+#[derive(Clone, Debug, Default)]
+pub struct SessionStart {
+    pub namespace: String,
+    /// The gateway's session id (`Mcp-Session-Id` or the stateless key).
+    pub id: String,
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub client: ClientInfo,
+    pub protocol_version: Option<String>,
+}
+
+/// Where to send a session's calls of one tool, and the bearer token the worker checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerEndpoint {
+    pub namespace: String,
+    pub pod: String,
+    /// `http://<pod IP>:8443`.
+    pub url: String,
+    pub token: String,
+    pub warm: bool,
+}
+
+/// Why a session ended, for the gateway to drop its own state and tell the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEnded {
+    pub namespace: String,
+    pub id: String,
+    /// `closed`, `deleted`, `idle`, `expired`, `shutdown`.
+    pub reason: &'static str,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<WorkerEndpoint>>>;
+
+struct Session {
+    namespace: String,
+    name: String,
+    uid: String,
+    started: Instant,
+    last_activity: Instant,
+    status: McpSessionStatus,
+    dirty: bool,
+    /// By McpTool name; the async lock makes concurrent first calls share one pod start.
+    workers: HashMap<String, Slot>,
+}
+
+pub struct KubernetesRuntime {
+    client: Client,
+    config: KubernetesConfig,
+    metrics: Metrics,
+    store: SessionStore,
+    sessions: Mutex<HashMap<String, Session>>,
+    pools: WarmPools,
+    ended_tx: broadcast::Sender<SessionEnded>,
+}
+
+impl KubernetesRuntime {
+    pub fn new(client: Client, config: KubernetesConfig, metrics: Metrics) -> Arc<Self> {
+        Arc::new(KubernetesRuntime {
+            store: SessionStore::new(client.clone()),
+            client,
+            config,
+            metrics,
+            sessions: Mutex::new(HashMap::new()),
+            pools: WarmPools::default(),
+            ended_tx: broadcast::channel(256).0,
+        })
+    }
+
+    pub fn config(&self) -> &KubernetesConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cleans up after a previous run, then starts the background duties (status flusher, sweeper,
+    /// McpSession watch). They stop when the runtime is dropped.
+    pub async fn start(self: &Arc<Self>) -> Result<RestartReport> {
+        let report = recover(&self.client, &self.store, &self.config).await?;
+        for session in &report.resumed {
+            self.adopt(session);
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(every(weak.clone(), self.config.status_interval, |rt| async move { rt.flush().await }));
+        tokio::spawn(every(weak.clone(), self.config.sweep_interval, |rt| async move { rt.sweep().await }));
+        tokio::spawn(watch_sessions(weak, self.client.clone(), gateway_selector(&self.config.gateway_id)));
+        Ok(report)
+    }
+
+    fn adopt(&self, session: &McpSession) {
+        let Some(id) = session.annotations().get(ANNOTATION_SESSION_ID).cloned() else { return };
+        let entry = Session {
+            namespace: session.namespace().unwrap_or_default(),
+            name: session.name_any(),
+            uid: session.uid().unwrap_or_default(),
+            started: Instant::now(),
+            // The client gets a full idle period to come back.
+            last_activity: Instant::now(),
+            status: session.status.clone().unwrap_or_default(),
+            dirty: false,
+            workers: HashMap::new(),
+        };
+        if self.lock().insert(id, entry).is_none() {
+            self.metrics.sessions_active.inc();
+        }
+    }
+
+    /// Ids of the sessions this gateway holds (resumed ones included), with their namespace and spec
+    /// fields as recorded, so the gateway can rebuild its own state for returning clients.
+    pub fn sessions(&self) -> Vec<(String, String)> {
+        self.lock().iter().map(|(id, s)| (s.namespace.clone(), id.clone())).collect()
+    }
+
+    /// Creates the session's McpSession. A session already held (resumed after a restart) is reused.
+    pub async fn start_session(&self, start: SessionStart) -> Result<String> {
+        if let Some(s) = self.lock().get_mut(&start.id) {
+            s.last_activity = Instant::now();
+            return Ok(s.name.clone());
+        }
+        let began = Instant::now();
+        let name = session_object_name(&start.id);
+        let spec = McpSessionSpec {
+            subject: start.subject,
+            groups: start.groups,
+            client: start.client,
+            protocol_version: start.protocol_version,
+            gateway: Some(self.config.gateway_id.clone()),
+            started_at: Some(now_rfc3339()),
+            idle_timeout_seconds: Some(self.config.idle_timeout.as_secs()),
+            max_lifetime_seconds: Some(self.config.max_lifetime.as_secs()),
+        };
+        let created = self.store.create(&start.namespace, &name, &self.config.gateway_id, spec, &start.id).await?;
+        let status = McpSessionStatus { phase: SessionPhase::Active, last_activity: Some(now_rfc3339()), ..Default::default() };
+        let session = Session {
+            namespace: start.namespace,
+            name: name.clone(),
+            uid: created.uid().unwrap_or_default(),
+            started: Instant::now(),
+            last_activity: Instant::now(),
+            status,
+            dirty: true,
+            workers: HashMap::new(),
+        };
+        self.lock().insert(start.id, session);
+        self.metrics.sessions_active.inc();
+        self.metrics.session_start.observe(began.elapsed().as_secs_f64());
+        Ok(name)
+    }
+
+    /// This session's worker for `tool`: the one already running, a warm pod bound now, or a new pod.
+    pub async fn worker(&self, session_id: &str, tool: &ToolConfig) -> Result<WorkerEndpoint> {
+        let (slot, namespace, name, uid, left) = {
+            let mut sessions = self.lock();
+            let s = sessions.get_mut(session_id).ok_or_else(|| Error::UnknownSession { session: session_id.to_owned() })?;
+            s.last_activity = Instant::now();
+            let slot = s.workers.entry(tool.resource.clone()).or_default().clone();
+            let left = self.config.max_lifetime.saturating_sub(s.started.elapsed());
+            (slot, s.namespace.clone(), s.name.clone(), s.uid.clone(), left)
+        };
+        let mut slot = slot.lock().await;
+        if let Some(endpoint) = slot.as_ref() {
+            return Ok(endpoint.clone());
+        }
+        let began = Instant::now();
+        let endpoint = match self.bind_warm(&namespace, tool, &name, &uid, left).await? {
+            Some(endpoint) => {
+                self.metrics.warm_pool_hits.inc();
+                self.metrics.worker_started("kubernetes-warm", began.elapsed().as_secs_f64());
+                endpoint
+            }
+            None => {
+                if tool.sandbox.warm_pool.unwrap_or(0) > 0 {
+                    self.metrics.warm_pool_misses.inc();
+                }
+                let endpoint = self.start_pod(&namespace, tool, &name, &uid, left).await?;
+                self.metrics.worker_started("kubernetes", began.elapsed().as_secs_f64());
+                endpoint
+            }
+        };
+        // The session may have ended while the pod started: then the pod must not outlive it.
+        let still_there = self.with_session(session_id, |s| {
+            s.status.workers.retain(|w| w.tool != tool.resource);
+            s.status.workers.push(WorkerRef {
+                tool: tool.resource.clone(),
+                pod: Some(endpoint.pod.clone()),
+                ready: true,
+                started_at: Some(now_rfc3339()),
+            });
+            s.status.worker_count = s.status.workers.len() as u32;
+        });
+        if still_there.is_none() {
+            let _ = pods::delete(&Api::namespaced(self.client.clone(), &namespace), &endpoint.pod).await;
+            self.metrics.worker_pods_active.dec();
+            return Err(Error::SessionEnded { session: session_id.to_owned() });
+        }
+        *slot = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    async fn bind_warm(&self, namespace: &str, tool: &ToolConfig, session: &str, uid: &str, left: Duration) -> Result<Option<WorkerEndpoint>> {
+        while let Some(warm) = self.pools.take(namespace, tool) {
+            if bind(&self.client, namespace, &warm, session, uid, left).await?.is_some() {
+                return Ok(Some(WorkerEndpoint {
+                    namespace: namespace.to_owned(),
+                    pod: warm.name,
+                    url: format!("http://{}:{WORKER_PORT}", bracket(&warm.ip)),
+                    token: warm.token,
+                    warm: true,
+                }));
+            }
+            self.metrics.worker_pods_active.dec();
+        }
+        Ok(None)
+    }
+
+    async fn start_pod(&self, namespace: &str, tool: &ToolConfig, session: &str, uid: &str, left: Duration) -> Result<WorkerEndpoint> {
+        let fail = |e: Error| {
+            self.metrics.worker_failed("kubernetes", e.code());
+            e
+        };
+        let token = random_hex(32).map_err(fail)?;
+        let pod = build_worker_pod(&WorkerPodParams {
+            tool,
+            namespace,
+            pod_name: pod_name(&tool.resource, &random_hex(4).map_err(fail)?),
+            worker_image: &self.config.worker_image,
+            token_sha256: &sha256_hex(&token),
+            gateway_id: &self.config.gateway_id,
+            binding: Binding::Session { name: session.to_owned(), uid: uid.to_owned() },
+            active_deadline_seconds: left.as_secs() as i64,
+        })
+        .map_err(|e| fail(e.into()))?;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let created = pods::create(&api, namespace, &pod).await.map_err(fail)?;
+        let name = created.name_any();
+        match pods::wait_ready(&api, &created, self.config.start_timeout).await {
+            Ok(ip) => {
+                self.metrics.worker_pods_active.inc();
+                Ok(WorkerEndpoint {
+                    namespace: namespace.to_owned(),
+                    url: format!("http://{}:{WORKER_PORT}", bracket(&ip)),
+                    pod: name,
+                    token,
+                    warm: false,
+                })
+            }
+            Err(e) => {
+                // No leaked pod: whatever went wrong, the pod we created goes.
+                if let Err(d) = pods::delete(&api, &name).await {
+                    tracing::warn!(pod = %name, error = %d, "could not delete a worker pod that failed to start");
+                }
+                Err(fail(e))
+            }
+        }
+    }
+
+    /// After a call to `endpoint` failed in transport: says why (pod killed, evicted, OOM…), forgets
+    /// the worker so the next call starts a fresh one, and deletes the pod unless it is still healthy.
+    pub async fn call_failed(&self, session_id: &str, tool: &ToolConfig, endpoint: &WorkerEndpoint) -> Error {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &endpoint.namespace);
+        let error = pods::diagnose(&api, &endpoint.pod).await;
+        if matches!(error, Error::PodFailed { ref reason, .. } if reason == "CallFailed") {
+            return error;
+        }
+        let slot = self.with_session(session_id, |s| {
+            s.status.workers.retain(|w| w.tool != tool.resource);
+            s.status.worker_count = s.status.workers.len() as u32;
+            s.workers.remove(&tool.resource)
+        });
+        if let Some(Some(slot)) = slot {
+            let mut slot = slot.lock().await;
+            if slot.as_ref() == Some(endpoint) {
+                *slot = None;
+            }
+        }
+        if pods::delete(&api, &endpoint.pod).await.is_ok() {
+            self.metrics.worker_pods_active.dec();
+        }
+        error
+    }
+
+    fn with_session<T>(&self, id: &str, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
+        let mut sessions = self.lock();
+        let s = sessions.get_mut(id)?;
+        s.dirty = true;
+        Some(f(s))
+    }
+
+    /// Counts a call (or a refusal) and notes a taint; shows on the McpSession within a second.
+    pub fn record_call(&self, session_id: &str, denied: bool, tainted_by: Option<&str>) {
+        self.with_session(session_id, |s| {
+            s.last_activity = Instant::now();
+            s.status.last_activity = Some(now_rfc3339());
+            if denied {
+                s.status.denials += 1;
+            } else {
+                s.status.calls += 1;
+            }
+            if let Some(tool) = tainted_by
+                && !s.status.tainted
+            {
+                s.status.tainted = true;
+                s.status.tainted_by = Some(tool.to_owned());
+            }
+        });
+    }
+
+    /// Keeps the session alive without counting anything (`tools/list`, pings).
+    pub fn touch(&self, session_id: &str) {
+        if let Some(s) = self.lock().get_mut(session_id) {
+            s.last_activity = Instant::now();
+        }
+    }
+
+    /// Replaces the session's pending approvals (written to the McpSession so any replica can decide).
+    pub fn set_pending_approvals(&self, session_id: &str, approvals: Vec<PendingApproval>) {
+        self.with_session(session_id, |s| {
+            s.status.pending_approval_count = approvals.iter().filter(|a| a.state == ApprovalState::Pending).count() as u32;
+            s.status.pending_approvals = approvals;
+        });
+    }
+
+    /// The session's approvals as this replica knows them, decisions by other replicas merged in.
+    pub fn pending_approvals(&self, session_id: &str) -> Vec<PendingApproval> {
+        self.lock().get(session_id).map(|s| s.status.pending_approvals.clone()).unwrap_or_default()
+    }
+
+    pub fn store(&self) -> &SessionStore {
+        &self.store
+    }
+
+    /// Tells the warm pools which tools a namespace has now; pods of changed or removed tools go.
+    pub async fn set_tools(&self, namespace: &str, tools: &[ToolConfig]) {
+        let retired = self.pools.configure(namespace, tools);
+        self.delete_warm(retired).await;
+    }
+
+    async fn delete_warm(&self, pods_to_delete: WarmPods) {
+        for (namespace, name) in pods_to_delete {
+            if pods::delete(&Api::namespaced(self.client.clone(), &namespace), &name).await.is_ok() {
+                self.metrics.worker_pods_active.dec();
+            }
+        }
+    }
+
+    /// Ends a session: its pods are deleted, then its McpSession.
+    pub async fn end_session(&self, session_id: &str, reason: &'static str) -> Result<()> {
+        self.finish(session_id, reason, true).await
+    }
+
+    async fn finish(&self, session_id: &str, reason: &'static str, delete_object: bool) -> Result<()> {
+        let Some(session) = self.lock().remove(session_id) else { return Ok(()) };
+        self.metrics.sessions_active.dec();
+        self.metrics.worker_pods_active.dec_by(session.status.workers.len() as i64);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &session.namespace);
+        let pods_result = pods::delete_session_pods(&api, &session.name).await;
+        let object_result =
+            if delete_object { self.store.delete(&session.namespace, &session.name).await } else { Ok(()) };
+        let _ = self.ended_tx.send(SessionEnded { namespace: session.namespace, id: session_id.to_owned(), reason });
+        pods_result.and(object_result)
+    }
+
+    /// Sessions ended by anything but the gateway's own `end_session` (kubectl delete, idle, lifetime).
+    pub fn subscribe_ended(&self) -> broadcast::Receiver<SessionEnded> {
+        self.ended_tx.subscribe()
+    }
+
+    /// Writes the status of every session changed since the last flush (one write each).
+    pub async fn flush(&self) {
+        let batch: Vec<(String, String, String, McpSessionStatus)> = self
+            .lock()
+            .iter_mut()
+            .filter(|(_, s)| s.dirty)
+            .map(|(id, s)| {
+                s.dirty = false;
+                (id.clone(), s.namespace.clone(), s.name.clone(), s.status.clone())
+            })
+            .collect();
+        for (id, namespace, name, status) in batch {
+            if let Err(e) = self.store.apply_status(&namespace, &name, &status).await {
+                tracing::warn!(session = %name, error = %e, "McpSession status not written; will retry");
+                self.with_session(&id, |_| ());
+            }
+        }
+    }
+
+    /// Ends idle and expired sessions and tops up warm pools.
+    pub async fn sweep(self: Arc<Self>) {
+        let now = Instant::now();
+        let due: Vec<(String, &'static str)> = self
+            .lock()
+            .iter()
+            .filter_map(|(id, s)| {
+                if now.duration_since(s.started) >= self.config.max_lifetime {
+                    Some((id.clone(), "expired"))
+                } else if now.duration_since(s.last_activity) >= self.config.idle_timeout {
+                    Some((id.clone(), "idle"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, reason) in due {
+            if let Err(e) = self.finish(&id, reason, true).await {
+                tracing::warn!(session = %id, error = %e, "ending a {reason} session");
+            }
+        }
+        for (namespace, tool, count) in self.pools.deficits() {
+            for _ in 0..count {
+                let rt = self.clone();
+                let (namespace, tool) = (namespace.clone(), tool.clone());
+                tokio::spawn(async move {
+                    let outcome = start_warm_pod(&rt.client, &rt.config, &rt.metrics, &namespace, &tool).await;
+                    let warm = outcome.inspect_err(|e| tracing::warn!(tool = %tool.name, error = %e, "warm pod")).ok();
+                    if let Some(stale) = rt.pools.started(&namespace, &tool, warm) {
+                        rt.delete_warm(vec![(namespace, stale)]).await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Ends every session and deletes every warm pod (graceful shutdown).
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.finish(&id, "shutdown", true).await {
+                tracing::warn!(session = %id, error = %e, "ending a session at shutdown");
+            }
+        }
+        let warm = self.pools.drain();
+        self.delete_warm(warm).await;
+    }
+
+    /// Reacts to a change of one of this gateway's McpSessions seen by the watch.
+    pub async fn observe(&self, session: McpSession, deleted: bool) {
+        let (namespace, name) = (session.namespace().unwrap_or_default(), session.name_any());
+        let id = self.lock().iter().find(|(_, s)| s.namespace == namespace && s.name == name).map(|(id, _)| id.clone());
+        let Some(id) = id else { return };
+        if deleted || session.metadata.deletion_timestamp.is_some() {
+            if let Err(e) = self.finish(&id, "deleted", false).await {
+                tracing::warn!(session = %name, error = %e, "ending a deleted session");
+            }
+            return;
+        }
+        let remote = session.status.map(|s| s.pending_approvals).unwrap_or_default();
+        let mut sessions = self.lock();
+        if let Some(s) = sessions.get_mut(&id)
+            && merge_remote_decisions(&mut s.status.pending_approvals, &remote)
+        {
+            s.status.pending_approval_count =
+                s.status.pending_approvals.iter().filter(|a| a.state == ApprovalState::Pending).count() as u32;
+            s.dirty = true;
+        }
+    }
+
+    /// Ready warm pods across all pools.
+    pub fn warm_ready(&self) -> usize {
+        self.pools.ready_count()
+    }
+}
+
+fn bracket(ip: &str) -> String {
+    if ip.contains(':') { format!("[{ip}]") } else { ip.to_owned() }
+}
+
+async fn every<F, Fut>(runtime: Weak<KubernetesRuntime>, interval: Duration, f: F)
+where
+    F: Fn(Arc<KubernetesRuntime>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(rt) = runtime.upgrade() else { return };
+        f(rt).await;
+    }
+}
+
+async fn watch_sessions(runtime: Weak<KubernetesRuntime>, client: Client, selector: String) {
+    let api: Api<McpSession> = Api::all(client);
+    let mut events = watcher(api, watcher::Config::default().labels(&selector)).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        let Some(rt) = runtime.upgrade() else { return };
+        match event {
+            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => rt.observe(s, false).await,
+            Ok(watcher::Event::Delete(s)) => rt.observe(s, true).await,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "watching McpSessions"),
+        }
+    }
+}

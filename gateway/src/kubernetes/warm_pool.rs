@@ -1,0 +1,269 @@
+//! Warm pools: per tool, `sandbox.warmPool` pods started ahead of need, labelled `toolwarden.dev/pool:
+//! unbound` and owned by no one. A session's first call of the tool binds one (labels + owner reference
+//! + a shorter deadline, one PATCH) instead of waiting for a pod to start; the pool is then topped up.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use toolwarden_core::config::ToolConfig;
+
+use super::pod::{Binding, LABEL_POOL, LABEL_SESSION, MANAGER, WorkerPodParams, build_worker_pod, label_value, pod_name, session_owner};
+use super::pods::{self, PodState};
+use super::{Error, KubernetesConfig, Metrics, Result, api_code, random_hex, sha256_hex};
+
+/// How long a warm pod may wait for a session before its deadline retires it.
+pub const WARM_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// A ready, unbound worker pod and the token only this gateway knows.
+#[derive(Clone, Debug)]
+pub struct WarmPod {
+    pub name: String,
+    pub ip: String,
+    pub token: String,
+    pub started: Instant,
+}
+
+#[derive(Debug)]
+struct Pool {
+    tool: ToolConfig,
+    ready: VecDeque<WarmPod>,
+    starting: u32,
+    /// After a failed start, wait before trying again (doubling), so a bad image does not churn pods.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// Warm pools of one gateway, keyed by (namespace, McpTool name).
+#[derive(Debug, Default)]
+pub struct WarmPools {
+    pools: Mutex<HashMap<(String, String), Pool>>,
+}
+
+/// What `configure` took out of service and must be deleted.
+pub type WarmPods = Vec<(String, String)>;
+
+impl WarmPools {
+    /// Sets the tools of a namespace. Pools of tools that are gone, disabled, sized 0 or changed are
+    /// emptied; their pods are returned for deletion (a changed tool must not serve from an old pod).
+    pub fn configure(&self, namespace: &str, tools: &[ToolConfig]) -> WarmPods {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retired = Vec::new();
+        pools.retain(|(ns, resource), pool| {
+            if ns != namespace {
+                return true;
+            }
+            let keep = tools.iter().any(|t| &t.resource == resource && *t == pool.tool && wanted(t) > 0);
+            if !keep {
+                retired.extend(pool.ready.drain(..).map(|p| (ns.clone(), p.name)));
+            }
+            keep
+        });
+        for tool in tools.iter().filter(|t| wanted(t) > 0) {
+            pools.entry((namespace.to_owned(), tool.resource.clone())).or_insert_with(|| Pool {
+                tool: tool.clone(),
+                ready: VecDeque::new(),
+                starting: 0,
+                retry_at: None,
+                backoff: Duration::from_secs(5),
+            });
+        }
+        retired
+    }
+
+    /// Takes a ready pod for this exact tool config, if one is waiting.
+    pub fn take(&self, namespace: &str, tool: &ToolConfig) -> Option<WarmPod> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = pools.get_mut(&(namespace.to_owned(), tool.resource.clone()))?;
+        if pool.tool != *tool {
+            return None;
+        }
+        // Oldest first: it has the least deadline left, so use it before it expires.
+        while let Some(pod) = pool.ready.pop_front() {
+            if pod.started.elapsed() < WARM_MAX_AGE {
+                return Some(pod);
+            }
+        }
+        None
+    }
+
+    /// Pods to start now, per pool, respecting backoff; the caller starts them and reports back.
+    pub fn deficits(&self) -> Vec<(String, ToolConfig, u32)> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for ((ns, _), pool) in pools.iter_mut() {
+            if pool.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            pool.ready.retain(|p| p.started.elapsed() < WARM_MAX_AGE);
+            let have = pool.ready.len() as u32 + pool.starting;
+            let missing = wanted(&pool.tool).saturating_sub(have);
+            if missing > 0 {
+                pool.starting += missing;
+                out.push((ns.clone(), pool.tool.clone(), missing));
+            }
+        }
+        out
+    }
+
+    /// Records the outcome of a start `deficits` asked for. Returns the pod to delete when the pool no
+    /// longer wants it (the tool changed meanwhile).
+    pub fn started(&self, namespace: &str, tool: &ToolConfig, outcome: Option<WarmPod>) -> Option<String> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pool) = pools.get_mut(&(namespace.to_owned(), tool.resource.clone())).filter(|p| p.tool == *tool) else {
+            return outcome.map(|p| p.name);
+        };
+        pool.starting = pool.starting.saturating_sub(1);
+        match outcome {
+            Some(pod) => {
+                pool.retry_at = None;
+                pool.backoff = Duration::from_secs(5);
+                pool.ready.push_back(pod);
+                None
+            }
+            None => {
+                pool.retry_at = Some(Instant::now() + pool.backoff);
+                pool.backoff = (pool.backoff * 2).min(MAX_BACKOFF);
+                None
+            }
+        }
+    }
+
+    /// Every warm pod, for shutdown.
+    pub fn drain(&self) -> WarmPods {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.iter_mut().flat_map(|((ns, _), p)| p.ready.drain(..).map(|w| (ns.clone(), w.name)).collect::<Vec<_>>()).collect()
+    }
+
+    pub fn ready_count(&self) -> usize {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner()).values().map(|p| p.ready.len()).sum()
+    }
+}
+
+fn wanted(tool: &ToolConfig) -> u32 {
+    if tool.disabled { 0 } else { tool.sandbox.warm_pool.unwrap_or(0) }
+}
+
+/// Starts one warm pod and waits for it; on failure the pod is deleted and the failure counted.
+pub async fn start_warm_pod(client: &Client, config: &KubernetesConfig, metrics: &Metrics, namespace: &str, tool: &ToolConfig) -> Result<WarmPod> {
+    let token = random_hex(32)?;
+    let pod = build_worker_pod(&WorkerPodParams {
+        tool,
+        namespace,
+        pod_name: pod_name(&tool.resource, &random_hex(4)?),
+        worker_image: &config.worker_image,
+        token_sha256: &sha256_hex(&token),
+        gateway_id: &config.gateway_id,
+        binding: Binding::Warm,
+        active_deadline_seconds: (config.max_lifetime + WARM_MAX_AGE).as_secs() as i64,
+    })?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let started = Instant::now();
+    let created = pods::create(&api, namespace, &pod).await.inspect_err(|e| metrics.worker_failed("kubernetes-warm", e.code()))?;
+    match pods::wait_ready(&api, &created, config.start_timeout).await {
+        Ok(ip) => {
+            metrics.worker_pods_active.inc();
+            Ok(WarmPod { name: created.name_any(), ip, token, started })
+        }
+        Err(e) => {
+            metrics.worker_failed("kubernetes-warm", e.code());
+            if let Err(d) = pods::delete(&api, &created.name_any()).await {
+                tracing::warn!(error = %d, "could not delete a warm pod that failed to start");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The merge patch that binds a warm pod to a session: session label, owner, and a deadline no later
+/// than the session's own end (the pod's deadline counts from its start, not from the bind).
+pub fn bind_patch(session: &str, session_uid: &str, pod_age: Duration, session_left: Duration) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {
+            "labels": { LABEL_POOL: null, LABEL_SESSION: label_value(session) },
+            "ownerReferences": [session_owner(session, session_uid)],
+        },
+        "spec": { "activeDeadlineSeconds": (pod_age + session_left).as_secs().max(1) },
+    })
+}
+
+/// Binds a warm pod to a session. `Ok(None)` when the pod is no longer usable (then it is deleted).
+pub async fn bind(client: &Client, namespace: &str, warm: &WarmPod, session: &str, session_uid: &str, session_left: Duration) -> Result<Option<()>> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch = bind_patch(session, session_uid, warm.started.elapsed(), session_left);
+    let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    match api.patch(&warm.name, &params, &Patch::Merge(&patch)).await {
+        Ok(pod) => match pods::classify(&pod) {
+            PodState::Ready { ip } if ip == warm.ip => Ok(Some(())),
+            _ => {
+                pods::delete(&api, &warm.name).await?;
+                Ok(None)
+            }
+        },
+        Err(e) if api_code(&e) == Some(404) => Ok(None),
+        // The deadline may only shrink; a pod past it is finished anyway.
+        Err(e) if api_code(&e) == Some(422) => {
+            pods::delete(&api, &warm.name).await?;
+            Ok(None)
+        }
+        Err(e) => Err(Error::api(format!("binding warm pod {}", warm.name), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kubernetes::pod::tests::tool;
+
+    fn warm_tool(size: u32) -> ToolConfig {
+        let mut t = tool(serde_json::json!({"exec": {"image": "i", "command": ["c"]}}));
+        t.sandbox.warm_pool = Some(size);
+        t
+    }
+
+    fn warm(name: &str) -> WarmPod {
+        WarmPod { name: name.into(), ip: "10.0.0.1".into(), token: "t".into(), started: Instant::now() }
+    }
+
+    #[test]
+    fn pool_asks_for_its_size_once_and_hands_out_ready_pods() {
+        let pools = WarmPools::default();
+        let t = warm_tool(2);
+        assert!(pools.configure("a", std::slice::from_ref(&t)).is_empty());
+        assert_eq!(pools.deficits(), vec![("a".to_owned(), t.clone(), 2)]);
+        assert!(pools.deficits().is_empty(), "starts in flight count towards the size");
+        pools.started("a", &t, Some(warm("p1")));
+        pools.started("a", &t, None);
+        assert!(pools.deficits().is_empty(), "a failure backs off");
+        assert_eq!(pools.take("a", &t).map(|p| p.name), Some("p1".to_owned()));
+        assert!(pools.take("a", &t).is_none());
+    }
+
+    #[test]
+    fn changed_tool_retires_its_warm_pods() {
+        let pools = WarmPools::default();
+        let t = warm_tool(1);
+        pools.configure("a", std::slice::from_ref(&t));
+        pools.deficits();
+        pools.started("a", &t, Some(warm("p1")));
+        let mut changed = t.clone();
+        changed.timeout_ms = 1;
+        assert!(pools.take("a", &changed).is_none(), "an old pod never serves a changed tool");
+        assert_eq!(pools.configure("a", &[changed]), vec![("a".to_owned(), "p1".to_owned())]);
+        assert_eq!(pools.configure("a", &[]), Vec::<(String, String)>::new());
+    }
+
+    #[test]
+    fn bind_patch_moves_the_pod_to_the_session() {
+        let patch = bind_patch("s-1", "uid-1", Duration::from_secs(100), Duration::from_secs(3600));
+        assert_eq!(patch["metadata"]["labels"][LABEL_POOL], serde_json::Value::Null);
+        assert_eq!(patch["metadata"]["labels"][LABEL_SESSION], "s-1");
+        assert_eq!(patch["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(patch["spec"]["activeDeadlineSeconds"], 3700);
+    }
+}
