@@ -133,9 +133,10 @@ pub async fn wait_ready(api: &Api<Pod>, created: &Pod, timeout: Duration) -> Res
             return Err(timed_out(last));
         }
         let params = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(left.as_secs().clamp(1, 290) as u32);
-        let stream = api.watch(&params, &version).await.map_err(|e| Error::api(format!("watching pod {name}"), e))?;
-        let mut stream = stream.boxed();
+        // The deadline covers opening the watch too: a slow API server is a start timeout, not a hang.
         let outcome = tokio::time::timeout(left, async {
+            let stream = api.watch(&params, &version).await.map_err(|e| Error::api(format!("watching pod {name}"), e))?;
+            let mut stream = stream.boxed();
             while let Some(event) = stream.try_next().await.map_err(|e| Error::api(format!("watching pod {name}"), e))? {
                 match event {
                     WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
