@@ -31,6 +31,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `toolwarden worker ...` is the embedded sandboxed executor (the same program as
+    // `toolwarden-worker`), so the local runtime needs no second binary. It has its own argument parser.
+    let mut args = std::env::args_os();
+    let _program = args.next();
+    if args.next().is_some_and(|first| first == "worker") {
+        return toolwarden_worker::main_with_args(args.collect());
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crd => {

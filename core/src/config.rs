@@ -17,6 +17,11 @@ pub const CONFIG_FORMAT: u32 = 1;
 pub const CONFIG_MAP_KEY: &str = "config.json";
 /// Label that marks gateway config ConfigMaps.
 pub const CONFIG_MAP_LABEL: &str = "toolwarden.dev/config";
+/// Name of the gateway config ConfigMap the operator writes in each tenant namespace.
+pub const CONFIG_MAP_NAME: &str = "toolwarden-gateway-config";
+/// Annotations on that ConfigMap: the config generation and the SHA-256 of `config.json`.
+pub const CONFIG_GENERATION_ANNOTATION: &str = "toolwarden.dev/generation";
+pub const CONFIG_HASH_ANNOTATION: &str = "toolwarden.dev/content-hash";
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * 1024;

@@ -1,3 +1,6 @@
-//! Toolwarden's MCP gateway (being built: see issue 4).
+//! Toolwarden's MCP gateway: authentication, sessions, enforcement, approvals, audit, metrics, and the
+//! worker runtimes (`local` sandboxed processes, `kubernetes` pods).
+pub mod auth;
 pub mod cli;
 pub mod kubernetes;
+pub mod runtime;

@@ -109,14 +109,19 @@ impl KubernetesRuntime {
     /// McpSession watch). They stop when the runtime is dropped.
     pub async fn start(self: &Arc<Self>) -> Result<RestartReport> {
         let report = recover(&self.client, &self.store, &self.config).await?;
-        for session in &report.resumed {
-            self.adopt(session);
-        }
+        self.adopt_resumed(&report);
         let weak = Arc::downgrade(self);
         tokio::spawn(every(weak.clone(), self.config.status_interval, |rt| async move { rt.flush().await }));
         tokio::spawn(every(weak.clone(), self.config.sweep_interval, |rt| async move { rt.sweep().await }));
         tokio::spawn(watch_sessions(weak, self.client.clone(), gateway_selector(&self.config.gateway_id)));
         Ok(report)
+    }
+
+    /// Holds the sessions recovery kept, so returning clients find them.
+    pub fn adopt_resumed(&self, report: &RestartReport) {
+        for session in &report.resumed {
+            self.adopt(session);
+        }
     }
 
     fn adopt(&self, session: &McpSession) {

@@ -1,0 +1,1 @@
+//! Authentication of MCP callers. Being built (issue 4).

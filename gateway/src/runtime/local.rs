@@ -1,0 +1,1 @@
+//! The `local` runtime: one sandboxed worker process per (session, tool). Being built (issue 4).

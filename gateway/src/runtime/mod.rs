@@ -1,0 +1,59 @@
+//! Worker runtimes: where a session's tool calls run. `local` starts sandboxed worker processes on this
+//! machine; `kubernetes` (see `crate::kubernetes`) starts worker pods. The gateway only sees this trait.
+
+use futures::future::BoxFuture;
+use toolwarden_core::config::ToolConfig;
+use toolwarden_worker::protocol::{CallRequest, CallResult};
+
+pub mod local;
+
+/// Who a session belongs to, given to the runtime when the session starts.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub namespace: String,
+    /// The gateway's session id (the `Mcp-Session-Id`, or the derived id of a stateless client).
+    pub id: String,
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub client_name: String,
+    pub client_version: String,
+    pub protocol_version: Option<String>,
+}
+
+/// A runtime failure, specific enough to show the caller; `code` is also the metric and audit label.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RuntimeError {
+    /// `worker_start_failed`, `worker_died`, `worker_busy`, `worker_timeout`, `sandbox_unavailable`,
+    /// `image_pull`, `start_timeout`, `quota_exceeded`, ... (kubernetes codes come from `kubernetes::Error::code`).
+    pub code: &'static str,
+    pub message: String,
+    /// Whether retrying the same call later may succeed.
+    pub transient: bool,
+}
+
+impl RuntimeError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        RuntimeError { code, message: message.into(), transient: false }
+    }
+}
+
+/// Where calls run. Implementations start a worker per (session, tool) on first use and stop a session's
+/// workers when it ends. `end_session` may be called more than once for the same session.
+pub trait WorkerRuntime: Send + Sync + 'static {
+    /// `"local"` or `"kubernetes"`: the `runtime` metric label.
+    fn name(&self) -> &'static str;
+    /// A session began (the kubernetes runtime writes its McpSession here).
+    fn start_session(&self, session: SessionInfo) -> BoxFuture<'_, Result<(), RuntimeError>>;
+    /// Runs one call on this session's worker for `tool`, starting the worker if needed.
+    fn call<'a>(
+        &'a self,
+        session_id: &'a str,
+        tool: &'a ToolConfig,
+        request: CallRequest,
+    ) -> BoxFuture<'a, Result<CallResult, RuntimeError>>;
+    /// Ends a session and stops its workers. Idempotent.
+    fn end_session<'a>(&'a self, session_id: &'a str, reason: &'static str) -> BoxFuture<'a, ()>;
+    /// Stops every worker (gateway shutdown).
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
