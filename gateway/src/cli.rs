@@ -20,12 +20,4 @@ impl GatewayArgs {
     }
 }
 
-/// Arguments of `toolwarden approvals`.
-#[derive(Debug, clap::Args)]
-pub struct ApprovalsArgs {}
-
-impl ApprovalsArgs {
-    pub async fn run(self) -> anyhow::Result<()> {
-        anyhow::bail!("`toolwarden approvals` is not built yet")
-    }
-}
+pub use crate::approvals_client::ApprovalsArgs;
