@@ -3,6 +3,7 @@
 
 use futures::future::BoxFuture;
 use toolwarden_core::config::ToolConfig;
+use toolwarden_core::resources::PendingApproval;
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
 pub mod local;
@@ -56,4 +57,27 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn end_session<'a>(&'a self, session_id: &'a str, reason: &'static str) -> BoxFuture<'a, ()>;
     /// Stops every worker (gateway shutdown).
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+
+    // Session bookkeeping the kubernetes runtime mirrors onto the McpSession; no-ops elsewhere.
+
+    /// One decided call: `denied` when refused; `tainted_by` names the untrusted tool whose output was read.
+    fn record_call(&self, _session_id: &str, _denied: bool, _tainted_by: Option<&str>) {}
+    /// The session was used (resets its idle timer).
+    fn touch(&self, _session_id: &str) {}
+    /// The session's pending human approvals, kept on the McpSession so any gateway replica can decide them.
+    fn set_pending_approvals(&self, _session_id: &str, _approvals: Vec<PendingApproval>) {}
+    /// Sessions the runtime ended on its own (`kubectl delete mcpsession`, idle, max lifetime); the
+    /// gateway drops them and refuses their id afterwards. `None` when the runtime never does.
+    fn subscribe_ended(&self) -> Option<tokio::sync::broadcast::Receiver<EndedSession>> {
+        None
+    }
+}
+
+/// A session the runtime ended by itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndedSession {
+    pub namespace: String,
+    pub id: String,
+    /// `deleted`, `idle`, `expired`, `shutdown`.
+    pub reason: &'static str,
 }
