@@ -1,7 +1,19 @@
 #!/usr/bin/env python3
-"""A tiny stdio MCP server (newline-delimited JSON-RPC) with one tool, `count_words`."""
+"""A tiny stdio MCP server (newline-delimited JSON-RPC) with one tool, `count_words`.
+
+text_mcp_server.py [--crash-on WORD] [--garbage-on WORD]
+For tests of what a client does with a broken server: a count_words text containing WORD makes the
+server exit abruptly (--crash-on) or answer with a line that is not JSON (--garbage-on).
+"""
+import argparse
 import json
+import os
 import sys
+
+options = argparse.ArgumentParser(description="A tiny stdio MCP server with one tool, count_words.")
+options.add_argument("--crash-on", metavar="WORD", help="exit abruptly when a text contains WORD")
+options.add_argument("--garbage-on", metavar="WORD", help="answer with a non-JSON line when a text contains WORD")
+OPTIONS = options.parse_args()
 
 TOOL = {
     "name": "count_words",
@@ -44,6 +56,16 @@ for line in sys.stdin:
     elif method == "tools/list":
         reply(id_, {"tools": [TOOL]})
     elif method == "tools/call" and request["params"].get("name") == "count_words":
-        reply(id_, count(request["params"].get("arguments") or {}))
+        arguments = request["params"].get("arguments") or {}
+        text = str(arguments.get("text", ""))
+        if OPTIONS.crash_on and OPTIONS.crash_on in text.split():
+            sys.stderr.write("text_mcp_server: crashing on request\n")
+            sys.stderr.flush()
+            os._exit(3)
+        if OPTIONS.garbage_on and OPTIONS.garbage_on in text.split():
+            sys.stdout.write("this is not JSON-RPC\n")
+            sys.stdout.flush()
+            continue
+        reply(id_, count(arguments))
     else:
         reply(id_, error={"code": -32601, "message": f"unknown method {method}"})

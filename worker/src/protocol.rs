@@ -48,7 +48,7 @@ pub struct CallResult {
     #[serde(default)]
     pub is_error: bool,
     /// Machine-readable reason when `is_error`: `exit_status`, `timeout`, `http_status`, `upstream_error`,
-    /// `egress_denied`, `spawn_failed`, `upstream_crashed`, ...
+    /// `egress_denied`, `connect_failed`, `spawn_failed`, `upstream_crashed`, `upstream_protocol`, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
     /// Output bytes the tool produced (before truncation).
@@ -60,6 +60,9 @@ pub struct CallResult {
     pub truncated_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// The HTTP status of an `http` tool's final response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
     pub duration_ms: u64,
 }
 

@@ -1,0 +1,115 @@
+//! `exec`: run a program with argv from templates and the arguments as JSON on stdin; stdout is the result.
+//! Also runs every tool's preview (dry run), which is always a program.
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{CallError, Tool, failure, human};
+use crate::output::{STDERR_TAIL_BYTES, cap_text, read_head, read_tail, text};
+use crate::process;
+use crate::protocol::{CallRequest, CallResult};
+use crate::template::expand_argv;
+
+/// How long to wait for the output pipes to close once the call's process group is gone.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+pub async fn call(tool: &Tool, request: &CallRequest) -> Result<CallResult, CallError> {
+    let exec = tool.spec.runtime.exec.as_ref().ok_or_else(|| CallError::Internal("not an exec tool".into()))?;
+    let mut argv = exec.command.clone();
+    argv.extend(expand_argv(&exec.args, &request.arguments).map_err(|e| CallError::InvalidArguments(e.0))?);
+    run(tool, argv, &exec.env, request).await
+}
+
+/// The preview argv: `preview.command` (default: the runtime's command) and `preview.args`.
+pub async fn preview(tool: &Tool, request: &CallRequest) -> Result<CallResult, CallError> {
+    let spec = &tool.spec;
+    let Some(preview) = &spec.preview else {
+        return Err(CallError::BadRequest(format!("tool {} has no preview", spec.name)));
+    };
+    let (default_command, env) = match (&spec.runtime.exec, &spec.runtime.mcp) {
+        (Some(e), _) => (Some(&e.command), e.env.clone()),
+        (_, Some(m)) => (Some(&m.command), m.env.clone()),
+        _ => (None, Default::default()),
+    };
+    let Some(command) = preview.command.as_ref().or(default_command).filter(|c| !c.is_empty()) else {
+        return Err(CallError::BadRequest(format!("tool {}: preview has no command and the runtime has none to reuse", spec.name)));
+    };
+    let mut argv = command.clone();
+    argv.extend(expand_argv(&preview.args, &request.arguments).map_err(|e| CallError::InvalidArguments(e.0))?);
+    run(tool, argv, &env, request).await
+}
+
+async fn run(
+    tool: &Tool,
+    argv: Vec<String>,
+    static_env: &std::collections::BTreeMap<String, String>,
+    request: &CallRequest,
+) -> Result<CallResult, CallError> {
+    let mut env = static_env.clone();
+    env.extend(process::credential_env(&tool.spec).map_err(CallError::Internal)?);
+    let mut child = match process::command(&argv, &env, &tool.session_dir, tool.limits).spawn() {
+        Ok(child) => child,
+        Err(e) => return Ok(failure("spawn_failed", format!("cannot start `{}`: {e}", argv[0]))),
+    };
+    let pid = child.id().unwrap_or(0);
+    let _group = process::GroupGuard::new(pid);
+    let input = serde_json::to_vec(&request.arguments).unwrap_or_default();
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let stdin_task = tokio::spawn(async move {
+        // A program that does not read its stdin closes the pipe early; that is fine.
+        let _ = stdin.write_all(&input).await;
+    });
+    let stdout = tokio::spawn(read_head(child.stdout.take().expect("stdout is piped"), tool.cap(), u64::MAX));
+    let stderr = tokio::spawn(read_tail(child.stderr.take().expect("stderr is piped"), STDERR_TAIL_BYTES));
+
+    let waited = tokio::time::timeout(tool.timeout(), child.wait()).await;
+    // Nothing a call started outlives it: the group goes, whether the leader exited or timed out.
+    process::kill_group_id(pid);
+    if waited.is_err() {
+        let _ = child.kill().await;
+    }
+    stdin_task.abort();
+    let head = tokio::time::timeout(DRAIN_GRACE, stdout).await.ok().and_then(Result::ok).unwrap_or_default();
+    let err_tail = tokio::time::timeout(DRAIN_GRACE, stderr).await.ok().and_then(Result::ok).unwrap_or_default();
+
+    let (content, cut) = cap_text(text(&head.bytes), tool.cap());
+    let mut result = CallResult {
+        output_bytes: head.total,
+        truncated: head.truncated_bytes() + cut > 0,
+        truncated_bytes: head.truncated_bytes() + cut,
+        ..CallResult::default()
+    };
+    match waited {
+        Err(_) => {
+            result.is_error = true;
+            result.error_code = Some("timeout".into());
+            result.content = format!(
+                "the call ran past its {} timeout and was stopped, with every process it started",
+                human(tool.timeout())
+            );
+        }
+        Ok(Err(e)) => return Err(CallError::Internal(format!("waiting for `{}`: {e}", argv[0]))),
+        Ok(Ok(status)) if status.success() => {
+            result.structured = if result.truncated { None } else { tool.structured(&content) };
+            result.content = content;
+            result.exit_code = Some(0);
+        }
+        Ok(Ok(status)) => {
+            result.is_error = true;
+            result.error_code = Some("exit_status".into());
+            result.exit_code = status.code();
+            let how = match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(libc::SIGXCPU)) => "was stopped by its CPU time limit".to_string(),
+                (None, Some(sig)) => format!("was killed by signal {sig}"),
+                (None, None) => "failed".to_string(),
+            };
+            let err_text = text(&err_tail);
+            let detail = if err_text.trim().is_empty() { content } else { err_text.trim().to_string() };
+            result.content = if detail.is_empty() { format!("`{}` {how}", argv[0]) } else { format!("`{}` {how}: {detail}", argv[0]) };
+        }
+    }
+    Ok(result)
+}

@@ -1,0 +1,241 @@
+//! `mcp`: an existing stdio MCP server, started once per worker on the first call, initialised, and asked
+//! to run the one upstream tool. If it dies, hangs or speaks garbage, that call gets the reason and the
+//! next call starts a fresh server. Calls reach the server one at a time.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex as SyncMutex};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use super::{CallError, Tool, failure, human};
+use crate::output::{STDERR_TAIL_BYTES, cap_text};
+use crate::process;
+use crate::protocol::{CallRequest, CallResult};
+
+pub const PROTOCOL_VERSION: &str = "2025-06-18";
+/// Longest JSON-RPC line accepted from the server.
+const MAX_LINE: u64 = 32 * 1024 * 1024;
+
+#[derive(Default)]
+pub struct Upstream {
+    session: Mutex<Option<Session>>,
+}
+
+struct Session {
+    child: Child,
+    pid: u32,
+    _group: process::GroupGuard,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    stderr: Arc<SyncMutex<VecDeque<u8>>>,
+    next_id: u64,
+}
+
+/// A failed exchange: the error code, the sentence, and whether the server must be restarted.
+struct Failed(&'static str, String);
+
+impl Upstream {
+    pub async fn stop(&self) {
+        if let Some(mut session) = self.session.lock().await.take() {
+            session.kill().await;
+        }
+    }
+}
+
+pub async fn call(tool: &Tool, upstream: &Upstream, request: &CallRequest) -> Result<CallResult, CallError> {
+    let deadline = Instant::now() + tool.timeout();
+    let timed_out = || failure("timeout", format!("the MCP server did not answer within the {} timeout", human(tool.timeout())));
+    let Ok(mut guard) = tokio::time::timeout_at(deadline, upstream.session.lock()).await else {
+        return Ok(timed_out());
+    };
+    let outcome = tokio::time::timeout_at(deadline, exchange(tool, &mut guard, &request.arguments)).await;
+    let result = match outcome {
+        Ok(Ok(response)) => return Ok(map_result(tool, response)),
+        Ok(Err(Failed(code, message))) => failure(code, message),
+        Err(_) => timed_out(),
+    };
+    // The server is dead, confused or stuck: stop it; the next call starts a fresh one.
+    if let Some(mut session) = guard.take() {
+        session.kill().await;
+    }
+    Ok(result)
+}
+
+async fn exchange(tool: &Tool, slot: &mut Option<Session>, arguments: &Value) -> Result<Value, Failed> {
+    if slot.is_none() {
+        *slot = Some(Session::start(tool).await?);
+    }
+    let session = slot.as_mut().expect("started above");
+    let name = &tool.spec.runtime.mcp.as_ref().expect("mcp tool").tool;
+    session.request("tools/call", json!({"name": name, "arguments": arguments})).await
+}
+
+impl Session {
+    async fn start(tool: &Tool) -> Result<Session, Failed> {
+        let mcp = tool.spec.runtime.mcp.as_ref().expect("mcp tool");
+        let mut argv = mcp.command.clone();
+        argv.extend(mcp.args.iter().cloned());
+        let mut env = mcp.env.clone();
+        env.extend(process::credential_env(&tool.spec).map_err(|m| Failed("spawn_failed", m))?);
+        // A long-lived server accumulates CPU time across calls: the per-call CPU limit does not fit it.
+        let limits = process::ChildLimits { cpu_seconds: None, ..tool.limits };
+        let mut child = process::command(&argv, &env, &tool.session_dir, limits)
+            .spawn()
+            .map_err(|e| Failed("spawn_failed", format!("cannot start the MCP server `{}`: {e}", argv[0])))?;
+        let pid = child.id().unwrap_or(0);
+        let group = process::GroupGuard::new(pid);
+        let stderr = Arc::new(SyncMutex::new(VecDeque::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr is piped");
+        let tail = stderr.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                tail.extend(&buf[..n]);
+                let excess = tail.len().saturating_sub(STDERR_TAIL_BYTES);
+                tail.drain(..excess);
+            }
+        });
+        let mut session = Session {
+            stdin: child.stdin.take().expect("stdin is piped"),
+            stdout: BufReader::new(child.stdout.take().expect("stdout is piped")),
+            child,
+            pid,
+            _group: group,
+            stderr,
+            next_id: 1,
+        };
+        let params = json!({
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "toolwarden-worker", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let init = session.request("initialize", params).await?;
+        if init.get("protocolVersion").and_then(Value::as_str).is_none() {
+            return Err(Failed("upstream_protocol", "the MCP server's initialize result has no protocolVersion".into()));
+        }
+        session.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await?;
+        Ok(session)
+    }
+
+    async fn send(&mut self, message: &Value) -> Result<(), Failed> {
+        let mut line = serde_json::to_vec(message).expect("JSON values serialize");
+        line.push(b'\n');
+        if self.stdin.write_all(&line).await.is_err() || self.stdin.flush().await.is_err() {
+            return Err(self.crashed().await);
+        }
+        Ok(())
+    }
+
+    /// Sends one request and reads until its response, answering what the server asks meanwhile.
+    async fn request(&mut self, method: &str, params: Value) -> Result<Value, Failed> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await?;
+        loop {
+            let mut line = Vec::new();
+            let n = (&mut self.stdout).take(MAX_LINE).read_until(b'\n', &mut line).await.unwrap_or(0);
+            if n == 0 {
+                return Err(self.crashed().await);
+            }
+            if n as u64 >= MAX_LINE && !line.ends_with(b"\n") {
+                return Err(Failed("upstream_protocol", format!("the MCP server sent a line longer than {MAX_LINE} bytes")));
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let message: Value = serde_json::from_slice(&line).map_err(|_| {
+                let shown = String::from_utf8_lossy(&line[..line.len().min(120)]).trim().to_string();
+                Failed("upstream_protocol", format!("the MCP server wrote something that is not JSON-RPC: {shown:?}"))
+            })?;
+            if message.get("method").is_some() {
+                // A request or notification from the server; answer requests so it does not wait forever.
+                if let Some(server_id) = message.get("id") {
+                    let reply = if message["method"] == "ping" {
+                        json!({"jsonrpc": "2.0", "id": server_id, "result": {}})
+                    } else {
+                        json!({"jsonrpc": "2.0", "id": server_id, "error": {"code": -32601, "message": "not supported by toolwarden"}})
+                    };
+                    self.send(&reply).await?;
+                }
+                continue;
+            }
+            if message.get("id").and_then(Value::as_u64) != Some(id) {
+                continue;
+            }
+            if let Some(error) = message.get("error") {
+                let text = error.get("message").and_then(Value::as_str).unwrap_or("no message");
+                let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
+                return Ok(json!({"isError": true, "content": [{"type": "text", "text": format!("MCP error {code}: {text}")}]}));
+            }
+            return message
+                .get("result")
+                .cloned()
+                .ok_or_else(|| Failed("upstream_protocol", "the MCP server answered without result or error".into()));
+        }
+    }
+
+    /// The server closed its pipes: say how it ended, with the tail of its stderr.
+    async fn crashed(&mut self) -> Failed {
+        let status = tokio::time::timeout(std::time::Duration::from_millis(500), self.child.wait()).await;
+        let how = match status {
+            Ok(Ok(s)) => format!("exited ({s})"),
+            _ => "closed its output".to_string(),
+        };
+        let tail = {
+            let tail = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+            String::from_utf8_lossy(&tail.iter().copied().collect::<Vec<u8>>()).trim().to_string()
+        };
+        let detail = if tail.is_empty() { String::new() } else { format!(": {tail}") };
+        Failed("upstream_crashed", format!("the MCP server {how}; it will be restarted for the next call{detail}"))
+    }
+
+    async fn kill(&mut self) {
+        process::kill_group_id(self.pid);
+        let _ = self.child.kill().await;
+    }
+}
+
+/// An MCP `CallToolResult` → the worker's result: text content joined, structuredContent passed on.
+fn map_result(tool: &Tool, result: Value) -> CallResult {
+    let mut parts = Vec::new();
+    for item in result.get("content").and_then(Value::as_array).into_iter().flatten() {
+        match item.get("type").and_then(Value::as_str) {
+            Some("text") => parts.push(item.get("text").and_then(Value::as_str).unwrap_or_default().to_string()),
+            Some("resource") => {
+                if let Some(text) = item.pointer("/resource/text").and_then(Value::as_str) {
+                    parts.push(text.to_string());
+                }
+            }
+            Some(other) => parts.push(format!("[{other} content omitted]")),
+            None => {}
+        }
+    }
+    let structured = result.get("structuredContent").filter(|v| v.is_object()).cloned();
+    let mut text = parts.join("\n");
+    if text.is_empty()
+        && let Some(s) = &structured
+    {
+        text = s.to_string();
+    }
+    let output_bytes = text.len() as u64;
+    let (content, cut) = cap_text(text, tool.cap());
+    let is_error = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
+    CallResult {
+        content,
+        structured: if cut > 0 { None } else { structured },
+        is_error,
+        error_code: is_error.then(|| "upstream_error".to_string()),
+        output_bytes,
+        truncated: cut > 0,
+        truncated_bytes: cut,
+        ..CallResult::default()
+    }
+}

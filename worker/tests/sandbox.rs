@@ -1,0 +1,200 @@
+//! The local sandbox (`toolwarden-worker sandbox -- serve`), exercised with real tool programs.
+
+mod support;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Worker, exec_spec};
+
+/// A sandboxed worker whose tool runs the Python code it is given.
+fn python_sandbox(extra: &[&str]) -> Worker {
+    let mut spec = exec_spec(&["/usr/bin/python3", "-c"], &["{{code}}"]);
+    spec["timeoutMs"] = json!(10_000);
+    Worker::sandboxed(&spec, extra)
+}
+
+fn run(worker: &Worker, code: &str) -> Value {
+    worker.ran(json!({"code": code}))
+}
+
+/// A listener on the host's 127.0.0.1 that counts the connections it accepts.
+fn counting_listener() -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (port, accepted)
+}
+
+const CONNECT: &str = "import socket, sys
+try:
+    socket.create_connection(('127.0.0.1', int(sys.argv[1]) if len(sys.argv) > 1 else PORT), timeout=2)
+    print('connected')
+except OSError as e:
+    print('refused', e)";
+
+#[test]
+fn a_tcp_port_listening_on_the_hosts_loopback_is_unreachable() {
+    let (port, accepted) = counting_listener();
+    let worker = python_sandbox(&[]);
+    let result = run(&worker, &CONNECT.replace("PORT", &port.to_string()));
+    assert!(result["content"].as_str().unwrap().starts_with("refused"), "{result}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "no connection reached the host");
+
+    // The same program with --network host does connect: the refusal above is the sandbox's doing.
+    let open = python_sandbox(&["--network", "host"]);
+    assert_eq!(run(&open, &CONNECT.replace("PORT", &port.to_string()))["content"], "connected\n");
+}
+
+#[test]
+fn writing_outside_the_work_dir_fails() {
+    let outside = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sandbox-write-probe");
+    let worker = python_sandbox(&[]);
+    let code = format!(
+        "import os
+open('inside.txt', 'w').write('ok')
+for path in [{outside:?}, '/etc/toolwarden-probe', '/usr/toolwarden-probe']:
+    try:
+        open(path, 'w').write('escaped')
+        print('wrote', path)
+    except OSError as e:
+        print('refused', path, e.errno)
+print('inside', open('inside.txt').read())"
+    );
+    let content = run(&worker, &code)["content"].as_str().unwrap().to_string();
+    assert!(!content.contains("wrote"), "{content}");
+    assert_eq!(content.matches("refused").count(), 3, "{content}");
+    assert!(content.contains("inside ok"), "the work dir is writable: {content}");
+    assert!(!outside.exists());
+}
+
+#[test]
+fn two_sessions_cannot_see_each_others_files() {
+    let first = python_sandbox(&[]);
+    let second = python_sandbox(&[]);
+    let path = run(&first, "import os; open('secret.txt', 'w').write('first session'); print(os.path.abspath('secret.txt'))");
+    let path = path["content"].as_str().unwrap().trim().to_string();
+    let code = format!(
+        "import os
+print(os.path.exists({path:?}), sorted(os.listdir('/tmp')))"
+    );
+    let seen = run(&second, &code)["content"].as_str().unwrap().to_string();
+    assert!(seen.starts_with("False"), "the second session sees the first one's file: {seen}");
+    let first_dir = std::path::Path::new(&path).parent().unwrap().file_name().unwrap().to_string_lossy().to_string();
+    assert!(!seen.contains(&first_dir), "{seen}");
+    // And the host does not see it either: it lived in the first sandbox's private tmpfs.
+    assert!(!std::path::Path::new(&path).exists());
+}
+
+#[test]
+fn a_fork_bomb_is_contained_by_the_process_limit() {
+    let worker = python_sandbox(&["--max-processes", "32"]);
+    let code = "import os, time
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print('forks', n, 'then', e.errno)";
+    let content = run(&worker, code)["content"].as_str().unwrap().to_string();
+    let forks: usize = content.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(usize::MAX);
+    assert!(forks < 32, "{content}");
+    assert!(content.ends_with(&format!("then {}\n", libc::EAGAIN)), "{content}");
+    assert!(worker.healthy(), "the worker survives the bomb");
+    assert_eq!(run(&worker, "print('next call')")["content"], "next call\n", "and serves the next call");
+}
+
+#[test]
+fn ptrace_mount_and_new_namespaces_are_refused() {
+    let worker = python_sandbox(&[]);
+    let code = "import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def errno_of(rc):
+    return 'ok' if rc == 0 else os.strerror(ctypes.get_errno())
+print('ptrace', errno_of(libc.ptrace(0, 0, None, None)))
+print('mount', errno_of(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)))
+print('unshare', errno_of(libc.unshare(0x10000000)))
+print('bpf', errno_of(libc.syscall(321, 0, None, 0)))";
+    let content = run(&worker, code)["content"].as_str().unwrap().to_string();
+    for call in ["ptrace", "mount", "unshare", "bpf"] {
+        assert!(content.contains(&format!("{call} Operation not permitted")), "{call}: {content}");
+    }
+}
+
+#[test]
+fn hidden_directories_are_empty_and_the_tool_runs_as_an_unprivileged_user() {
+    let worker = python_sandbox(&[]);
+    let content = run(&worker, "import os; print(os.listdir('/root'), os.getuid() != 0, os.getpid() < 10)")["content"].clone();
+    assert_eq!(content, "[] True True\n", "hidden /root, no root user, own PID namespace");
+}
+
+#[test]
+fn the_sandbox_exits_with_code_3_and_names_the_setting_when_user_namespaces_are_refused() {
+    // Inside a user namespace whose max_user_namespaces is 0, the sandbox cannot make its own.
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec {} sandbox -- serve --listen unix:/tmp/never.sock \
+         --token-sha256 {} --work-dir /tmp",
+        support::BIN,
+        support::token_hash()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c", &script])
+        .env("TOOLWARDEN_TOOL_SPEC", exec_spec(&["/bin/true"], &[]).to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("user.max_user_namespaces") && stderr.contains("--unsafe-no-sandbox"), "{stderr}");
+}
+
+#[test]
+fn unsafe_no_sandbox_warns_loudly_and_serves() {
+    let mut cmd = std::process::Command::new(support::BIN);
+    cmd.args(["sandbox", "--unsafe-no-sandbox", "--", "serve", "--listen", "127.0.0.1:0", "--token-sha256"])
+        .arg(support::token_hash())
+        .args(["--work-dir", "/tmp"])
+        .env("TOOLWARDEN_TOOL_SPEC", exec_spec(&["/bin/true"], &[]).to_string())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(stderr.contains("WARNING") && stderr.contains("WITHOUT a sandbox"), "{stderr}");
+    assert!(stderr.contains("serving tool"), "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_the_sandbox_and_everything_in_it() {
+    let secs = 200_000 + std::process::id() % 100_000;
+    let mut spec = exec_spec(&["/bin/sh", "-c", "/bin/sleep \"$1\"", "sh"], &["{{secs}}"]);
+    spec["timeoutMs"] = json!(60_000);
+    let worker = Arc::new(Worker::sandboxed(&spec, &[]));
+    let pending = {
+        let worker = worker.clone();
+        std::thread::spawn(move || worker.call(json!({"secs": secs})).status)
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(support::live_processes_with(&format!("/bin/sleep {secs}")).len(), 1, "the call is running");
+    // SAFETY: signalling the sandbox process the test started.
+    unsafe { libc::kill(worker.pid() as i32, libc::SIGTERM) };
+    let _ = pending.join();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(support::live_processes_with(&format!("/bin/sleep {secs}")).is_empty(), "nothing outlives the sandbox");
+}
