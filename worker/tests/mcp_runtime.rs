@@ -1,0 +1,74 @@
+//! The `mcp` runtime against the example stdio server (examples/programs/text_mcp_server.py).
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{Worker, programs_dir};
+
+fn mcp_spec(server_args: &[&str]) -> Value {
+    let server = programs_dir().join("text_mcp_server.py");
+    let mut args = vec![server.to_str().unwrap().to_string()];
+    args.extend(server_args.iter().map(|s| s.to_string()));
+    json!({
+        "name": "count_words", "resource": "count-words", "description": "t", "effect": "read",
+        "inputSchema": {"type": "object"}, "outputSchema": {"type": "object"},
+        "runtime": {"mcp": {"image": "unused", "command": ["/usr/bin/python3"], "args": args, "tool": "count_words"}},
+        "timeoutMs": 10_000, "maxOutputBytes": 65_536, "outputTrust": "trusted",
+    })
+}
+
+#[test]
+fn a_call_is_forwarded_to_the_upstream_tool() {
+    let worker = Worker::serve(&mcp_spec(&[]), &[]);
+    let result = worker.ran(json!({"text": "one two three", "unit": "words"}));
+    assert_eq!(result["isError"], false, "{result}");
+    assert_eq!(result["content"], "3 words");
+    assert_eq!(result["structured"], json!({"count": 3, "unit": "words"}));
+    let lines = worker.ran(json!({"text": "a\nb", "unit": "lines"}));
+    assert_eq!(lines["structured"]["count"], 2, "the same server answers the next call");
+}
+
+#[test]
+fn an_upstream_error_result_is_an_error() {
+    let worker = Worker::serve(&mcp_spec(&[]), &[]);
+    let result = worker.ran(json!({"text": "x", "unit": "paragraphs"}));
+    assert_eq!(result["isError"], true);
+    assert_eq!(result["errorCode"], "upstream_error");
+    assert!(result["content"].as_str().unwrap().contains("paragraphs"));
+}
+
+#[test]
+fn a_server_crash_is_reported_then_the_server_is_restarted() {
+    let worker = Worker::serve(&mcp_spec(&["--crash-on", "boom"]), &[]);
+    assert_eq!(worker.ran(json!({"text": "before"}))["content"], "1 words");
+    let crashed = worker.ran(json!({"text": "this goes boom"}));
+    assert_eq!(crashed["isError"], true);
+    assert_eq!(crashed["errorCode"], "upstream_crashed", "{crashed}");
+    assert!(crashed["content"].as_str().unwrap().contains("crashing on request"), "stderr tail included: {crashed}");
+    let after = worker.ran(json!({"text": "fresh server here"}));
+    assert_eq!(after["isError"], false, "{after}");
+    assert_eq!(after["content"], "3 words");
+}
+
+#[test]
+fn garbage_from_the_server_is_a_protocol_error_then_the_server_is_restarted() {
+    let worker = Worker::serve(&mcp_spec(&["--garbage-on", "junk"]), &[]);
+    let garbage = worker.ran(json!({"text": "junk please"}));
+    assert_eq!(garbage["errorCode"], "upstream_protocol", "{garbage}");
+    assert_eq!(worker.ran(json!({"text": "ok now"}))["content"], "2 words");
+}
+
+#[test]
+fn a_server_that_cannot_start_is_a_spawn_failure() {
+    let mut spec = mcp_spec(&[]);
+    spec["runtime"]["mcp"]["command"] = json!(["/nonexistent/mcp-server"]);
+    let worker = Worker::serve(&spec, &[]);
+    assert_eq!(worker.ran(json!({"text": "x"}))["errorCode"], "spawn_failed");
+    assert!(worker.healthy());
+}
+
+#[test]
+fn the_mcp_runtime_works_inside_the_sandbox() {
+    let worker = Worker::sandboxed(&mcp_spec(&[]), &[]);
+    assert_eq!(worker.ran(json!({"text": "sandboxed words"}))["content"], "2 words");
+}
