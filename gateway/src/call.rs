@@ -1,0 +1,352 @@
+//! One `tools/call`, end to end: decide → rate limits → audit the decision → approvals → worker →
+//! audit the result → metrics → taint. Every refusal is a tool result with `isError: true`, a sentence
+//! and a machine-readable code (see [`crate::refusal`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rmcp::model::{CallToolResult, ContentBlock as Content, JsonObject};
+use serde_json::{Value, json};
+use toolwarden_core::approval::TokenBinding;
+use toolwarden_core::audit::{AuditEvent, AuditRecord, sanitize_arguments};
+use toolwarden_core::canonical::arguments_hash;
+use toolwarden_core::config::ToolConfig;
+use toolwarden_core::policy::{Decision, DenialCode, RateLimit, Session, Subject, decide};
+use toolwarden_core::resources::{ApprovalMode, OutputTrust};
+use toolwarden_worker::protocol::{CallRequest, CallResult};
+
+use crate::approvals::{HumanRequest, HumanStatus, random_hex};
+use crate::audit::{rfc3339, timestamp};
+use crate::catalog::CONFIRM_TOKEN_ARG;
+use crate::refusal::Refusal;
+use crate::runtime::RuntimeError;
+use crate::sessions::SessionRecord;
+use crate::state::Gateway;
+
+/// Extra time past the tool's own timeout before the gateway gives up on the worker.
+const WORKER_GRACE: Duration = Duration::from_secs(10);
+
+struct Call<'a> {
+    gw: &'a Gateway,
+    session: &'a SessionRecord,
+    /// The tool's name as the metrics label: `_unknown` for names not in the config (bounded cardinality).
+    tool_label: String,
+    record: AuditRecord,
+    /// The decision line is already written (a confirm preview writes its own).
+    audited: bool,
+}
+
+impl Call<'_> {
+    fn refuse(&mut self, refusal: Refusal, decision: &str, status: &str, tool: Option<&ToolConfig>) -> CallToolResult {
+        let ns = &self.session.namespace;
+        self.record.code = Some(refusal.code.clone());
+        self.record.policy = self.record.policy.take().or(refusal.policy.clone());
+        self.record.rule = self.record.rule.take().or(refusal.rule.clone());
+        self.record.status = Some(status.to_owned());
+        self.record.message = Some(refusal.audit_message().to_owned());
+        if !self.audited {
+            self.gw.audit.write(&self.record);
+        }
+        self.gw.metrics.call(ns, &self.tool_label, decision, status);
+        if status == "refused" {
+            self.gw.metrics.denial(ns, &self.tool_label, &refusal.code);
+        }
+        self.gw.runtime.record_call(&self.session.id, status == "refused", None);
+        refusal.into_result(tool.is_some_and(|t| t.output_schema.is_some()))
+    }
+}
+
+/// Runs one call for `session`.
+pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, arguments: Option<JsonObject>) -> CallToolResult {
+    let _in_flight = gw.call_started();
+    session.touch();
+    gw.runtime.touch(&session.id);
+    let mut args = Value::Object(arguments.unwrap_or_default());
+    let engine = gw.engine(&session.namespace);
+    let tool = engine.as_ref().and_then(|e| e.tool(name)).cloned();
+    // The gateway's own argument, unless the tool's schema declares one of the same name.
+    let declares_token = tool.as_ref().is_some_and(|t| t.input_schema["properties"].get(CONFIRM_TOKEN_ARG).is_some());
+    let confirm_token = match (declares_token, args.as_object_mut()) {
+        (false, Some(map)) => map.remove(CONFIRM_TOKEN_ARG).map(|v| v.as_str().map(str::to_owned).unwrap_or_default()),
+        _ => None,
+    };
+    let subject = Subject { name: session.subject.clone(), groups: session.groups.clone() };
+    let decision = match &engine {
+        Some(engine) => decide(engine, &subject, &Session { id: session.id.clone(), tainted: session.tainted(), client: session.client_name.clone() }, name, &args),
+        None => Decision::Deny(toolwarden_core::policy::Denial {
+            code: DenialCode::UnknownTool,
+            policy: None,
+            rule: None,
+            message: format!("unknown tool `{name}`"),
+        }),
+    };
+    let provenance = session.taint.lock().unwrap_or_else(|e| e.into_inner()).untrusted.repeated_in(&args);
+    let schema = tool.as_ref().map(|t| t.input_schema.clone()).unwrap_or(Value::Null);
+    let known = tool.is_some() && !matches!(&decision, Decision::Deny(d) if d.code == DenialCode::UnknownTool);
+    let mut call = Call {
+        gw,
+        session,
+        tool_label: if known { name.to_owned() } else { "_unknown".to_owned() },
+        record: AuditRecord {
+            timestamp: timestamp(),
+            event: Some(AuditEvent::Decision),
+            call_id: format!("c-{}", random_hex(8)),
+            session_id: session.id.clone(),
+            subject: session.subject.clone(),
+            client: session.client_name.clone(),
+            namespace: session.namespace.clone(),
+            tool: name.to_owned(),
+            arguments: sanitize_arguments(&args, &schema),
+            argument_provenance: provenance,
+            decision: decision.label().to_owned(),
+            approval: "none".to_owned(),
+            ..AuditRecord::default()
+        },
+        audited: false,
+    };
+    let label = decision.label();
+    let (tool, limits, approval) = match decision {
+        Decision::Deny(denial) => {
+            let refusal = Refusal::from_denial(&denial);
+            return call.refuse(refusal, label, "refused", tool.as_ref());
+        }
+        Decision::Allow(allowed) => {
+            call.record.policy = allowed.policies.first().cloned();
+            (tool.expect("allowed tools exist"), allowed.rate_limits, None)
+        }
+        Decision::NeedsApproval(request) => {
+            call.record.policy = Some(request.policy.clone());
+            (tool.expect("tools needing approval exist"), request.rate_limits.clone(), Some(request))
+        }
+    };
+    if let Err(limited) = check_limits(gw, session, &tool, &limits) {
+        let refusal = Refusal::new(DenialCode::RateLimited.as_str(), limited.message).policy(limited.policy);
+        return call.refuse(refusal, label, "refused", Some(&tool));
+    }
+
+    let hash = arguments_hash(&args);
+    if let Some(request) = approval {
+        call.record.approval = "pending".to_owned();
+        match request.mode {
+            ApprovalMode::Confirm => {
+                let binding = TokenBinding { session: &session.id, tool: &tool.name, arguments_hash: &hash };
+                match confirm_token {
+                    Some(token) => match gw.approvals.use_confirm(&token, binding) {
+                        Ok(()) => call.record.approval = "confirmed".to_owned(),
+                        Err(e) => {
+                            let refusal = Refusal::new(DenialCode::ConfirmTokenInvalid.as_str(), format!("{}: {e}", tool.name))
+                                .detail("reason", json!(e.code()));
+                            return call.refuse(refusal, label, "refused", Some(&tool));
+                        }
+                    },
+                    None => return confirm_preview(call, &tool, args, binding, request.ttl, &request.reason).await,
+                }
+            }
+            ApprovalMode::Human => {
+                let status = gw.approvals.human(HumanRequest {
+                    namespace: &session.namespace,
+                    tool: &tool.name,
+                    subject: &session.subject,
+                    session_id: &session.id,
+                    arguments: call.record.arguments.clone(),
+                    arguments_hash: &hash,
+                    request: &request,
+                });
+                match status {
+                    HumanStatus::Approved { id, decided_by } => {
+                        call.record.approval = "approved".to_owned();
+                        call.record.message = Some(format!("approval {id} by {decided_by}"));
+                        gw.approvals_changed(&session.id);
+                    }
+                    HumanStatus::Created { id, expires_at } | HumanStatus::Pending { id, expires_at } => {
+                        gw.approvals_changed(&session.id);
+                        let message = format!(
+                            "{}. Approval {id} is pending until {}: an approver runs `toolwarden approvals approve {id}`, then repeat this identical call to run it once.",
+                            request.reason,
+                            rfc3339(expires_at)
+                        );
+                        let refusal = Refusal::new(DenialCode::ApprovalRequired.as_str(), message)
+                            .policy(request.policy.clone())
+                            .detail("approvalId", json!(id))
+                            .detail("expiresAt", json!(rfc3339(expires_at)));
+                        return call.refuse(refusal, label, "pending", Some(&tool));
+                    }
+                    HumanStatus::Denied { id, decided_by, reason } => {
+                        call.record.approval = "denied".to_owned();
+                        let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
+                        let message = format!("{} was not approved: {decided_by} denied approval {id}{why}", tool.name);
+                        let refusal = Refusal::new(DenialCode::ApprovalDenied.as_str(), message).detail("approvalId", json!(id));
+                        return call.refuse(refusal, label, "refused", Some(&tool));
+                    }
+                }
+            }
+            ApprovalMode::None => call.record.approval = "none".to_owned(),
+        }
+    }
+    run(call, &tool, args, label).await
+}
+
+fn check_limits(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, limits: &[RateLimit]) -> Result<(), crate::ratelimit::Limited> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    gw.limits.check(&session.namespace, &tool.name, &session.subject, &session.id, limits)
+}
+
+/// Sends the call to the session's worker, bounded by the tool's timeout plus a grace.
+async fn dispatch(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, request: CallRequest) -> Result<CallResult, RuntimeError> {
+    let limit = Duration::from_millis(tool.timeout_ms) + WORKER_GRACE;
+    match tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request)).await {
+        Ok(result) => result,
+        Err(_) => Err(RuntimeError::new(
+            "worker_timeout",
+            format!("{}: the worker did not answer within {}s", tool.name, limit.as_secs()),
+        )),
+    }
+}
+
+/// Writes the result audit line and counts it; returns the status label.
+fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, RuntimeError>, started: Instant, decision: &str) -> &'static str {
+    let gw = call.gw;
+    let ns = call.session.namespace.clone();
+    let mut result = call.record.clone();
+    result.timestamp = timestamp();
+    result.event = Some(AuditEvent::Result);
+    result.duration_ms = Some(started.elapsed().as_millis() as u64);
+    result.worker = Some(gw.runtime.name().to_owned());
+    let status = match outcome {
+        Ok(r) => {
+            result.output_bytes = Some(r.output_bytes);
+            result.truncated = Some(r.truncated);
+            if r.truncated {
+                gw.metrics.truncation(&ns, &tool.name);
+            }
+            match (r.is_error, r.error_code.as_deref()) {
+                (false, _) => "ok",
+                (true, Some("timeout")) => {
+                    gw.metrics.timeout(&ns, &tool.name);
+                    result.code = Some("timeout".into());
+                    "timeout"
+                }
+                (true, code) => {
+                    result.code = code.map(str::to_owned);
+                    "error"
+                }
+            }
+        }
+        Err(e) => {
+            result.code = Some(e.code.to_owned());
+            result.message = Some(e.message.clone());
+            gw.metrics.worker_failed(&ns, &tool.name, e.code);
+            if e.code == "worker_timeout" {
+                gw.metrics.timeout(&ns, &tool.name);
+            }
+            "worker_failed"
+        }
+    };
+    result.status = Some(status.to_owned());
+    gw.audit.write(&result);
+    gw.metrics.duration(&ns, &tool.name, started.elapsed().as_secs_f64());
+    gw.metrics.call(&ns, &tool.name, decision, if status == "ok" { "ok" } else { "error" });
+    status
+}
+
+/// Marks the session tainted when the tool's output is untrusted; returns the tool that tainted it.
+fn taint(session: &SessionRecord, tool: &ToolConfig, output: &CallResult) -> Option<String> {
+    if tool.output_trust != OutputTrust::Untrusted {
+        return None;
+    }
+    let mut taint = session.taint.lock().unwrap_or_else(|e| e.into_inner());
+    taint.tainted_by.get_or_insert_with(|| tool.name.clone());
+    taint.untrusted.add(&output.content);
+    Some(tool.name.clone())
+}
+
+async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str) -> CallToolResult {
+    let gw = call.gw;
+    let session = call.session;
+    gw.audit.write(&call.record);
+    let started = Instant::now();
+    let request = CallRequest { call_id: call.record.call_id.clone(), arguments: args, preview: false };
+    let outcome = dispatch(gw, session, tool, request).await;
+    let status = account(&mut call, tool, &outcome, started, decision);
+    match outcome {
+        Ok(output) => {
+            let tainted_by = taint(session, tool, &output);
+            gw.runtime.record_call(&session.id, false, tainted_by.as_deref());
+            tool_result(&call.record.call_id, tool, output, session.tainted())
+        }
+        Err(e) => {
+            gw.runtime.record_call(&session.id, false, None);
+            let refusal = Refusal::new(e.code, format!("{} failed in its worker: {e}", tool.name))
+                .detail("transient", json!(e.transient))
+                .detail("status", json!(status));
+            refusal.into_result(tool.output_schema.is_some())
+        }
+    }
+}
+
+fn tool_result(call_id: &str, tool: &ToolConfig, output: CallResult, tainted: bool) -> CallToolResult {
+    let mut content = output.content;
+    if output.truncated {
+        content.push_str(&format!("\n[output truncated: {} more bytes were cut at the tool's limit]", output.truncated_bytes));
+    }
+    let mut result = if output.is_error { CallToolResult::error(vec![Content::text(content)]) } else { CallToolResult::success(vec![Content::text(content)]) };
+    if tool.output_schema.is_some() && !output.is_error {
+        result.structured_content = output.structured;
+    }
+    let mut meta = serde_json::Map::new();
+    meta.insert("toolwarden.dev/callId".into(), json!(call_id));
+    if let Some(code) = output.error_code.filter(|_| output.is_error) {
+        meta.insert("toolwarden.dev/code".into(), json!(code));
+    }
+    if output.truncated {
+        meta.insert("toolwarden.dev/truncated".into(), json!(true));
+    }
+    if tainted {
+        meta.insert("toolwarden.dev/sessionTainted".into(), json!(true));
+    }
+    result.meta = Some(rmcp::model::MetaObject(meta));
+    result
+}
+
+/// First call of a tool needing confirmation: run its preview (when it has one) and hand out a token.
+async fn confirm_preview(mut call: Call<'_>, tool: &ToolConfig, args: Value, binding: TokenBinding<'_>, ttl: Duration, reason: &str) -> CallToolResult {
+    let gw = call.gw;
+    let (token, expires_at) = gw.approvals.issue_confirm(binding, ttl);
+    let preview = if tool.preview.is_some() {
+        call.record.status = Some("preview".to_owned());
+        gw.audit.write(&call.record);
+        call.audited = true;
+        call.record.status = None;
+        let started = Instant::now();
+        let request = CallRequest { call_id: call.record.call_id.clone(), arguments: args.clone(), preview: true };
+        let outcome = dispatch(gw, call.session, tool, request).await;
+        let mut result = call.record.clone();
+        result.timestamp = timestamp();
+        result.event = Some(AuditEvent::Result);
+        result.status = Some(if matches!(&outcome, Ok(r) if !r.is_error) { "preview_ok" } else { "preview_failed" }.to_owned());
+        result.duration_ms = Some(started.elapsed().as_millis() as u64);
+        result.worker = Some(gw.runtime.name().to_owned());
+        gw.audit.write(&result);
+        match outcome {
+            Ok(r) if !r.is_error => r.content,
+            Ok(r) => format!("(the preview failed: {})", r.content.trim()),
+            Err(e) => format!("(no preview: {e})"),
+        }
+    } else {
+        format!("(this tool has no preview) {} with arguments {}", tool.name, call.record.arguments)
+    };
+    let message = format!(
+        "{reason}. Nothing ran yet. Preview:\n{}\nTo run it, repeat the identical call with the argument confirm_token = \"{token}\" (single use, valid until {}).",
+        preview.trim_end(),
+        rfc3339(expires_at)
+    );
+    // The token never reaches the audit log: it is as good as the confirmation itself.
+    let refusal = Refusal::new("confirmation_required", message)
+        .audit(format!("{reason}; preview shown and a confirm token issued"))
+        .detail("confirmToken", json!(token))
+        .detail("expiresAt", json!(rfc3339(expires_at)))
+        .detail("preview", json!(preview));
+    call.refuse(refusal, "confirm", "pending", Some(tool))
+}

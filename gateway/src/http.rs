@@ -1,0 +1,150 @@
+//! The HTTP edge: `/mcp/{namespace}` (authenticated, then handed to rmcp), the approvals API, the
+//! protected resource metadata, `/metrics`, `/healthz`, `/readyz`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use serde_json::json;
+
+use crate::auth::AuthError;
+use crate::mcp::McpHandler;
+use crate::session_manager::GatewaySessionManager;
+use crate::sessions::Caller;
+use crate::state::Gateway;
+
+pub type McpService = StreamableHttpService<McpHandler, GatewaySessionManager>;
+
+#[derive(Clone)]
+pub struct App {
+    pub gateway: Arc<Gateway>,
+    pub mcp: McpService,
+}
+
+/// Builds the rmcp service with the gateway's session manager and limits.
+pub fn mcp_service(gateway: &Arc<Gateway>, cancel: tokio_util::sync::CancellationToken) -> (McpService, Arc<GatewaySessionManager>) {
+    let mut local = LocalSessionManager::default();
+    // rmcp ends sessions idle this long (and tells the gateway through `close_session`).
+    local.session_config.keep_alive = Some(gateway.settings.idle_timeout);
+    let manager = Arc::new(GatewaySessionManager::new(local));
+    manager.bind(gateway);
+    let mut config = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(gateway.settings.max_body_bytes)
+        .with_cancellation_token(cancel);
+    config = if gateway.settings.allowed_hosts.is_empty() {
+        config.disable_allowed_hosts()
+    } else {
+        config.with_allowed_hosts(gateway.settings.allowed_hosts.clone())
+    };
+    let handler = McpHandler { gateway: gateway.clone() };
+    let service = StreamableHttpService::new(move || Ok(handler.clone()), manager.clone(), config);
+    (service, manager)
+}
+
+pub fn router(app: App) -> axum::Router {
+    axum::Router::new()
+        .route("/mcp/{namespace}", any(mcp_entry))
+        .route("/.well-known/oauth-protected-resource", get(resource_metadata_root))
+        .route("/.well-known/oauth-protected-resource/mcp/{namespace}", get(resource_metadata))
+        .route("/approvals", get(crate::approvals_api::list))
+        .route("/approvals/{id}/approve", post(crate::approvals_api::approve))
+        .route("/approvals/{id}/deny", post(crate::approvals_api::deny))
+        .merge(ops_router(app.gateway.clone()))
+        .with_state(app)
+}
+
+/// `/metrics`, `/healthz`, `/readyz`: also served alone on `--metrics-listen`.
+pub fn ops_router<S: Clone + Send + Sync + 'static>(gateway: Arc<Gateway>) -> axum::Router<S> {
+    let metrics_gw = gateway.clone();
+    let ready_gw = gateway;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let gw = metrics_gw.clone();
+                async move {
+                    gw.refresh_approval_metrics();
+                    let body = crate::metrics::render(&gw.registry);
+                    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let gw = ready_gw.clone();
+                async move {
+                    if gw.is_ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "config not loaded yet\n")
+                    }
+                }
+            }),
+        )
+}
+
+/// `http(s)://host` of this request, as the client addressed it.
+pub fn base_url(headers: &HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).filter(|s| *s == "https").unwrap_or("http");
+    format!("{scheme}://{host}")
+}
+
+/// 401 with `WWW-Authenticate` pointing at the resource metadata; nothing else is revealed.
+pub fn unauthorized(gateway: &Gateway, headers: &HeaderMap, namespace: Option<&str>, error: AuthError) -> Response {
+    if let AuthError::Invalid(reason) = &error {
+        tracing::info!(reason = %reason, "refused a bearer token");
+    }
+    let suffix = namespace.map(|ns| format!("/mcp/{ns}")).unwrap_or_default();
+    let metadata = format!("{}/.well-known/oauth-protected-resource{suffix}", base_url(headers));
+    let challenge = gateway.auth.www_authenticate(&metadata);
+    let mut response = (StatusCode::UNAUTHORIZED, Json(json!({"error": {"code": "unauthorized", "message": "a valid bearer token is required"}}))).into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+fn jsonrpc_error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": message}});
+    (status, Json(body)).into_response()
+}
+
+async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, mut request: Request) -> Response {
+    let gateway = &app.gateway;
+    let principal = match gateway.auth.authenticate(request.headers()).await {
+        Ok(p) => p,
+        Err(e) => return unauthorized(gateway, request.headers(), Some(&namespace), e),
+    };
+    if gateway.engine(&namespace).is_none() {
+        return jsonrpc_error(StatusCode::NOT_FOUND, &format!("no tools are served at /mcp/{namespace}"));
+    }
+    let session_id = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(id) = session_id
+        && let Some(record) = gateway.sessions.get(&id)
+        && (record.subject != principal.subject || record.namespace != namespace)
+    {
+        // Another caller's session id: answered exactly like an unknown session.
+        tracing::warn!(session = %id, subject = %principal.subject, "refused a session id that belongs to another caller");
+        return jsonrpc_error(StatusCode::NOT_FOUND, "Session not found");
+    }
+    request.extensions_mut().insert(Caller { namespace, principal });
+    app.mcp.handle(request).await.map(Body::new)
+}
+
+async fn resource_metadata_root(State(app): State<App>, headers: HeaderMap) -> Response {
+    Json(app.gateway.auth.protected_resource_metadata(&base_url(&headers))).into_response()
+}
+
+async fn resource_metadata(State(app): State<App>, Path(namespace): Path<String>, headers: HeaderMap) -> Response {
+    let resource = format!("{}/mcp/{namespace}", base_url(&headers));
+    Json(app.gateway.auth.protected_resource_metadata(&resource)).into_response()
+}

@@ -1,0 +1,122 @@
+//! The MCP server handler: `tools/list` and `tools/call` over a dynamic, per-caller catalog. The HTTP
+//! layer ([`crate::http`]) authenticates each request and attaches a [`Caller`] to it; this handler finds
+//! the caller's session (by `Mcp-Session-Id`, or derived for stateless clients) and runs the call.
+
+use std::sync::Arc;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use toolwarden_core::policy::Subject;
+
+use crate::sessions::{Caller, NewSession, SESSION_META_KEY, SessionRecord, stateless_session_id};
+use crate::state::Gateway;
+
+#[derive(Clone)]
+pub struct McpHandler {
+    pub gateway: Arc<Gateway>,
+}
+
+fn parts(extensions: &rmcp::model::Extensions) -> Option<&http::request::Parts> {
+    extensions.get::<http::request::Parts>()
+}
+
+fn caller(extensions: &rmcp::model::Extensions) -> Result<(Caller, Option<String>), McpError> {
+    let parts = parts(extensions).ok_or_else(|| McpError::internal_error("request without HTTP context", None))?;
+    let caller = parts.extensions.get::<Caller>().cloned().ok_or_else(|| McpError::internal_error("unauthenticated request reached the handler", None))?;
+    let session = parts.headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Ok((caller, session))
+}
+
+impl McpHandler {
+    /// The session of this request, started on first sight for stateless clients.
+    async fn session(&self, context: &RequestContext<RoleServer>) -> Result<Arc<SessionRecord>, McpError> {
+        let (caller, header) = caller(&context.extensions)?;
+        if let Some(id) = header {
+            // The HTTP layer already refused ids of other callers; a session rmcp knows but the gateway
+            // has not registered (its start raced this request) is registered now.
+            if let Some(record) = self.gateway.sessions.get(&id) {
+                return Ok(record);
+            }
+            let client = context.peer.peer_info();
+            let new = NewSession {
+                id,
+                caller,
+                client_name: client.as_ref().map(|c| c.client_info.name.clone()).unwrap_or_default(),
+                client_version: client.as_ref().map(|c| c.client_info.version.clone()).unwrap_or_default(),
+                protocol_version: client.as_ref().map(|c| c.protocol_version.to_string()),
+                stateless: false,
+            };
+            return Ok(self.gateway.start_session(new).await);
+        }
+        let meta = &context.meta;
+        let explicit = meta.0.0.get(SESSION_META_KEY).and_then(|v| v.as_str()).map(str::to_owned);
+        let client_info = meta.client_info();
+        let client_name = client_info.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+        let id = stateless_session_id(&caller, explicit.as_deref(), &client_name);
+        if let Some(record) = self.gateway.sessions.get(&id) {
+            return Ok(record);
+        }
+        let new = NewSession {
+            id,
+            caller,
+            client_name,
+            client_version: client_info.map(|c| c.version).unwrap_or_default(),
+            protocol_version: meta.protocol_version().map(|v| v.to_string()).or_else(|| context.protocol_version().map(|v| v.to_string())),
+            stateless: true,
+        };
+        Ok(self.gateway.start_session(new).await)
+    }
+}
+
+impl ServerHandler for McpHandler {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities = ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build();
+        ServerConfig::new(capabilities)
+            .with_server_info(Implementation::new("toolwarden", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Tools served by Toolwarden. Every call is checked against policy; refusals explain why. \
+                 Tools needing confirmation answer the first call with a preview and a confirm_token; \
+                 tools needing human approval answer with an approval id to wait for.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let session = self.session(&context).await?;
+        session.touch();
+        self.gateway.runtime.touch(&session.id);
+        let subject = Subject { name: session.subject.clone(), groups: session.groups.clone() };
+        let tools = match self.gateway.engine(&session.namespace) {
+            Some(engine) => crate::catalog::list(&engine, &subject),
+            None => Vec::new(),
+        };
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
+        let session = self.session(&context).await?;
+        if !session.stateless {
+            let mut peer = session.peer.lock().unwrap_or_else(|e| e.into_inner());
+            if peer.is_none() {
+                *peer = Some(context.peer.clone());
+            }
+        }
+        let result = crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments).await;
+        Ok(CallToolResponse::Complete(result))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // Remember the peer of a session so config changes reach it as `tools/list_changed`.
+        let Ok((_, Some(id))) = caller(&context.extensions) else { return };
+        if let Some(record) = self.gateway.sessions.get(&id) {
+            *record.peer.lock().unwrap_or_else(|e| e.into_inner()) = Some(context.peer.clone());
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Running the gateway: the listeners, background duties (session reaper, runtime-ended sessions,
+//! approval gauges) and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::transport::streamable_http_server::session::SessionManager;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{App, mcp_service, ops_router, router};
+use crate::session_manager::GatewaySessionManager;
+use crate::state::Gateway;
+
+/// Ends a session everywhere: the gateway's record and workers, and rmcp's session (its stream closes).
+async fn end(gateway: &Gateway, manager: &GatewaySessionManager, id: &str, reason: &'static str) {
+    let stateless = gateway.sessions.get(id).is_some_and(|s| s.stateless);
+    gateway.end_session(id, reason).await;
+    if !stateless {
+        let _ = manager.close_session(&id.to_owned().into()).await;
+    }
+}
+
+fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, cancel: CancellationToken) {
+    let (gw, mgr, stop) = (gateway.clone(), manager.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            for (session, reason) in gw.sessions.expired(gw.settings.idle_timeout, gw.settings.max_session_lifetime) {
+                end(&gw, &mgr, &session.id, reason).await;
+            }
+            gw.refresh_approval_metrics();
+        }
+    });
+    if let Some(mut ended) = gateway.runtime.subscribe_ended() {
+        tokio::spawn(async move {
+            loop {
+                let session = tokio::select! {
+                    s = ended.recv() => s,
+                    _ = cancel.cancelled() => return,
+                };
+                match session {
+                    Ok(s) => end(&gateway, &manager, &s.id, s.reason).await,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "missed ended-session events"),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+}
+
+/// Resolves on SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets in-flight calls finish within the grace
+/// period, closes every session and stops the workers.
+pub async fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let (mcp, manager) = mcp_service(&gateway, cancel.child_token());
+    spawn_duties(gateway.clone(), manager.clone(), cancel.clone());
+    let app = router(App { gateway: gateway.clone(), mcp });
+
+    let stopping = CancellationToken::new();
+    if let Some(listener) = metrics_listener {
+        let ops = ops_router::<()>(gateway.clone());
+        let stop = stopping.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, ops).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+        });
+    }
+    let grace = gateway.settings.shutdown_grace;
+    let (stop, gw, streams) = (stopping.clone(), gateway.clone(), cancel.clone());
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!(grace_seconds = grace.as_secs(), "shutting down: no new connections; waiting for calls in flight");
+        stop.cancel();
+        // Calls in flight get the grace period; then open streams and sessions are cut.
+        let deadline = tokio::time::Instant::now() + grace;
+        while gw.calls_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        streams.cancel();
+    });
+    let stop = stopping.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    let hard_stop = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(grace + Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        result = server => result?,
+        _ = hard_stop => tracing::warn!("connections still open after the grace period; closing them"),
+    }
+    cancel.cancel();
+    for session in gateway.sessions.all() {
+        gateway.end_session(&session.id, "shutdown").await;
+    }
+    gateway.runtime.shutdown().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The gateway's shared state: configs per namespace, sessions, approvals, rate limits, audit, metrics,
+//! and the worker runtime. Request handlers share one `Arc<Gateway>`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::registry::Registry;
+use toolwarden_core::config::GatewayConfig;
+use toolwarden_core::policy::Engine;
+
+use crate::approvals::Approvals;
+use crate::audit::AuditLog;
+use crate::auth::Authenticator;
+use crate::metrics::GatewayMetrics;
+use crate::ratelimit::RateLimits;
+use crate::runtime::WorkerRuntime;
+use crate::sessions::{NewSession, SessionRecord, Sessions};
+
+/// Limits and timers of one gateway.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub idle_timeout: Duration,
+    pub max_session_lifetime: Duration,
+    /// Largest HTTP request body on `/mcp/...`.
+    pub max_body_bytes: usize,
+    /// `Host` values accepted on `/mcp/...`; empty = any (a bearer token is required regardless).
+    pub allowed_hosts: Vec<String>,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            idle_timeout: Duration::from_secs(30 * 60),
+            max_session_lifetime: Duration::from_secs(8 * 3600),
+            max_body_bytes: 1024 * 1024,
+            allowed_hosts: Vec::new(),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+pub struct Gateway {
+    pub settings: Settings,
+    pub auth: Authenticator,
+    pub runtime: Arc<dyn WorkerRuntime>,
+    pub audit: AuditLog,
+    pub metrics: GatewayMetrics,
+    pub registry: Registry,
+    configs: RwLock<HashMap<String, Arc<Engine>>>,
+    pub sessions: Sessions,
+    pub approvals: Approvals,
+    pub limits: RateLimits,
+    ready: AtomicBool,
+    in_flight: AtomicUsize,
+}
+
+/// Counts a call in flight until dropped (graceful shutdown waits for these).
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+impl Gateway {
+    pub fn new(
+        settings: Settings,
+        auth: Authenticator,
+        runtime: Arc<dyn WorkerRuntime>,
+        audit: AuditLog,
+        metrics: GatewayMetrics,
+        registry: Registry,
+    ) -> Gateway {
+        Gateway {
+            settings,
+            auth,
+            runtime,
+            audit,
+            metrics,
+            registry,
+            configs: RwLock::default(),
+            sessions: Sessions::default(),
+            approvals: Approvals::default(),
+            limits: RateLimits::default(),
+            ready: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn engine(&self, namespace: &str) -> Option<Arc<Engine>> {
+        self.configs.read().unwrap_or_else(|e| e.into_inner()).get(namespace).cloned()
+    }
+
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut list: Vec<String> = self.configs.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        list.sort();
+        list
+    }
+
+    pub fn call_started(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(&self.in_flight)
+    }
+
+    pub fn calls_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Config has been loaded once (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Compiles and applies one namespace's config; on failure the last good config stays in force and
+    /// every problem is returned (and counted).
+    pub fn apply_config(&self, config: GatewayConfig) -> Result<(), Vec<String>> {
+        let namespace = config.namespace.clone();
+        let generation = config.generation;
+        let engine = match Engine::new(config) {
+            Ok(engine) => Arc::new(engine),
+            Err(errors) => {
+                self.metrics.config_failed(&namespace);
+                return Err(errors);
+            }
+        };
+        let previous = self.configs.write().unwrap_or_else(|e| e.into_inner()).insert(namespace.clone(), engine.clone());
+        self.metrics.config_applied(&namespace, generation, unix_now());
+        let changed = previous.is_none_or(|p| p.config().tools != engine.config().tools || p.config().policies != engine.config().policies);
+        if changed {
+            tracing::info!(namespace, generation, tools = engine.config().tools.len(), "config applied");
+            self.notify_tools_changed(&namespace);
+        }
+        Ok(())
+    }
+
+    /// Stops serving a namespace (its config was deleted).
+    pub fn remove_config(&self, namespace: &str) {
+        if self.configs.write().unwrap_or_else(|e| e.into_inner()).remove(namespace).is_some() {
+            tracing::info!(namespace, "config removed: the namespace serves no tools");
+            self.notify_tools_changed(namespace);
+        }
+    }
+
+    /// Tells every listening client of the namespace that its tool list may have changed.
+    fn notify_tools_changed(&self, namespace: &str) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        for session in self.sessions.in_namespace(namespace) {
+            let peer = session.peer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(peer) = peer {
+                handle.spawn(async move {
+                    let _ = peer.notify_tool_list_changed().await;
+                });
+            }
+        }
+    }
+
+    /// Registers a session and tells the runtime. A second start of the same id is ignored.
+    pub async fn start_session(&self, new: NewSession) -> Arc<SessionRecord> {
+        let started = std::time::Instant::now();
+        let (record, created) = self.sessions.insert(new);
+        if created {
+            self.metrics.runtime.sessions_active.set(self.sessions.len() as i64);
+            if let Err(e) = self.runtime.start_session(record.info()).await {
+                // Calls will report the runtime's problem; the session itself is usable for tools/list.
+                tracing::warn!(session = %record.id, code = e.code, error = %e, "runtime could not record the session start");
+            }
+            self.metrics.runtime.session_start.observe(started.elapsed().as_secs_f64());
+            tracing::info!(session = %record.id, namespace = %record.namespace, subject = %record.subject,
+                client = %record.client_name, stateless = record.stateless, "session started");
+        }
+        record
+    }
+
+    /// Ends a session: stops its workers and forgets its state. Idempotent.
+    pub async fn end_session(&self, id: &str, reason: &'static str) {
+        let Some(record) = self.sessions.remove(id) else { return };
+        self.metrics.runtime.sessions_active.set(self.sessions.len() as i64);
+        self.limits.end_session(id);
+        self.runtime.end_session(id, reason).await;
+        tracing::info!(session = %id, namespace = %record.namespace, reason, "session ended");
+    }
+
+    /// Refreshes the approval gauges (pending count, oldest age) for every namespace served.
+    pub fn refresh_approval_metrics(&self) {
+        let pending = self.approvals.pending_by_namespace();
+        for namespace in self.namespaces() {
+            let (count, oldest) = pending.get(&namespace).copied().unwrap_or_default();
+            self.metrics.approvals(&namespace, count, oldest);
+        }
+    }
+
+    /// Tells the runtime about a session's pending approvals and refreshes the gauges.
+    pub fn approvals_changed(&self, session_id: &str) {
+        self.runtime.set_pending_approvals(session_id, self.approvals.of_session(session_id));
+        self.refresh_approval_metrics();
+    }
+}
