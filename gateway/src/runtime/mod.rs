@@ -7,6 +7,7 @@ use toolwarden_core::resources::PendingApproval;
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
 pub mod local;
+pub mod worker_client;
 
 /// Who a session belongs to, given to the runtime when the session starts.
 #[derive(Clone, Debug)]

@@ -1,0 +1,291 @@
+//! Pure parts of starting a local worker: the sandbox command line, the tool spec with its credential
+//! sources, and the credentials themselves. No I/O here; `local.rs` writes and spawns.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use toolwarden_core::config::ToolConfig;
+
+use crate::runtime::RuntimeError;
+
+/// Limits when the tool sets none (the same defaults as worker pods).
+pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_TMPFS_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_PROCESSES: u32 = 128;
+/// Host directories a tool never needs to see: users' homes (keys, tokens, shell history) and the
+/// runtime's own state (other sessions' sockets and credentials).
+pub const HIDDEN: &[&str] = &["/home", "/root"];
+
+/// Everything the sandbox command line depends on.
+#[derive(Clone)]
+pub struct SandboxPlan<'a> {
+    pub tool: &'a ToolConfig,
+    pub state_dir: &'a Path,
+    pub worker_dir: &'a Path,
+    pub manifests_dir: Option<&'a Path>,
+    pub unsafe_no_sandbox: bool,
+    pub token_sha256: &'a str,
+    pub max_concurrent: u32,
+    /// Which of the directories to hide exist on this machine (only those are hidden).
+    pub exists: &'a dyn Fn(&Path) -> bool,
+}
+
+/// Arguments after the worker command: `sandbox [flags] -- serve ...`.
+pub fn worker_args(plan: &SandboxPlan<'_>) -> Result<Vec<OsString>, RuntimeError> {
+    let tool = plan.tool;
+    let memory = quantity(tool.memory.as_deref(), DEFAULT_MEMORY_BYTES, "memory", &tool.name)?;
+    let tmpfs = quantity(tool.tmp_size.as_deref(), DEFAULT_TMPFS_BYTES, "tmpSize", &tool.name)?;
+    let mut args: Vec<OsString> = vec!["sandbox".into()];
+    // The local sandbox cannot filter by CIDR: a tool with declared egress shares the host network,
+    // a tool without has none at all.
+    let network = if tool.egress.is_empty() { "none" } else { "host" };
+    args.extend(["--network".into(), network.into()]);
+    for hidden in hidden_dirs(plan.state_dir) {
+        if (plan.exists)(&hidden) {
+            args.extend(["--hide".into(), hidden.into_os_string()]);
+        }
+    }
+    // Bound back after the hides, so a manifests dir (or the worker dir) below a hidden one stays visible.
+    if let Some(manifests) = plan.manifests_dir {
+        args.extend(["--ro-bind".into(), manifests.as_os_str().to_owned()]);
+    }
+    args.extend(["--rw-bind".into(), plan.worker_dir.as_os_str().to_owned()]);
+    args.extend(["--max-processes".into(), DEFAULT_MAX_PROCESSES.to_string().into()]);
+    args.extend(["--memory-bytes".into(), memory.to_string().into()]);
+    args.extend(["--tmpfs-size".into(), tmpfs.to_string().into()]);
+    if plan.unsafe_no_sandbox {
+        args.push("--unsafe-no-sandbox".into());
+    }
+    args.push("--".into());
+    let mut socket = OsString::from("unix:");
+    socket.push(socket_path(plan.worker_dir));
+    args.extend([
+        "serve".into(),
+        "--listen".into(),
+        socket,
+        "--token-sha256".into(),
+        plan.token_sha256.into(),
+        "--work-dir".into(),
+        "/tmp".into(),
+        "--max-concurrent".into(),
+        plan.max_concurrent.max(1).to_string().into(),
+    ]);
+    Ok(args)
+}
+
+/// `/home`, `/root` and the state dir.
+pub fn hidden_dirs(state_dir: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = HIDDEN.iter().map(PathBuf::from).collect();
+    if !dirs.iter().any(|d| state_dir.starts_with(d)) {
+        dirs.push(state_dir.to_owned());
+    }
+    dirs
+}
+
+pub fn socket_path(worker_dir: &Path) -> PathBuf {
+    worker_dir.join("worker.sock")
+}
+
+/// `PATH` for the worker without the directories the sandbox hides (their programs are not there).
+pub fn sandbox_path(host_path: &str, state_dir: &Path, manifests_dir: Option<&Path>) -> String {
+    let hidden = hidden_dirs(state_dir);
+    let visible = |dir: &str| {
+        let dir = Path::new(dir);
+        !dir.as_os_str().is_empty()
+            && (manifests_dir.is_some_and(|m| dir.starts_with(m)) || !hidden.iter().any(|h| dir.starts_with(h)))
+    };
+    let kept: Vec<&str> = host_path.split(':').filter(|d| visible(d)).collect();
+    if kept.is_empty() { "/usr/local/bin:/usr/bin:/bin".to_owned() } else { kept.join(":") }
+}
+
+/// The credentials of one worker: values never leave this struct except into the child's environment
+/// and its 0600 files.
+#[derive(Default)]
+pub struct Credentials {
+    /// File name under the worker's `credentials/` dir → value.
+    pub files: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
+    /// `credentialSources` of the spec, one per credential in order.
+    pub sources: Vec<serde_json::Value>,
+}
+
+/// Resolves the tool's credentials from the local Secrets of `namespace`.
+pub fn credentials(
+    tool: &ToolConfig,
+    namespace: &str,
+    secrets: &BTreeMap<(String, String), BTreeMap<String, String>>,
+    credentials_dir: &Path,
+) -> Result<Credentials, RuntimeError> {
+    let mut out = Credentials::default();
+    for (i, c) in tool.credentials.iter().enumerate() {
+        let context = || format!("tool {}: credentials[{i}]", tool.name);
+        let secret = secrets.get(&(namespace.to_owned(), c.secret_ref.name.clone())).ok_or_else(|| {
+            RuntimeError::new(
+                "missing_credential",
+                format!("{}: Secret {namespace}/{} does not exist (toolwarden dev reads Secrets beside the manifests)", context(), c.secret_ref.name),
+            )
+        })?;
+        let value = secret.get(&c.secret_ref.key).ok_or_else(|| {
+            RuntimeError::new(
+                "missing_credential",
+                format!("{}: Secret {namespace}/{} has no key {}", context(), c.secret_ref.name, c.secret_ref.key),
+            )
+        })?;
+        let file = match (&c.env, &c.file, &c.header) {
+            (Some(env), None, None) => {
+                out.env.push((env.clone(), value.clone()));
+                out.sources.push(serde_json::json!({ "env": env }));
+                continue;
+            }
+            (None, Some(file), None) => file.clone(),
+            (None, None, Some(_)) => format!("header-{i}"),
+            _ => {
+                return Err(RuntimeError::new(
+                    "invalid_tool",
+                    format!("{}: needs exactly one of env, file or header", context()),
+                ));
+            }
+        };
+        if file.is_empty() || file.contains('/') || file == "." || file == ".." {
+            return Err(RuntimeError::new("invalid_tool", format!("{}: file name {file:?} is not a plain name", context())));
+        }
+        let path = credentials_dir.join(&file);
+        out.sources.push(serde_json::json!({ "path": path.to_string_lossy() }));
+        out.files.push((file, value.clone()));
+    }
+    Ok(out)
+}
+
+/// The worker's tool spec: the compiled tool plus `credentialSources`.
+pub fn tool_spec(tool: &ToolConfig, sources: Vec<serde_json::Value>) -> String {
+    let mut spec = serde_json::to_value(tool).unwrap_or(serde_json::Value::Null);
+    if let Some(object) = spec.as_object_mut() {
+        object.insert("credentialSources".into(), serde_json::Value::Array(sources));
+    }
+    spec.to_string()
+}
+
+/// A Kubernetes quantity (`256Mi`, `1G`, `1.5Gi`, `1048576`) in bytes.
+pub fn quantity(value: Option<&str>, default: u64, field: &str, tool: &str) -> Result<u64, RuntimeError> {
+    let Some(text) = value else { return Ok(default) };
+    let bad = || RuntimeError::new("invalid_tool", format!("tool {tool}: {field} {text:?} is not a quantity such as 256Mi"));
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(bad()),
+    };
+    let bytes = number * factor;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(extra: serde_json::Value) -> ToolConfig {
+        let mut base = serde_json::json!({
+            "name": "read_note", "resource": "read-note", "description": "Reads a note.", "effect": "read",
+            "inputSchema": {"type": "object"}, "runtime": {"exec": {"image": "x", "command": ["cat"]}},
+            "timeoutMs": 10000, "maxOutputBytes": 65536, "outputTrust": "trusted"
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn args(tool: &ToolConfig, manifests: Option<&Path>, exists: &dyn Fn(&Path) -> bool) -> Vec<String> {
+        let plan = SandboxPlan {
+            tool,
+            state_dir: Path::new("/var/lib/tw"),
+            worker_dir: Path::new("/var/lib/tw/w-1"),
+            manifests_dir: manifests,
+            unsafe_no_sandbox: false,
+            token_sha256: "ab",
+            max_concurrent: 4,
+            exists,
+        };
+        worker_args(&plan).unwrap().into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_tool_without_egress_gets_no_network_and_hidden_homes() {
+        let t = tool(serde_json::json!({"memory": "128Mi"}));
+        let a = args(&t, Some(Path::new("/home/dev/examples")), &|_| true).join(" ");
+        assert_eq!(
+            a,
+            "sandbox --network none --hide /home --hide /root --hide /var/lib/tw --ro-bind /home/dev/examples \
+             --rw-bind /var/lib/tw/w-1 --max-processes 128 --memory-bytes 134217728 --tmpfs-size 67108864 \
+             -- serve --listen unix:/var/lib/tw/w-1/worker.sock --token-sha256 ab --work-dir /tmp --max-concurrent 4"
+        );
+    }
+
+    #[test]
+    fn egress_means_host_network_and_only_existing_dirs_are_hidden() {
+        let t = tool(serde_json::json!({"egress": [{"cidr": "140.82.112.0/20"}], "tmpSize": "1Gi"}));
+        let a = args(&t, None, &|p| p != Path::new("/home")).join(" ");
+        assert!(a.starts_with("sandbox --network host --hide /root --hide /var/lib/tw --rw-bind"), "{a}");
+        assert!(a.contains("--tmpfs-size 1073741824"), "{a}");
+        assert!(!a.contains("--ro-bind"), "{a}");
+    }
+
+    #[test]
+    fn quantities_parse_and_bad_ones_are_named() {
+        assert_eq!(quantity(Some("256Mi"), 0, "memory", "t").unwrap(), 268435456);
+        assert_eq!(quantity(Some("1.5Gi"), 0, "memory", "t").unwrap(), 1610612736);
+        assert_eq!(quantity(Some("500M"), 0, "memory", "t").unwrap(), 500_000_000);
+        assert_eq!(quantity(None, 7, "memory", "t").unwrap(), 7);
+        let e = quantity(Some("lots"), 0, "memory", "read_note").unwrap_err();
+        assert_eq!(e.code, "invalid_tool");
+        assert!(e.message.contains("read_note: memory \"lots\""), "{}", e.message);
+        assert!(quantity(Some("0"), 0, "memory", "t").is_err());
+    }
+
+    #[test]
+    fn path_drops_hidden_dirs_but_keeps_the_manifests_dir() {
+        let p = sandbox_path("/root/.pyenv/shims:/home/dev/ex/bin:/usr/bin:/bin", Path::new("/var/lib/tw"), Some(Path::new("/home/dev/ex")));
+        assert_eq!(p, "/home/dev/ex/bin:/usr/bin:/bin");
+    }
+
+    #[test]
+    fn credentials_resolve_to_env_and_files_and_missing_ones_are_named_without_values() {
+        let t = tool(serde_json::json!({"credentials": [
+            {"secretRef": {"name": "gh", "key": "token"}, "env": "GITHUB_TOKEN"},
+            {"secretRef": {"name": "gh", "key": "token"}, "file": "token.txt"},
+            {"secretRef": {"name": "gh", "key": "token"}, "header": {"name": "Authorization", "prefix": "Bearer "}}
+        ]}));
+        let secrets = BTreeMap::from([(("default".to_owned(), "gh".to_owned()), BTreeMap::from([("token".to_owned(), "v4lue".to_owned())]))]);
+        let c = credentials(&t, "default", &secrets, Path::new("/w/credentials")).unwrap();
+        assert_eq!(c.env, vec![("GITHUB_TOKEN".to_owned(), "v4lue".to_owned())]);
+        assert_eq!(c.files.iter().map(|f| f.0.as_str()).collect::<Vec<_>>(), ["token.txt", "header-2"]);
+        assert_eq!(
+            serde_json::Value::Array(c.sources.clone()),
+            serde_json::json!([{"env": "GITHUB_TOKEN"}, {"path": "/w/credentials/token.txt"}, {"path": "/w/credentials/header-2"}])
+        );
+        let spec: serde_json::Value = serde_json::from_str(&tool_spec(&t, c.sources)).unwrap();
+        assert_eq!(spec["credentialSources"][0], serde_json::json!({"env": "GITHUB_TOKEN"}));
+        assert!(!spec.to_string().contains("v4lue"));
+
+        let e = credentials(&t, "other", &secrets, Path::new("/w")).err().unwrap();
+        assert_eq!(e.code, "missing_credential");
+        assert!(e.message.contains("tool read_note: credentials[0]: Secret other/gh does not exist"), "{}", e.message);
+        let no_key = BTreeMap::from([(("default".to_owned(), "gh".to_owned()), BTreeMap::new())]);
+        let e = credentials(&t, "default", &no_key, Path::new("/w")).err().unwrap();
+        assert!(e.message.contains("Secret default/gh has no key token"), "{}", e.message);
+    }
+}
