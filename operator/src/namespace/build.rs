@@ -15,7 +15,7 @@ use toolwarden_core::resources::{Condition, McpTool, ToolPolicy, ToolPolicyStatu
 use crate::objects::*;
 
 /// What the namespace reconciler concluded about one tool.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ToolVerdict {
     /// `metadata.generation` of the tool as compiled into the config now in the ConfigMap; `None` when
     /// the tool is not in it.
