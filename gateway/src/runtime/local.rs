@@ -403,10 +403,21 @@ fn write_credential_files(dir: &Path, files: &[(String, String)]) -> std::io::Re
         return Ok(());
     }
     std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+    // A gateway running as root gets its sandboxes run as `nobody` (the worker's rule): hand the
+    // credentials to that user, still unreadable to anyone else.
+    // SAFETY: geteuid cannot fail.
+    let owner = (unsafe { libc::geteuid() } == 0).then_some(toolwarden_worker::sandbox::NOBODY);
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(uid))?;
+    }
     for (name, value) in files {
         use std::io::Write as _;
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join(name))?;
+        let path = dir.join(name);
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
         file.write_all(value.as_bytes())?;
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(uid))?;
+        }
     }
     Ok(())
 }

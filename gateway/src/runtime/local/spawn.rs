@@ -74,10 +74,11 @@ pub fn worker_args(plan: &SandboxPlan<'_>) -> Result<Vec<OsString>, RuntimeError
     Ok(args)
 }
 
-/// `/home`, `/root` and the state dir.
+/// `/home`, `/root` and the state dir (unless already below one of those, or below `/tmp`, which every
+/// sandbox replaces with its own tmpfs).
 pub fn hidden_dirs(state_dir: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = HIDDEN.iter().map(PathBuf::from).collect();
-    if !dirs.iter().any(|d| state_dir.starts_with(d)) {
+    if !dirs.iter().any(|d| state_dir.starts_with(d)) && !state_dir.starts_with("/tmp") {
         dirs.push(state_dir.to_owned());
     }
     dirs
@@ -254,6 +255,12 @@ mod tests {
         assert_eq!(e.code, "invalid_tool");
         assert!(e.message.contains("read_note: memory \"lots\""), "{}", e.message);
         assert!(quantity(Some("0"), 0, "memory", "t").is_err());
+    }
+
+    #[test]
+    fn a_state_dir_in_tmp_is_not_hidden_twice() {
+        assert_eq!(hidden_dirs(Path::new("/tmp/toolwarden-0")), [PathBuf::from("/home"), PathBuf::from("/root")]);
+        assert_eq!(hidden_dirs(Path::new("/root/.local/state/tw")).len(), 2);
     }
 
     #[test]
