@@ -138,11 +138,21 @@ impl Fake {
                     Some(o) => (200, o.clone()),
                     None => (404, status_error(404, "NotFound")),
                 },
-                "PATCH" | "PUT" => {
-                    let object = with_version(&s.body, "1");
-                    objects.insert(path, object.clone());
-                    (200, object)
-                }
+                "PATCH" | "PUT" => match path.strip_suffix("/status") {
+                    // A status write changes the object's status and returns the whole object.
+                    Some(base) => match objects.get_mut(base) {
+                        Some(object) => {
+                            object["status"] = s.body["status"].clone();
+                            (200, object.clone())
+                        }
+                        None => (404, status_error(404, "NotFound")),
+                    },
+                    None => {
+                        let object = with_version(&s.body, "1");
+                        objects.insert(path, object.clone());
+                        (200, object)
+                    }
+                },
                 "POST" => (201, with_version(&s.body, "1")),
                 "DELETE" => match objects.remove(&path) {
                     Some(_) => (200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
