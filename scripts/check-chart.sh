@@ -84,10 +84,12 @@ for values in default all-on; do
 done
 
 # --- monitoring on/off --------------------------------------------------------------------------------
-kinds() { render "$@" | "$PY" "$CHECKS/chartcheck.py" kinds /dev/stdin | sort | tr '\n' ' '; }
 expect_kinds() { # NAME WANT(yes|no) ARGS...
   local name="$1" want="$2"; shift 2
-  local got; got="$(kinds "$@")"
+  if ! render "$@" >"$TMP/kinds.yaml" 2>"$TMP/out"; then
+    bad "monitoring: $name (helm template failed)"; sed 's/^/     /' "$TMP/out"; return
+  fi
+  local got; got="$("$PY" "$CHECKS/chartcheck.py" kinds "$TMP/kinds.yaml" | sort | tr '\n' ' ')"
   local has=no
   case "$got" in *ServiceMonitor*PrometheusRule*|*PrometheusRule*ServiceMonitor*) has=yes ;; *ServiceMonitor*|*PrometheusRule*) has=partly ;; esac
   if [ "$has" = "$want" ]; then ok "monitoring: $name"; else bad "monitoring: $name (want $want, rendered: $got)"; fi

@@ -122,10 +122,15 @@ fn helm_install_creates_crds_operator_gateway_and_least_privilege_rbac() {
         format!("service/{fullname}-operator"), format!("serviceaccount/{fullname}-gateway"),
         format!("serviceaccount/{fullname}-operator"), format!("poddisruptionbudget/{fullname}-gateway"),
         format!("poddisruptionbudget/{fullname}-operator"), format!("networkpolicy/{fullname}-gateway"),
-        format!("networkpolicy/{fullname}-operator"), format!("role/{fullname}-operator-leader"),
-        format!("rolebinding/{fullname}-operator-leader"),
+        format!("networkpolicy/{fullname}-operator"),
     ] {
         ok("kubectl", &["get", "-n", &ns, &object]);
+    }
+    // The operator's leader-election Role and its binding (names follow deploy/rbac/operator.yaml).
+    let operator_labels = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=operator");
+    for kind in ["role", "rolebinding"] {
+        let found = ok("kubectl", &["get", kind, "-n", &ns, "-l", &operator_labels, "-o", "name"]);
+        assert!(!found.trim().is_empty(), "no operator {kind} in {ns}");
     }
     // Cluster-scoped RBAC.
     for object in [
