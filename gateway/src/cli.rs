@@ -1,22 +1,233 @@
 //! Command-line entry points of the gateway: `dev`, `gateway`, `approvals`.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::audit::AuditLog;
+use crate::auth::{AuthConfig, Authenticator, JwksSource, JwtIssuerConfig, StaticToken};
+use crate::metrics::GatewayMetrics;
+use crate::runtime::WorkerRuntime;
+use crate::runtime::local::{LocalRuntime, LocalRuntimeConfig, LocalSecrets};
+use crate::state::{Gateway, Settings};
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    toolwarden_core::duration::parse_duration(text)
+}
+
+fn init_logging() {
+    // Logs go to stderr; stdout carries the audit lines (and `dev`'s connection notes).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLWARDEN_LOG").unwrap_or_else(|_| "info,rmcp=warn".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
 /// Arguments of `toolwarden dev`.
 #[derive(Debug, clap::Args)]
-pub struct DevArgs {}
+pub struct DevArgs {
+    /// Directory of McpTool/ToolPolicy manifests (and local stand-in Secrets) to serve and watch.
+    #[arg(long, default_value = "examples")]
+    pub manifests: PathBuf,
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Static tokens file (YAML, see docs/authentication.md); without it `dev` makes a developer and an
+    /// approver token (TOOLWARDEN_DEV_TOKEN / TOOLWARDEN_DEV_APPROVER_TOKEN when set).
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    /// Also append audit lines to this file.
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    /// Run tools without the namespace sandbox (only where the kernel refuses user namespaces).
+    #[arg(long)]
+    pub unsafe_no_sandbox: bool,
+}
+
+fn dev_token(var: &str) -> String {
+    std::env::var(var).ok().filter(|t| !t.trim().is_empty()).unwrap_or_else(|| format!("twdev-{}", crate::approvals::random_hex(16)))
+}
+
+fn local_runtime(
+    manifests_dir: Option<PathBuf>,
+    unsafe_no_sandbox: bool,
+    secrets: LocalSecrets,
+    metrics: crate::kubernetes::Metrics,
+) -> anyhow::Result<Arc<dyn WorkerRuntime>> {
+    let exe = std::env::current_exe().context("cannot find the toolwarden executable to start workers")?;
+    let state_dir = std::env::temp_dir().join(format!("toolwarden-{}", std::process::id()));
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let runtime = LocalRuntime::new(LocalRuntimeConfig {
+        worker_command: vec![exe.into_os_string(), OsString::from("worker")],
+        state_dir,
+        unsafe_no_sandbox,
+        manifests_dir,
+        secrets,
+        metrics,
+        max_concurrent_per_worker: 16,
+    })?;
+    Ok(runtime)
+}
 
 impl DevArgs {
     pub async fn run(self) -> anyhow::Result<()> {
-        anyhow::bail!("`toolwarden dev` is not built yet")
+        init_logging();
+        let dir = self
+            .manifests
+            .canonicalize()
+            .with_context(|| format!("manifests directory {} not found (give --manifests DIR)", self.manifests.display()))?;
+        let loaded = crate::config_dev::load(&dir).map_err(|problems| anyhow::anyhow!("{problems}"))?;
+        if self.unsafe_no_sandbox {
+            eprintln!("WARNING: --unsafe-no-sandbox: tools run as this user with full access to this machine and its network.");
+        }
+
+        let developer = dev_token("TOOLWARDEN_DEV_TOKEN");
+        let approver = dev_token("TOOLWARDEN_DEV_APPROVER_TOKEN");
+        let static_tokens = if self.tokens.is_some() {
+            Vec::new()
+        } else {
+            vec![
+                StaticToken { token: developer.clone(), subject: "developer".into(), groups: vec!["developers".into()] },
+                StaticToken { token: approver.clone(), subject: "alice".into(), groups: vec!["team-leads".into()] },
+            ]
+        };
+        let auth = Authenticator::new(AuthConfig { tokens_file: self.tokens.clone(), static_tokens, jwt: Vec::new() }).await?;
+
+        let runtime_metrics = crate::kubernetes::Metrics::default();
+        let (metrics, registry) = GatewayMetrics::new(runtime_metrics.clone());
+        let secrets: LocalSecrets = Arc::new(std::sync::RwLock::new(BTreeMap::new()));
+        let runtime = local_runtime(Some(dir.clone()), self.unsafe_no_sandbox, secrets.clone(), runtime_metrics)?;
+        let audit = AuditLog::open(self.audit_log.as_deref(), true)?;
+        let settings = Settings {
+            // A laptop server: only loopback names (DNS-rebinding guard on top of the bearer token).
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), self.listen.ip().to_string()],
+            ..Settings::default()
+        };
+        let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
+        let namespaces: Vec<String> = loaded.configs.iter().map(|c| c.namespace.clone()).collect();
+        let tools: usize = loaded.configs.iter().map(|c| c.tools.len()).sum();
+        crate::config_dev::apply(&gateway, &secrets, loaded, 1);
+        tokio::spawn(crate::config_dev::watch(gateway.clone(), dir.clone(), secrets, 1));
+
+        let listener = tokio::net::TcpListener::bind(self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?;
+        let addr = listener.local_addr()?;
+        let first = namespaces.first().cloned().unwrap_or_else(|| "default".into());
+        let endpoint = format!("http://{addr}/mcp/{first}");
+        println!("toolwarden dev: {tools} tools in namespace(s) {} from {} (edits apply within 2 s)", namespaces.join(", "), dir.display());
+        println!("  MCP endpoint: {endpoint}");
+        if self.tokens.is_none() {
+            println!("  token (subject developer, group developers): {developer}");
+            println!("  approver token (subject alice, group team-leads): {approver}");
+        }
+        println!("Claude Code:");
+        println!("  claude mcp add --transport http toolwarden {endpoint} --header \"Authorization: Bearer {developer}\"");
+        println!("JSON client config:");
+        let snippet = serde_json::json!({"mcpServers": {"toolwarden": {"type": "http", "url": endpoint, "headers": {"Authorization": format!("Bearer {developer}")}}}});
+        println!("  {snippet}");
+        println!("Approvals (as alice):");
+        println!("  toolwarden approvals --gateway http://{addr} --token {approver} list");
+        println!("  toolwarden approvals --gateway http://{addr} --token {approver} approve ID");
+        println!("listening on http://{addr}");
+        crate::serve::serve(gateway, listener, None, crate::serve::shutdown_signal()).await
     }
 }
 
 /// Arguments of `toolwarden gateway`.
 #[derive(Debug, clap::Args)]
-pub struct GatewayArgs {}
+pub struct GatewayArgs {
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Also serve /metrics, /healthz and /readyz here.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where tool calls run: `local` (sandboxed processes on the gateway's host) or `kubernetes` (pods).
+    #[arg(long, default_value = "kubernetes", value_parser = ["local", "kubernetes"])]
+    pub runtime: String,
+    /// Stable name of this gateway replica (labels its sessions and worker pods).
+    #[arg(long, default_value = "toolwarden-gateway")]
+    pub gateway_id: String,
+    #[arg(long, default_value_t = crate::kubernetes::default_worker_image())]
+    pub worker_image: String,
+    /// Static tokens file (a mounted Secret).
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
+    #[arg(long)]
+    pub jwks_url: Option<String>,
+    #[arg(long)]
+    pub jwks_file: Option<PathBuf>,
+    #[arg(long, default_value = "groups")]
+    pub jwt_groups_claim: String,
+    /// Namespaces whose ConfigMaps to serve (repeatable); all namespaces when absent.
+    #[arg(long = "namespace")]
+    pub namespaces: Vec<String>,
+    #[arg(long)]
+    pub audit_log: Option<PathBuf>,
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    #[arg(long, default_value = "8h", value_parser = parse_duration)]
+    pub max_session_lifetime: Duration,
+    /// Local runtime only: run tools without the namespace sandbox.
+    #[arg(long)]
+    pub unsafe_no_sandbox: bool,
+}
 
 impl GatewayArgs {
+    fn auth_config(&self) -> anyhow::Result<AuthConfig> {
+        let mut jwt = Vec::new();
+        if let Some(issuer) = &self.jwt_issuer {
+            let audience = self.jwt_audience.clone().context("--jwt-issuer needs --jwt-audience (this gateway's resource URL)")?;
+            let jwks = match (&self.jwks_url, &self.jwks_file) {
+                (Some(url), None) => JwksSource::Url(url.clone()),
+                (None, Some(file)) => JwksSource::File(file.clone()),
+                _ => anyhow::bail!("--jwt-issuer needs exactly one of --jwks-url or --jwks-file"),
+            };
+            jwt.push(JwtIssuerConfig { issuer: issuer.clone(), audience, jwks, groups_claim: self.jwt_groups_claim.clone() });
+        }
+        Ok(AuthConfig { tokens_file: self.tokens.clone(), static_tokens: Vec::new(), jwt })
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
-        anyhow::bail!("`toolwarden gateway` is not built yet")
+        init_logging();
+        let auth = Authenticator::new(self.auth_config()?).await?;
+        let runtime_metrics = crate::kubernetes::Metrics::default();
+        let (metrics, registry) = GatewayMetrics::new(runtime_metrics.clone());
+        let runtime: Arc<dyn WorkerRuntime> = match self.runtime.as_str() {
+            "local" => {
+                let secrets: LocalSecrets = Arc::new(std::sync::RwLock::new(BTreeMap::new()));
+                local_runtime(None, self.unsafe_no_sandbox, secrets, runtime_metrics)?
+            }
+            _ => anyhow::bail!(
+                "--runtime kubernetes is not wired into the gateway yet (gateway/src/runtime/kubernetes.rs); use --runtime local meanwhile"
+            ),
+        };
+        let audit = AuditLog::open(self.audit_log.as_deref(), true)?;
+        let settings = Settings {
+            idle_timeout: self.idle_timeout,
+            max_session_lifetime: self.max_session_lifetime,
+            shutdown_grace: self.shutdown_grace,
+            // In-cluster names vary (Service, Ingress): any Host; every request needs a bearer token.
+            allowed_hosts: Vec::new(),
+            ..Settings::default()
+        };
+        let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
+        crate::config_kube::start(gateway.clone(), self.namespaces.clone()).await?;
+        let listener = tokio::net::TcpListener::bind(self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?;
+        let metrics_listener = match self.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?),
+            None => None,
+        };
+        tracing::info!(listen = %listener.local_addr()?, gateway_id = %self.gateway_id, "gateway listening");
+        crate::serve::serve(gateway, listener, metrics_listener, crate::serve::shutdown_signal()).await
     }
 }
 

@@ -136,8 +136,53 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, mut re
         tracing::warn!(session = %id, subject = %principal.subject, "refused a session id that belongs to another caller");
         return jsonrpc_error(StatusCode::NOT_FOUND, "Session not found");
     }
+    let mut request = if request.method() == axum::http::Method::POST {
+        match checked_body(request, gateway.settings.max_body_bytes).await {
+            Ok(request) => request,
+            Err(response) => return response,
+        }
+    } else {
+        request
+    };
     request.extensions_mut().insert(Caller { namespace, principal });
     app.mcp.handle(request).await.map(Body::new)
+}
+
+fn parse_error(status: StatusCode, code: i64, message: String) -> Response {
+    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
+    (status, Json(body)).into_response()
+}
+
+/// Reads a POST body within the size limit and checks it is one JSON-RPC object, so that malformed,
+/// oversized, non-UTF-8, too deep or batched bodies get a specific JSON-RPC error before rmcp sees them.
+async fn checked_body(request: Request, limit: usize) -> Result<Request, Response> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        parse_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, format!("Invalid Request: the body is larger than {limit} bytes"))
+    })?;
+    if let Err(e) = std::str::from_utf8(&bytes) {
+        return Err(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: the body is not valid UTF-8 (byte {})", e.valid_up_to())));
+    }
+    // serde_json refuses nesting deeper than 128 levels, which bounds the work on hostile bodies.
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(message)) => {
+            let versioned = message.get("jsonrpc").and_then(|v| v.as_str()) == Some("2.0");
+            let kind = ["method", "result", "error"].iter().any(|k| message.contains_key(*k));
+            if !versioned || !kind {
+                return Err(parse_error(
+                    StatusCode::BAD_REQUEST,
+                    -32600,
+                    "Invalid Request: not a JSON-RPC 2.0 message (it needs \"jsonrpc\": \"2.0\" and a method)".into(),
+                ));
+            }
+        }
+        Ok(serde_json::Value::Array(_)) => {
+            return Err(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: batch requests are not supported; send one JSON-RPC message per request".into()));
+        }
+        Ok(_) => return Err(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: the body must be one JSON-RPC object".into())),
+        Err(e) => return Err(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}"))),
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 async fn resource_metadata_root(State(app): State<App>, headers: HeaderMap) -> Response {

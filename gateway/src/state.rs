@@ -168,15 +168,13 @@ impl Gateway {
 
     /// Registers a session and tells the runtime. A second start of the same id is ignored.
     pub async fn start_session(&self, new: NewSession) -> Arc<SessionRecord> {
-        let started = std::time::Instant::now();
+        // The runtimes keep `toolwarden_sessions_active` and the session start histogram themselves.
         let (record, created) = self.sessions.insert(new);
         if created {
-            self.metrics.runtime.sessions_active.set(self.sessions.len() as i64);
             if let Err(e) = self.runtime.start_session(record.info()).await {
                 // Calls will report the runtime's problem; the session itself is usable for tools/list.
                 tracing::warn!(session = %record.id, code = e.code, error = %e, "runtime could not record the session start");
             }
-            self.metrics.runtime.session_start.observe(started.elapsed().as_secs_f64());
             tracing::info!(session = %record.id, namespace = %record.namespace, subject = %record.subject,
                 client = %record.client_name, stateless = record.stateless, "session started");
         }
@@ -186,7 +184,6 @@ impl Gateway {
     /// Ends a session: stops its workers and forgets its state. Idempotent.
     pub async fn end_session(&self, id: &str, reason: &'static str) {
         let Some(record) = self.sessions.remove(id) else { return };
-        self.metrics.runtime.sessions_active.set(self.sessions.len() as i64);
         self.limits.end_session(id);
         self.runtime.end_session(id, reason).await;
         tracing::info!(session = %id, namespace = %record.namespace, reason, "session ended");

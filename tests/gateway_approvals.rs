@@ -1,0 +1,102 @@
+//! Human approvals end to end: the agent's call parks, an approver decides over `/approvals`, and the
+//! agent's identical retry runs exactly once.
+
+mod gateway_support;
+
+use gateway_support::*;
+use serde_json::{Value, json};
+
+/// A destructive tool that needs no workspace state, so the test checks the approval flow only.
+const EXTRA: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: delete-greeting}
+spec:
+  description: Deletes the greeting (prints what it deleted).
+  effect: destructive
+  inputSchema: {type: object, properties: {name: {type: string}}, required: [name], additionalProperties: false}
+  runtime:
+    exec:
+      image: python:3.12-slim
+      command: [python3, -c, "import json,sys; print('deleted greeting ' + json.load(sys.stdin)['name'])"]
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: developers-delete-greetings}
+spec:
+  subjects: {groups: [developers]}
+  tools: {names: [delete-greeting]}
+  decision: allow
+  approval: {mode: human, ttl: 10m, approvers: {users: [alice]}}
+"#;
+
+async fn approvals(dev: &Dev, token: &str) -> Vec<Value> {
+    let body: Value = http().get(dev.url("/approvals")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    body["approvals"].as_array().unwrap().clone()
+}
+
+async fn decide(dev: &Dev, token: &str, id: &str, verb: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request = http().post(dev.url(&format!("/approvals/{id}/{verb}"))).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destructive_call_waits_for_a_listed_approver_then_runs_exactly_once() {
+    let dev = Dev::start(&[("zz-test.yaml", EXTRA)]);
+    let agent = dev.client(DEV_TOKEN).await;
+
+    let parked = call(&agent, "delete_greeting", json!({"name": "old"})).await;
+    let message = refused(&parked, "approval_required");
+    let id = parked.structured_content.as_ref().unwrap()["approvalId"].as_str().unwrap().to_owned();
+    assert!(message.contains(&format!("toolwarden approvals approve {id}")), "{message}");
+    // Still pending: the retry does not run and does not make a second approval.
+    refused(&call(&agent, "delete_greeting", json!({"name": "old"})).await, "approval_required");
+
+    let listed = approvals(&dev, APPROVER_TOKEN).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let a = &listed[0];
+    assert_eq!((a["id"].as_str(), a["tool"].as_str(), a["subject"].as_str(), a["state"].as_str()), (Some(id.as_str()), Some("delete_greeting"), Some("developer"), Some("pending")));
+    assert_eq!(a["arguments"], json!({"name": "old"}));
+    assert_eq!(a["policy"], "developers-delete-greetings");
+    for field in ["namespace", "sessionId", "reason", "createdAt", "expiresAt"] {
+        assert!(a.get(field).is_some(), "{field} missing from {a}");
+    }
+    assert_eq!(approvals(&dev, DEV_TOKEN).await.len(), 1, "the requester sees its own request");
+
+    let (status, body) = decide(&dev, DEV_TOKEN, &id, "approve", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("not_an_approver")), "{body}");
+    let (status, body) = decide(&dev, APPROVER_TOKEN, "ap-0000", "approve", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_approval")));
+    let (status, body) = decide(&dev, APPROVER_TOKEN, &id, "approve", Some(json!({"reason": "cleanup is fine"}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["approval"]["state"].as_str(), body["approval"]["decidedBy"].as_str()), (Some("approved"), Some("alice")));
+    let (status, body) = decide(&dev, APPROVER_TOKEN, &id, "deny", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_decided")));
+
+    // Other arguments are another call: not approved.
+    refused(&call(&agent, "delete_greeting", json!({"name": "other"})).await, "approval_required");
+    let deleted = ok(&call(&agent, "delete_greeting", json!({"name": "old"})).await);
+    assert_eq!(deleted.trim(), "deleted greeting old");
+    let again = call(&agent, "delete_greeting", json!({"name": "old"})).await;
+    refused(&again, "approval_required");
+    let lines = dev.audit_lines();
+    let ran: Vec<&Value> = lines.iter().filter(|l| l["tool"] == "delete_greeting" && l["event"] == "result").collect();
+    assert_eq!(ran.len(), 1, "the approved call ran exactly once");
+    assert!(lines.iter().any(|l| l["tool"] == "delete_greeting" && l["approval"] == "approved"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_approval_is_reported_to_the_agent() {
+    let dev = Dev::start(&[]);
+    let agent = dev.client(DEV_TOKEN).await;
+    let parked = call(&agent, "delete_note", json!({"path": "x.md"})).await;
+    let id = parked.structured_content.as_ref().unwrap()["approvalId"].as_str().unwrap().to_owned();
+    let (status, _) = decide(&dev, APPROVER_TOKEN, &id, "deny", Some(json!({"reason": "keep it"}))).await;
+    assert_eq!(status, 200);
+    let denied = refused(&call(&agent, "delete_note", json!({"path": "x.md"})).await, "approval_denied");
+    assert!(denied.contains("alice denied") && denied.contains("keep it"), "{denied}");
+}

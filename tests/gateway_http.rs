@@ -1,0 +1,166 @@
+//! The gateway's HTTP edge: authentication, session ownership, bad input, audit lines, metrics, shutdown.
+
+mod gateway_support;
+
+use gateway_support::*;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_bad_tokens_get_401_with_www_authenticate_and_nothing_else() {
+    let dev = Dev::start(&[]);
+    for token in [None, Some("wrong-token"), Some("")] {
+        let response = mcp_post(&dev, token).json(&initialize_body()).send().await.unwrap();
+        assert_eq!(response.status(), 401, "token {token:?}");
+        let challenge = response.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.starts_with("Bearer "), "{challenge}");
+        assert!(challenge.contains(&format!("resource_metadata=\"http://{}/.well-known/oauth-protected-resource/mcp/default\"", dev.addr)), "{challenge}");
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("tool") && !body.contains("default"), "nothing about the server leaks: {body}");
+    }
+    let approvals = http().get(dev.url("/approvals")).send().await.unwrap();
+    assert_eq!(approvals.status(), 401);
+    let metadata: Value = http().get(dev.url("/.well-known/oauth-protected-resource/mcp/default")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(metadata["resource"], json!(format!("http://{}/mcp/default", dev.addr)), "{metadata}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_presented_by_another_subject_is_refused() {
+    let dev = Dev::start(&[]);
+    let response = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(response.text().await);
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let stolen = mcp_post(&dev, Some(APPROVER_TOKEN))
+        .header("Mcp-Session-Id", &session)
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stolen.status(), 404, "another caller's session is answered like an unknown one");
+    let own = mcp_post(&dev, Some(DEV_TOKEN))
+        .header("Mcp-Session-Id", &session)
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .json(&list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200);
+    assert!(own.text().await.unwrap().contains("write_note"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_specific_errors_and_the_gateway_stays_up() {
+    let mut dev = Dev::start(&[]);
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        ("malformed JSON", mcp_post(&dev, Some(DEV_TOKEN)).body("{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": "), 400),
+        ("not JSON-RPC", mcp_post(&dev, Some(DEV_TOKEN)).body("{\"hello\": \"world\"}"), 400),
+        ("batch", mcp_post(&dev, Some(DEV_TOKEN)).body(format!("[{0},{0}]", initialize_body())), 400),
+        ("invalid UTF-8", mcp_post(&dev, Some(DEV_TOKEN)).body(vec![b'{', 0xff, 0xfe, b'}']), 400),
+        ("deep JSON", mcp_post(&dev, Some(DEV_TOKEN)).body(format!("{}{}", "[".repeat(10_000), "]".repeat(10_000))), 400),
+        ("huge body", mcp_post(&dev, Some(DEV_TOKEN)).body(vec![b' '; 2 * 1024 * 1024]), 413),
+        (
+            "wrong content type",
+            http().post(dev.mcp_url()).bearer_auth(DEV_TOKEN).header("Accept", "application/json, text/event-stream").header("Content-Type", "text/plain").body(initialize_body().to_string()),
+            415,
+        ),
+        ("no session", mcp_post(&dev, Some(DEV_TOKEN)).json(&json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})), 400),
+    ];
+    for (what, request, want) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), want, "{what}: {:?}", response.text().await);
+    }
+    let unknown_namespace = http()
+        .post(dev.url("/mcp/nowhere"))
+        .bearer_auth(DEV_TOKEN)
+        .header("Accept", "application/json, text/event-stream")
+        .json(&initialize_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_namespace.status(), 404);
+
+    let client = dev.client(DEV_TOKEN).await;
+    let unknown_method = client.send_request(rmcp::model::ClientRequest::ListPromptsRequest(Default::default())).await;
+    assert!(unknown_method.is_err(), "prompts are not served: {unknown_method:?}");
+    assert!(client.list_all_tools().await.is_ok(), "still serving after all that");
+    assert!(dev.is_running());
+    assert_eq!(http().get(dev.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http().get(dev.url("/readyz")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_lines_hold_every_required_field_and_no_secret() {
+    let dev = Dev::start(&[]);
+    let client = dev.client(DEV_TOKEN).await;
+    ok(&call(&client, "write_note", json!({"path": "a.md", "content": "hello"})).await);
+    refused(&call(&client, "read_note", json!({"path": "../x"})).await, "argument_rule_failed");
+    let long = "y".repeat(5000);
+    let _ = call(&client, "count_words", json!({"text": long, "unit": "words", "api_token": "sk-supersecret-value"})).await;
+    let lines = dev.audit_lines();
+    assert!(lines.len() >= 4, "{lines:?}");
+    let fields = [
+        "timestamp", "event", "call_id", "session_id", "subject", "client", "namespace", "tool", "arguments", "argument_provenance",
+        "policy", "rule", "decision", "code", "approval", "status", "duration_ms", "output_bytes", "truncated", "worker", "message",
+    ];
+    for line in &lines {
+        for field in fields {
+            assert!(line.get(field).is_some(), "{field} missing from {line}");
+        }
+        assert_eq!(line["subject"], "developer");
+        assert_eq!(line["client"], "gateway-test");
+    }
+    let write: Vec<&Value> = lines.iter().filter(|l| l["tool"] == "write_note").collect();
+    assert_eq!(write.len(), 2, "one decision line and one result line");
+    assert_eq!((write[0]["event"].as_str(), write[1]["event"].as_str()), (Some("decision"), Some("result")));
+    assert_eq!(write[0]["call_id"], write[1]["call_id"]);
+    assert_eq!(write[1]["status"], "ok");
+    assert_eq!(write[1]["worker"], "local");
+    assert!(write[1]["duration_ms"].is_u64() && write[1]["output_bytes"].is_u64());
+    let denied = lines.iter().find(|l| l["tool"] == "read_note").unwrap();
+    assert_eq!((denied["decision"].as_str(), denied["code"].as_str()), (Some("deny"), Some("argument_rule_failed")));
+    assert_eq!(denied["policy"], "developers-read-notes");
+    let text = std::fs::read_to_string(&dev.audit).unwrap();
+    assert!(!text.contains("sk-supersecret-value"), "secret argument leaked");
+    assert!(!text.contains(&"y".repeat(300)), "long values are shortened");
+    assert!(!text.contains(DEV_TOKEN), "bearer token leaked");
+    let stdout = dev.stdout.lock().unwrap().join("\n");
+    assert!(stdout.contains("\"event\":\"decision\""), "audit lines also go to stdout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_calls_made() {
+    let dev = Dev::start(&[]);
+    let client = dev.client(DEV_TOKEN).await;
+    for _ in 0..2 {
+        ok(&call(&client, "count_words", json!({"text": "a b", "unit": "words"})).await);
+    }
+    refused(&call(&client, "purge_cache", json!({})).await, "tool_disabled");
+    let _ = call(&client, "delete_note", json!({"path": "a.md"})).await;
+    let metrics = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "toolwarden_tool_calls_total{namespace=\"default\",tool=\"count_words\",decision=\"allow\",status=\"ok\"} 2",
+        "toolwarden_tool_calls_total{namespace=\"default\",tool=\"purge_cache\",decision=\"deny\",status=\"refused\"} 1",
+        "toolwarden_tool_calls_total{namespace=\"default\",tool=\"delete_note\",decision=\"human\",status=\"pending\"} 1",
+        "toolwarden_denials_total{namespace=\"default\",tool=\"purge_cache\",reason=\"tool_disabled\"} 1",
+        "toolwarden_tool_call_duration_seconds_count{namespace=\"default\",tool=\"count_words\"} 2",
+        "toolwarden_approvals_pending{namespace=\"default\"} 1",
+        "toolwarden_config_generation{namespace=\"default\"} 1",
+        "toolwarden_sessions_active 1",
+        "toolwarden_worker_start_duration_seconds_count{runtime=\"local\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_gateway_cleanly() {
+    let mut dev = Dev::start(&[]);
+    let client = dev.client(DEV_TOKEN).await;
+    ok(&call(&client, "write_note", json!({"path": "a.md", "content": "x"})).await);
+    let status = dev.terminate();
+    assert!(status.success(), "exit status {status}");
+    let stderr = dev.stderr.lock().unwrap().join("\n");
+    assert!(stderr.contains("gateway stopped"), "{stderr}");
+}
