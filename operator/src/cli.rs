@@ -52,6 +52,10 @@ pub struct OperatorArgs {
     /// How often every object is reconciled even when nothing changed.
     #[arg(long, default_value = "10m", value_parser = duration)]
     pub resync_interval: Duration,
+    /// Watch Secret metadata so that a changed source Secret is copied at once (needs list/watch on
+    /// Secrets); `false` re-reads referenced Secrets on the resync interval only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_secrets: bool,
     /// Log format: json or text.
     #[arg(long, default_value = "json")]
     pub log_format: String,
@@ -90,6 +94,7 @@ impl OperatorArgs {
             session_gc_interval: self.session_gc_interval,
             session_gc_grace: self.session_gc_grace,
             resync_interval: self.resync_interval.max(Duration::from_secs(30)),
+            watch_secrets: self.watch_secrets,
             ..Settings::default()
         })
     }

@@ -43,6 +43,9 @@ pub struct Settings {
     pub reconcile_timeout: Duration,
     /// How often every object is reconciled again even when nothing changed.
     pub resync_interval: Duration,
+    /// Watch Secret metadata to re-sync scoped Secrets at once (needs list/watch on Secrets); without it,
+    /// source Secret changes arrive on the resync interval.
+    pub watch_secrets: bool,
 }
 
 impl Default for Settings {
@@ -59,6 +62,7 @@ impl Default for Settings {
             config_max_bytes: CONFIG_MAX_BYTES,
             reconcile_timeout: Duration::from_secs(60),
             resync_interval: Duration::from_secs(600),
+            watch_secrets: true,
         }
     }
 }

@@ -122,12 +122,15 @@ pub async fn controllers(ctx: Arc<Context>) {
             let controller = Controller::new(Api::<McpTool>::all(client.clone()), watcher::Config::default());
             let store = controller.store();
             // Metadata only: the operator never lists Secret data; it reads referenced Secrets by name.
-            let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default())
-                .default_backoff()
-                .touched_objects();
+            let mut controller =
+                controller.owns(Api::<NetworkPolicy>::all(client.clone()), watcher::Config::default().labels(&managed_selector()));
+            if ctx.settings.watch_secrets {
+                let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default())
+                    .default_backoff()
+                    .touched_objects();
+                controller = controller.watches_stream(secrets, mapper(store));
+            }
             controller
-                .owns(Api::<NetworkPolicy>::all(client.clone()), watcher::Config::default().labels(&managed_selector()))
-                .watches_stream(secrets, mapper(store))
                 .reconcile_on(trigger_rx)
                 .run(tool::reconcile, tool::error_policy, ctx)
                 .for_each(|result| {
