@@ -139,6 +139,13 @@ fn run_server(options: ServeOptions, spec: spec::ToolSpec, session_dir: &Path) -
             return ExitCode::from(2);
         }
     };
+    // glibc reserves 64 MiB of address space per thread arena; under the sandbox's RLIMIT_AS a few blocking
+    // threads (DNS lookups) would exhaust it. One arena is plenty for a single-threaded server.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -55,8 +55,14 @@ impl ChildLimits {
     }
 }
 
+/// The type of an rlimit resource number (glibc and musl differ).
+#[cfg(target_env = "gnu")]
+pub type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+pub type Resource = libc::c_int;
+
 /// Lowers one rlimit (never raises a hard limit the worker itself is under).
-pub fn set(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::Result<()> {
+pub fn set(resource: Resource, soft: u64, hard: u64) -> std::io::Result<()> {
     let mut current = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {

@@ -198,3 +198,20 @@ fn sigterm_stops_the_sandbox_and_everything_in_it() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(support::live_processes_with(&format!("/bin/sleep {secs}")).is_empty(), "nothing outlives the sandbox");
 }
+
+#[test]
+fn file_credentials_in_the_bound_worker_dir_reach_the_sandboxed_tool() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let file = credentials.join("api-key");
+    std::fs::write(&file, "k3y").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut spec = exec_spec(&["/bin/sh", "-c", "cat \"$TOOLWARDEN_CREDENTIALS_DIR/api-key\""], &[]);
+    spec["credentials"] = json!([{"secretRef": {"name": "s", "key": "k"}, "file": "api-key"}]);
+    spec["credentialSources"] = json!([{"path": file.to_str().unwrap()}]);
+    let worker = Worker::sandboxed_in(dir, &spec, &[]);
+    let result = worker.ran(json!({}));
+    assert_eq!(result["content"], "k3y", "{result}");
+}

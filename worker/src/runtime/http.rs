@@ -25,6 +25,12 @@ pub struct Client {
     tls: Arc<rustls::ClientConfig>,
 }
 
+impl Default for Client {
+    fn default() -> Client {
+        Client::new()
+    }
+}
+
 impl Client {
     pub fn new() -> Client {
         let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };

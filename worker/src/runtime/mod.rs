@@ -83,5 +83,5 @@ pub fn failure(code: &str, message: impl Into<String>) -> CallResult {
 /// "10s", "1.5s", "250ms": how a timeout reads in a message.
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else if ms > 1000 { format!("{:.1}s", ms as f64 / 1000.0) } else { format!("{ms}ms") }
+    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else if ms > 1000 { format!("{:.1}s", ms as f64 / 1000.0) } else { format!("{ms}ms") }
 }

@@ -139,9 +139,7 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
         // SAFETY: setgroups with an empty list.
         unsafe { libc::setgroups(0, std::ptr::null()) };
         for dir in &options.rw_bind {
-            let c = CString::new(dir.as_os_str().as_bytes()).unwrap_or_default();
-            // SAFETY: chown(2) with a valid path.
-            unsafe { libc::chown(c.as_ptr(), ids.uid, ids.gid) };
+            chown_tree(dir, ids);
         }
     }
     let (status_read, status_write) = pipe()?;
@@ -186,6 +184,19 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
         return Err(Failure { refused: kind == b'R', message: String::from_utf8_lossy(message).into_owned() });
     }
     Ok(ExitCode::from(code))
+}
+
+/// Hands a read-write directory and what it holds (the worker's socket dir, its credential files) to the
+/// sandbox user, without following symbolic links.
+fn chown_tree(path: &std::path::Path, ids: Ids) {
+    let c = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
+    // SAFETY: lchown(2) with a valid path.
+    unsafe { libc::lchown(c.as_ptr(), ids.uid, ids.gid) };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+            chown_tree(&entry.path(), ids);
+        }
+    }
 }
 
 fn write_maps(pid: libc::pid_t, ids: Ids, root: bool) -> std::io::Result<()> {

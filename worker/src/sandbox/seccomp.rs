@@ -66,6 +66,12 @@ const NAMESPACE_FLAGS: &[u64] = &[
     libc::CLONE_NEWCGROUP as u64,
 ];
 
+/// TIOCSTI as the u64 seccomp compares (its C type differs between glibc and musl).
+#[allow(clippy::unnecessary_cast)]
+fn tiocsti_request() -> u64 {
+    libc::TIOCSTI as u64
+}
+
 fn arch() -> Result<TargetArch, String> {
     std::env::consts::ARCH.try_into().map_err(|e| format!("seccomp: unsupported architecture: {e:?}"))
 }
@@ -83,7 +89,7 @@ pub fn programs() -> Result<Vec<BpfProgram>, String> {
     }
     rules.insert(libc::SYS_clone, clone_rules);
     // TIOCSTI pushes characters into a terminal's input: never needed by a tool.
-    let tiocsti = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::TIOCSTI).map_err(|e| err(&e))?;
+    let tiocsti = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, tiocsti_request()).map_err(|e| err(&e))?;
     rules.insert(libc::SYS_ioctl, vec![SeccompRule::new(vec![tiocsti]).map_err(|e| err(&e))?]);
     let denied = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch()?)
         .map_err(|e| err(&e))?;

@@ -61,7 +61,11 @@ impl Worker {
 
     /// `sandbox ... -- serve` on a Unix socket in a directory bound read-write into the sandbox.
     pub fn sandboxed(spec: &Value, sandbox_args: &[&str]) -> Worker {
-        let dir = tempfile::tempdir().unwrap();
+        Worker::sandboxed_in(tempfile::tempdir().unwrap(), spec, sandbox_args)
+    }
+
+    /// As [`Worker::sandboxed`], with `dir` (which may hold credential files) as the bound socket dir.
+    pub fn sandboxed_in(dir: tempfile::TempDir, spec: &Value, sandbox_args: &[&str]) -> Worker {
         let socket = dir.path().join("worker.sock");
         let mut cmd = Command::new(BIN);
         cmd.arg("sandbox").args(["--hide", "/root", "--hide", "/home", "--rw-bind"]).arg(dir.path()).args(sandbox_args);
