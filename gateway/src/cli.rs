@@ -176,6 +176,9 @@ pub struct GatewayArgs {
     pub idle_timeout: Duration,
     #[arg(long, default_value = "8h", value_parser = parse_duration)]
     pub max_session_lifetime: Duration,
+    /// Kubernetes runtime: how long a worker pod may take to become ready.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub worker_start_timeout: Duration,
     /// Local runtime only: run tools without the namespace sandbox.
     #[arg(long)]
     pub unsafe_no_sandbox: bool,
@@ -196,6 +199,31 @@ impl GatewayArgs {
         Ok(AuthConfig { tokens_file: self.tokens.clone(), static_tokens: Vec::new(), jwt })
     }
 
+    /// Sessions as McpSessions and workers as pods, in the cluster of the pod's service account or of
+    /// `KUBECONFIG`. Cleans up what a previous run of this gateway id left before serving.
+    async fn kubernetes_runtime(&self, metrics: crate::kubernetes::Metrics) -> anyhow::Result<Arc<dyn WorkerRuntime>> {
+        let client = kube::Client::try_default()
+            .await
+            .context("--runtime kubernetes needs a cluster: run in a pod with a service account, or set KUBECONFIG")?;
+        let config = crate::kubernetes::KubernetesConfig {
+            worker_image: self.worker_image.clone(),
+            gateway_id: self.gateway_id.clone(),
+            start_timeout: self.worker_start_timeout,
+            idle_timeout: self.idle_timeout,
+            max_lifetime: self.max_session_lifetime,
+            ..crate::kubernetes::KubernetesConfig::default()
+        };
+        let inner = crate::kubernetes::KubernetesRuntime::new(client, config, metrics);
+        let report = inner.start().await.context("recovering the sessions and pods a previous run left")?;
+        tracing::info!(
+            resumed = report.resumed.len(),
+            ended = report.ended.len(),
+            pods_deleted = report.pods_deleted,
+            "kubernetes runtime started; leftovers of the previous run cleaned up"
+        );
+        Ok(crate::runtime::kubernetes::KubernetesWorkerRuntime::new(inner))
+    }
+
     pub async fn run(self) -> anyhow::Result<()> {
         init_logging();
         let auth = Authenticator::new(self.auth_config()?).await?;
@@ -206,9 +234,7 @@ impl GatewayArgs {
                 let secrets: LocalSecrets = Arc::new(std::sync::RwLock::new(BTreeMap::new()));
                 local_runtime(None, self.unsafe_no_sandbox, secrets, runtime_metrics)?
             }
-            _ => anyhow::bail!(
-                "--runtime kubernetes is not wired into the gateway yet (gateway/src/runtime/kubernetes.rs); use --runtime local meanwhile"
-            ),
+            _ => self.kubernetes_runtime(runtime_metrics).await?,
         };
         let audit = AuditLog::open(self.audit_log.as_deref(), true)?;
         let settings = Settings {

@@ -6,6 +6,7 @@ use toolwarden_core::config::ToolConfig;
 use toolwarden_core::resources::PendingApproval;
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
+pub mod kubernetes;
 pub mod local;
 pub mod worker_client;
 
@@ -71,6 +72,10 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     /// gateway drops them and refuses their id afterwards. `None` when the runtime never does.
     fn subscribe_ended(&self) -> Option<tokio::sync::broadcast::Receiver<EndedSession>> {
         None
+    }
+    /// A namespace's tools changed (warm pools follow them; workers of changed tools are replaced).
+    fn tools_changed<'a>(&'a self, _namespace: &'a str, _tools: &'a [ToolConfig]) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
     }
 }
 
