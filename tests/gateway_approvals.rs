@@ -100,3 +100,37 @@ async fn denied_approval_is_reported_to_the_agent() {
     let denied = refused(&call(&agent, "delete_note", json!({"path": "x.md"})).await, "approval_denied");
     assert!(denied.contains("alice denied") && denied.contains("keep it"), "{denied}");
 }
+
+fn approvals_cli(dev: &Dev, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_toolwarden"))
+        .arg("approvals")
+        .args(["--gateway", &dev.url(""), "--token", token])
+        .args(args)
+        .output()
+        .expect("toolwarden approvals runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn human_approval_end_to_end_through_the_approvals_cli() {
+    let dev = Dev::start(&[("zz-test.yaml", EXTRA)]);
+    let agent = dev.client(DEV_TOKEN).await;
+    let parked = call(&agent, "delete_greeting", json!({"name": "cli"})).await;
+    let id = parked.structured_content.as_ref().unwrap()["approvalId"].as_str().unwrap().to_owned();
+
+    let (ok_list, listed, err) = approvals_cli(&dev, APPROVER_TOKEN, &["list"]);
+    assert!(ok_list, "{err}");
+    assert!(listed.contains(&id) && listed.contains("delete_greeting") && listed.contains("pending"), "{listed}");
+
+    let (ok_self, _, err) = approvals_cli(&dev, DEV_TOKEN, &["approve", &id]);
+    assert!(!ok_self, "the requester is no approver");
+    assert!(err.contains("approver"), "{err}");
+
+    let (approved, out, err) = approvals_cli(&dev, APPROVER_TOKEN, &["approve", &id, "--reason", "fine"]);
+    assert!(approved, "{out}{err}");
+    assert_eq!(ok(&call(&agent, "delete_greeting", json!({"name": "cli"})).await).trim(), "deleted greeting cli");
+    refused(&call(&agent, "delete_greeting", json!({"name": "cli"})).await, "approval_required");
+
+    let (again, _, err) = approvals_cli(&dev, APPROVER_TOKEN, &["deny", &id]);
+    assert!(!again && err.contains("already"), "{err}");
+}
