@@ -141,6 +141,12 @@ impl Gateway {
         if changed {
             tracing::info!(namespace, generation, tools = engine.config().tools.len(), "config applied");
             self.notify_tools_changed(&namespace);
+            // Warm pools follow the namespace's tools (kubernetes runtime; a no-op locally).
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let runtime = self.runtime.clone();
+                let tools = engine.config().tools.clone();
+                handle.spawn(async move { runtime.tools_changed(&namespace, &tools).await });
+            }
         }
         Ok(())
     }
@@ -150,6 +156,10 @@ impl Gateway {
         if self.configs.write().unwrap_or_else(|e| e.into_inner()).remove(namespace).is_some() {
             tracing::info!(namespace, "config removed: the namespace serves no tools");
             self.notify_tools_changed(namespace);
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let (runtime, namespace) = (self.runtime.clone(), namespace.to_owned());
+                handle.spawn(async move { runtime.tools_changed(&namespace, &[]).await });
+            }
         }
     }
 
