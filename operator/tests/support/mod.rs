@@ -132,11 +132,23 @@ impl Fake {
             let path = s.uri.split('?').next().unwrap_or_default().to_owned();
             let kind = if path.contains("/events") { "event" } else if path.ends_with("/status") { "status" } else { "object" };
             *self.calls.lock().unwrap().entry(format!("{} {kind}", s.method)).or_default() += 1;
+            if s.uri.contains("watch=true") {
+                // Hold the watch open for a while, then end it empty (the watcher simply re-watches).
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    send.send_response(respond(200, String::new()));
+                });
+                continue;
+            }
             let mut objects = self.objects.lock().unwrap();
             let (status, body) = match s.method.as_str() {
-                "GET" => match objects.get(&path) {
-                    Some(o) => (200, o.clone()),
-                    None => (404, status_error(404, "NotFound")),
+                "GET" => match (objects.get(&path), collection(&path)) {
+                    (Some(o), _) => (200, o.clone()),
+                    (None, Some(c)) => {
+                        let items: Vec<Value> = objects.iter().filter(|(p, _)| c.holds(p)).map(|(_, o)| o.clone()).collect();
+                        (200, json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}))
+                    }
+                    (None, None) => (404, status_error(404, "NotFound")),
                 },
                 "PATCH" | "PUT" => match path.strip_suffix("/status") {
                     // A status write changes the object's status and returns the whole object.
@@ -153,7 +165,13 @@ impl Fake {
                         (200, object)
                     }
                 },
-                "POST" => (201, with_version(&s.body, "1")),
+                "POST" => {
+                    let object = with_version(&s.body, "1");
+                    if let Some(name) = object["metadata"]["name"].as_str() {
+                        objects.insert(format!("{path}/{name}"), object.clone());
+                    }
+                    (201, object)
+                }
                 "DELETE" => match objects.remove(&path) {
                     Some(_) => (200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})),
                     None => (404, status_error(404, "NotFound")),
@@ -201,4 +219,41 @@ pub fn secret(namespace: &str, name: &str, data: &[(&str, &str)]) -> Value {
 
 pub fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap_or_else(|| panic!("no {type_} in {status}"))
+}
+
+/// A collection path (`/apis/g/v/r`, `/api/v1/namespaces/ns/r`, ...).
+pub struct Collection {
+    prefix: Vec<String>,
+    namespace: Option<String>,
+    resource: String,
+}
+
+fn split(path: &str) -> (Vec<String>, Vec<String>) {
+    let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let prefix = if segs.first().map(String::as_str) == Some("api") { 2 } else { 3 };
+    let prefix = prefix.min(segs.len());
+    (segs[..prefix].to_vec(), segs[prefix..].to_vec())
+}
+
+pub fn collection(path: &str) -> Option<Collection> {
+    let (prefix, rest) = split(path);
+    match rest.as_slice() {
+        [r] => Some(Collection { prefix, namespace: None, resource: r.clone() }),
+        [n, ns, r] if n == "namespaces" => Some(Collection { prefix, namespace: Some(ns.clone()), resource: r.clone() }),
+        _ => None,
+    }
+}
+
+impl Collection {
+    fn holds(&self, path: &str) -> bool {
+        let (prefix, rest) = split(path);
+        if prefix != self.prefix {
+            return false;
+        }
+        match rest.as_slice() {
+            [n, ns, r, _] if n == "namespaces" => *r == self.resource && self.namespace.as_ref().is_none_or(|x| x == ns),
+            [r, _] => *r == self.resource && self.namespace.is_none(),
+            _ => false,
+        }
+    }
 }
