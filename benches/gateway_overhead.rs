@@ -1,0 +1,383 @@
+//! What the gateway adds to a tool call: `cargo bench --bench gateway_overhead` (release build).
+//!
+//! Two ways to run the same trivial tool (`benches/gateway_overhead_manifests`: `cat` shows the arguments
+//! back) in the same sandboxed workers:
+//! - direct: the local runtime in this process calls its worker over the worker protocol (keep-alive
+//!   unix socket), as the gateway does after its checks;
+//! - gateway: `toolwarden dev` serves the tool and a bare keep-alive HTTP/1.1 client sends MCP
+//!   `tools/call` requests (one MCP session per client, so each client has its own worker in both modes).
+//!
+//! Each mode runs with 1 client and with 32 concurrent clients, `BENCH_CALLS` timed calls each (default
+//! 10,000) after a warm-up. Reported: median, p90, p99 latency of both and their difference, throughput,
+//! the gateway process's CPU time per call (utime+stime from /proc, its workers excluded), and its memory
+//! (RSS) at idle and per idle MCP session. Targets (issue 4) are printed next to the figures.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use toolwarden_core::config::ToolConfig;
+use toolwarden_gateway::kubernetes::Metrics;
+use toolwarden_gateway::runtime::local::{LocalRuntime, LocalRuntimeConfig};
+use toolwarden_gateway::runtime::{SessionInfo, WorkerRuntime};
+use toolwarden_worker::protocol::CallRequest;
+
+const TOKEN: &str = "bench-developer-token-0123456789";
+const WARMUP: usize = 200;
+const IDLE_SESSIONS: usize = 500;
+
+fn manifests() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/gateway_overhead_manifests")
+}
+
+fn calls() -> usize {
+    std::env::var("BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+}
+
+/// The tool as `toolwarden dev` compiles it from the bench manifests.
+fn tool() -> ToolConfig {
+    let loaded = toolwarden_gateway::config_dev::load(&manifests()).expect("bench manifests compile");
+    loaded.configs.iter().flat_map(|c| c.tools.iter()).find(|t| t.name == "show_text").expect("show_text").clone()
+}
+
+struct Stats {
+    latencies: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Stats {
+    fn pct(&self, p: f64) -> Duration {
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs `clients` loops of `per_client` timed calls (after a warm-up each) and gathers latencies.
+async fn run<F, Fut>(clients: usize, total: usize, make: impl Fn(usize) -> F) -> Stats
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let per_client = total.div_ceil(clients);
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut call = make(c);
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..WARMUP {
+                call().await;
+            }
+            barrier.wait().await;
+            let mut latencies = Vec::with_capacity(per_client);
+            for _ in 0..per_client {
+                let start = Instant::now();
+                call().await;
+                latencies.push(start.elapsed());
+            }
+            latencies
+        }));
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("client task"));
+    }
+    let wall = start.elapsed();
+    latencies.sort();
+    Stats { latencies, wall }
+}
+
+fn session(id: String) -> SessionInfo {
+    SessionInfo {
+        namespace: "default".into(),
+        id,
+        subject: "developer".into(),
+        groups: vec!["developers".into()],
+        client_name: "bench".into(),
+        client_version: "1".into(),
+        protocol_version: None,
+    }
+}
+
+/// Direct: the local runtime's worker calls, no MCP, no policy.
+async fn direct(clients: usize, total: usize, state: &Path) -> Stats {
+    let runtime = LocalRuntime::new(LocalRuntimeConfig {
+        worker_command: vec![env!("CARGO_BIN_EXE_toolwarden").into(), "worker".into()],
+        state_dir: state.join(format!("direct-{clients}")),
+        unsafe_no_sandbox: std::env::var_os("BENCH_UNSAFE_NO_SANDBOX").is_some(),
+        manifests_dir: Some(manifests()),
+        secrets: Default::default(),
+        metrics: Metrics::default(),
+        max_concurrent_per_worker: 16,
+    })
+    .expect("local runtime");
+    let tool = Arc::new(tool());
+    for c in 0..clients {
+        runtime.start_session(session(format!("s{c}"))).await.expect("session");
+    }
+    let stats = run(clients, total, |c| {
+        let runtime = runtime.clone();
+        let tool = tool.clone();
+        let id = format!("s{c}");
+        move || {
+            let runtime = runtime.clone();
+            let tool = tool.clone();
+            let id = id.clone();
+            async move {
+                let request = CallRequest { call_id: "c".into(), arguments: json!({"text": "hello"}), preview: false };
+                let result = runtime.call(&id, &tool, request).await.expect("direct call");
+                assert!(!result.is_error && result.content.contains("hello"), "{result:?}");
+            }
+        }
+    })
+    .await;
+    runtime.shutdown().await;
+    stats
+}
+
+struct Gateway {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the child we started, by its pid: SIGTERM, so it stops its workers.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_gateway(dir: &Path) -> Gateway {
+    let mut args: Vec<String> = vec!["dev".into(), "--listen".into(), "127.0.0.1:0".into(), "--manifests".into()];
+    args.push(manifests().display().to_string());
+    args.extend(["--audit-log".into(), dir.join("audit.jsonl").display().to_string()]);
+    if std::env::var_os("BENCH_UNSAFE_NO_SANDBOX").is_some() {
+        args.push("--unsafe-no-sandbox".into());
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toolwarden"))
+        .args(&args)
+        .env("TOOLWARDEN_DEV_TOKEN", TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("toolwarden dev starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep reading: the audit lines go to stdout too, and a full pipe would stall the gateway.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("toolwarden dev prints its address");
+    Gateway { child, addr }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    let fields: Vec<&str> = stat.rsplit_once(") ").expect("stat format").1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// One keep-alive HTTP/1.1 connection speaking MCP (2025-11-25, with a session).
+struct McpConnection {
+    sender: SendRequest<Full<Bytes>>,
+    session: Option<String>,
+    next_id: u64,
+}
+
+impl McpConnection {
+    async fn open(addr: &str) -> McpConnection {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(conn);
+        let mut c = McpConnection { sender, session: None, next_id: 1 };
+        let init = json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}});
+        let (session, _) = c.post("initialize", init, true).await;
+        c.session = session;
+        c.notify("notifications/initialized").await;
+        c
+    }
+
+    async fn post(&mut self, method: &str, params: Value, expect_reply: bool) -> (Option<String>, Value) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        let response = self.send(body).await;
+        let session = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let status = response.status();
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        assert!(status.is_success(), "{method}: HTTP {status}: {}", String::from_utf8_lossy(&bytes));
+        let reply = if expect_reply { parse_reply(&bytes) } else { Value::Null };
+        (session, reply)
+    }
+
+    async fn notify(&mut self, method: &str) {
+        let body = json!({"jsonrpc": "2.0", "method": method}).to_string();
+        let response = self.send(body).await;
+        let _ = response.into_body().collect().await;
+    }
+
+    async fn send(&mut self, body: String) -> hyper::Response<hyper::body::Incoming> {
+        let mut request = http::Request::post("/mcp/default")
+            .header("host", "127.0.0.1")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(session) = &self.session {
+            request = request.header("mcp-session-id", session);
+        }
+        self.sender.ready().await.expect("connection ready");
+        self.sender.send_request(request.body(Full::new(Bytes::from(body))).unwrap()).await.expect("request")
+    }
+
+    async fn call(&mut self) {
+        let (_, reply) = self.post("tools/call", json!({"name": "show_text", "arguments": {"text": "hello"}}), true).await;
+        let result = &reply["result"];
+        assert!(result["isError"] != json!(true) && result.to_string().contains("hello"), "{reply}");
+    }
+}
+
+/// The JSON-RPC reply in a JSON or SSE body.
+fn parse_reply(bytes: &[u8]) -> Value {
+    let text = std::str::from_utf8(bytes).expect("utf-8");
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        return v;
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+        .find(|v| v.get("result").is_some() || v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC reply in {text}"))
+}
+
+async fn through_gateway(gateway: &Gateway, clients: usize, total: usize) -> (Stats, f64) {
+    let mut connections = Vec::new();
+    for _ in 0..clients {
+        connections.push(Arc::new(tokio::sync::Mutex::new(McpConnection::open(&gateway.addr).await)));
+    }
+    // CPU is read around the whole run (warm-up included), so count those calls too.
+    let pid = gateway.child.id();
+    let cpu_before = cpu_seconds(pid);
+    let stats = run(clients, total, |c| {
+        let conn = connections[c].clone();
+        move || {
+            let conn = conn.clone();
+            async move { conn.lock().await.call().await }
+        }
+    })
+    .await;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let calls = stats.latencies.len() + clients * WARMUP;
+    (stats, cpu / calls as f64)
+}
+
+fn report(name: &str, direct: &Stats, gateway: &Stats) {
+    println!("\n{name}: {} timed calls per mode", gateway.latencies.len());
+    println!("  {:<10} {:>10} {:>10} {:>10} {:>12}", "", "p50 µs", "p90 µs", "p99 µs", "calls/s");
+    for (label, s) in [("direct", direct), ("gateway", gateway)] {
+        println!(
+            "  {label:<10} {:>10.0} {:>10.0} {:>10.0} {:>12.0}",
+            micros(s.pct(0.5)),
+            micros(s.pct(0.9)),
+            micros(s.pct(0.99)),
+            s.throughput()
+        );
+    }
+    println!(
+        "  {:<10} {:>10.0} {:>10.0} {:>10.0} {:>11.0}%",
+        "added",
+        micros(gateway.pct(0.5)) - micros(direct.pct(0.5)),
+        micros(gateway.pct(0.9)) - micros(direct.pct(0.9)),
+        micros(gateway.pct(0.99)) - micros(direct.pct(0.99)),
+        100.0 * gateway.throughput() / direct.throughput()
+    );
+}
+
+async fn idle_memory(dir: &Path) -> (u64, f64) {
+    let gateway = start_gateway(dir);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = rss_bytes(gateway.child.id());
+    // Sessions whose clients went quiet: initialized, then the connection closed (the session stays
+    // until it is deleted or idles out).
+    for _ in 0..IDLE_SESSIONS {
+        drop(McpConnection::open(&gateway.addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_sessions = rss_bytes(gateway.child.id());
+    (idle, (with_sessions.saturating_sub(idle)) as f64 / IDLE_SESSIONS as f64)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
+    let total = calls();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let dir = tempfile::Builder::new().prefix("twb").tempdir_in("/tmp").unwrap();
+        println!("gateway_overhead: {total} timed calls per case, tool `cat` in the local sandbox");
+
+        let (idle, per_session) = idle_memory(dir.path()).await;
+
+        let direct_1 = direct(1, total, dir.path()).await;
+        let direct_32 = direct(32, total, dir.path()).await;
+        let gateway = start_gateway(dir.path());
+        let (gateway_1, cpu_1) = through_gateway(&gateway, 1, total).await;
+        let (gateway_32, cpu_32) = through_gateway(&gateway, 32, total).await;
+        drop(gateway);
+
+        report("1 client", &direct_1, &gateway_1);
+        report("32 clients", &direct_32, &gateway_32);
+        let added_p99 = micros(gateway_1.pct(0.99)) - micros(direct_1.pct(0.99));
+        let share = gateway_32.throughput() / direct_32.throughput();
+        println!("\ngateway CPU per call: {:.0} µs (1 client), {:.0} µs (32 clients)", cpu_1 * 1e6, cpu_32 * 1e6);
+        println!("gateway RSS: {:.1} MB idle, {:.1} KiB per idle session ({IDLE_SESSIONS} sessions)", idle as f64 / 1e6, per_session / 1024.0);
+        println!("\ntargets:");
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        println!("  added p99 at 1 client < 300 µs: {added_p99:.0} µs, {}", verdict(added_p99 < 300.0));
+        println!("  gateway CPU per call < 100 µs: {:.0} µs, {}", cpu_1 * 1e6, verdict(cpu_1 < 100e-6));
+        println!("  throughput at 32 clients >= 50% of direct: {:.0}%, {}", share * 100.0, verdict(share >= 0.5));
+        println!("  idle RSS < 20 MB: {:.1} MB, {}", idle as f64 / 1e6, verdict(idle < 20_000_000));
+        println!("  per idle session < 64 KiB: {:.1} KiB, {}", per_session / 1024.0, verdict(per_session < 65536.0));
+    });
+}
