@@ -70,8 +70,14 @@ pub async fn serve(state: Arc<State>, listen: &Listen) -> std::io::Result<()> {
             if std::fs::symlink_metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type())) {
                 let _ = std::fs::remove_file(path);
             }
-            let listener = tokio::net::UnixListener::bind(path)?;
-            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            // Only the owner may connect, from the first moment (the runtime is single-threaded, so the
+            // umask change affects nothing else).
+            // SAFETY: umask(2) has no memory effects.
+            let previous = unsafe { libc::umask(0o077) };
+            let bound = tokio::net::UnixListener::bind(path);
+            // SAFETY: as above.
+            unsafe { libc::umask(previous) };
+            let listener = bound?;
             announce(&state, &format!("unix:{}", path.display()));
             let result = loop {
                 tokio::select! {

@@ -120,3 +120,25 @@ fn env_credentials_reach_the_program_and_nothing_else_of_the_workers_environment
     assert!(!content.contains("TOOLWARDEN_TOOL_SPEC"), "{content}");
     assert!(!worker.log().contains("s3cr3t"), "secrets stay out of the worker's log");
 }
+
+#[test]
+fn files_larger_than_tmp_size_and_memory_beyond_the_limit_are_refused() {
+    let script = "import sys
+try:
+    open('big', 'wb').write(b'x' * (3 * 1024 * 1024))
+    print('wrote')
+except OSError as e:
+    print('file refused', e.errno)
+try:
+    block = bytearray(400 * 1024 * 1024)
+    print('allocated')
+except MemoryError:
+    print('memory refused')";
+    let mut spec = exec_spec(&["/usr/bin/python3", "-c", script], &[]);
+    spec["tmpSize"] = json!("1Mi");
+    spec["memory"] = json!("128Mi");
+    let worker = Worker::serve(&spec, &[]);
+    let result = worker.ran(json!({}));
+    // Python ignores SIGXFSZ, so the write fails with EFBIG (27) instead of killing it.
+    assert_eq!(result["content"], "file refused 27\nmemory refused\n", "{result}");
+}

@@ -215,3 +215,23 @@ fn file_credentials_in_the_bound_worker_dir_reach_the_sandboxed_tool() {
     let result = worker.ran(json!({}));
     assert_eq!(result["content"], "k3y", "{result}");
 }
+
+#[test]
+fn a_bound_dir_inside_a_hidden_dir_stays_reachable_while_its_siblings_are_hidden() {
+    // As the gateway does: its state dir is hidden, this worker's own dir inside it is bound back.
+    let state = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let other = state.path().join("other-session");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("secret"), "not yours").unwrap();
+    let mine = tempfile::tempdir_in(state.path()).unwrap();
+    let state_arg = state.path().to_str().unwrap().to_string();
+    let mut spec = exec_spec(&["/usr/bin/python3", "-c"], &["{{code}}"]);
+    spec["timeoutMs"] = json!(10_000);
+    let worker = Worker::sandboxed_in(mine, &spec, &["--hide", &state_arg]);
+    let code = format!(
+        "import os
+print(os.path.exists({:?}), len(os.listdir({state_arg:?})))",
+        other.join("secret").to_str().unwrap()
+    );
+    assert_eq!(run(&worker, &code)["content"], "False 1\n", "only the bound worker dir is left in the hidden dir");
+}

@@ -39,8 +39,11 @@ struct Session {
 struct Failed(&'static str, String);
 
 impl Upstream {
+    /// Stops an idle server; one busy with a call is killed with the other calls' process groups.
     pub async fn stop(&self) {
-        if let Some(mut session) = self.session.lock().await.take() {
+        if let Ok(mut slot) = self.session.try_lock()
+            && let Some(mut session) = slot.take()
+        {
             session.kill().await;
         }
     }

@@ -53,7 +53,10 @@ fn parse(rest: Vec<OsString>) -> Result<Options, String> {
     let max_processes = a.number("--max-processes")?.unwrap_or(DEFAULT_MAX_PROCESSES);
     let memory_bytes = a.number("--memory-bytes")?;
     // Hidden directories that do not exist hide nothing; bound ones must exist.
-    let hide = a.all("--hide")?.iter().filter_map(|d| mounts::absolute(d).ok()).collect();
+    let hide: Vec<PathBuf> = a.all("--hide")?.iter().filter_map(|d| mounts::absolute(d).ok()).collect();
+    if let Some(bad) = hide.iter().find(|d| ["/", "/tmp", "/proc"].contains(&d.to_str().unwrap_or(""))) {
+        return Err(format!("--hide {}: that would hide what the sandbox itself needs", bad.display()));
+    }
     let ro_bind = a.all("--ro-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
     let rw_bind = a.all("--rw-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
     let unsafe_no_sandbox = a.switch("--unsafe-no-sandbox");
@@ -348,13 +351,18 @@ fn build(options: &Options, ids: Ids) -> Result<(), Failure> {
     }
     mounts::set_attr(std::path::Path::new("/"), mounts::MOUNT_ATTR_RDONLY | mounts::MOUNT_ATTR_NOSUID, true)?;
     mounts::tmpfs(std::path::Path::new("/tmp"), options.tmpfs_bytes, 0o700, ids.uid, ids.gid)?;
+    // A hidden directory already gone from view (under /tmp or another hidden one) stays covered as it is.
+    let mut covered = Vec::new();
     for dir in &options.hide {
-        mounts::tmpfs(dir, HIDE_TMPFS_BYTES, 0o755, ids.uid, ids.gid)?;
+        if dir.is_dir() {
+            mounts::tmpfs(dir, HIDE_TMPFS_BYTES, 0o755, ids.uid, ids.gid)?;
+            covered.push(dir);
+        }
     }
     for (fd, dir) in &binds {
         mounts::attach(fd, dir)?;
     }
-    for dir in &options.hide {
+    for dir in covered {
         mounts::set_attr(dir, mounts::MOUNT_ATTR_RDONLY, false)?;
     }
     if !mounts::mount_proc() {
