@@ -156,24 +156,26 @@ subjects:
 {{- end -}}
 
 {{/*
-Egress to cluster DNS and the API server. Argument: .Values.networkPolicy.
+Egress to cluster DNS and the API server. Argument: the root context.
 */}}
 {{- define "toolwarden.egressDnsAndApi" -}}
 - to:
     - namespaceSelector:
-        {{- toYaml .dns.namespaceSelector | nindent 8 }}
+        matchLabels:
+          kubernetes.io/metadata.name: {{ .Values.clusterDns.namespace }}
       podSelector:
-        {{- toYaml .dns.podSelector | nindent 8 }}
+        matchLabels:
+          {{- toYaml .Values.clusterDns.podLabels | nindent 10 }}
   ports:
     - {protocol: UDP, port: 53}
     - {protocol: TCP, port: 53}
 - to:
-    {{- range .apiServer.cidrs }}
+    {{- range .Values.networkPolicy.apiServer.cidrs }}
     - ipBlock:
         cidr: {{ . }}
     {{- end }}
   ports:
-    {{- range .apiServer.ports }}
+    {{- range .Values.networkPolicy.apiServer.ports }}
     - {protocol: TCP, port: {{ . }}}
     {{- end }}
 {{- end -}}
