@@ -112,6 +112,10 @@ pub fn kill_group(child: &Child) {
 }
 
 pub fn kill_group_id(pid: u32) {
+    // 0 would mean "my own group": never signal the worker itself.
+    if pid == 0 {
+        return;
+    }
     // SAFETY: kill(2) with a negative pid signals the process group; no memory is involved.
     unsafe {
         libc::kill(-(pid as libc::pid_t), libc::SIGKILL);

@@ -124,3 +124,16 @@ fn the_session_directory_is_private_and_removed_when_the_worker_stops() {
     drop(worker);
     assert!(!dir.exists(), "{} is removed", dir.display());
 }
+
+#[test]
+fn install_copies_the_binary_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("toolwarden-worker");
+    let out = std::process::Command::new(support::BIN).arg("install").arg(&dest).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o755);
+    assert!(std::process::Command::new(&dest).arg("help").output().unwrap().status.success(), "the copy runs");
+    let missing = std::process::Command::new(support::BIN).arg("install").output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+}

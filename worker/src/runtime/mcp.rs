@@ -57,7 +57,7 @@ pub async fn call(tool: &Tool, upstream: &Upstream, request: &CallRequest) -> Re
     };
     let outcome = tokio::time::timeout_at(deadline, exchange(tool, &mut guard, &request.arguments)).await;
     let result = match outcome {
-        Ok(Ok(response)) => return Ok(map_result(tool, response)),
+        Ok(Ok(response)) => return Ok(map_result(tool.cap(), response)),
         Ok(Err(Failed(code, message))) => failure(code, message),
         Err(_) => timed_out(),
     };
@@ -207,7 +207,7 @@ impl Session {
 }
 
 /// An MCP `CallToolResult` → the worker's result: text content joined, structuredContent passed on.
-fn map_result(tool: &Tool, result: Value) -> CallResult {
+fn map_result(cap: usize, result: Value) -> CallResult {
     let mut parts = Vec::new();
     for item in result.get("content").and_then(Value::as_array).into_iter().flatten() {
         match item.get("type").and_then(Value::as_str) {
@@ -229,7 +229,7 @@ fn map_result(tool: &Tool, result: Value) -> CallResult {
         text = s.to_string();
     }
     let output_bytes = text.len() as u64;
-    let (content, cut) = cap_text(text, tool.cap());
+    let (content, cut) = cap_text(text, cap);
     let is_error = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
     CallResult {
         content,
@@ -240,5 +240,25 @@ fn map_result(tool: &Tool, result: Value) -> CallResult {
         truncated: cut > 0,
         truncated_bytes: cut,
         ..CallResult::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_map_text_structured_content_and_errors() {
+        let ok = map_result(100, json!({"content": [{"type": "text", "text": "a"}, {"type": "image", "data": ""},
+            {"type": "resource", "resource": {"uri": "x", "text": "b"}}], "structuredContent": {"n": 1}}));
+        assert_eq!(ok.content, "a\n[image content omitted]\nb");
+        assert_eq!(ok.structured, Some(json!({"n": 1})));
+        assert!(!ok.is_error);
+        let err = map_result(100, json!({"content": [{"type": "text", "text": "bad"}], "isError": true}));
+        assert_eq!(err.error_code.as_deref(), Some("upstream_error"));
+        let only_structured = map_result(100, json!({"structuredContent": {"n": 2}}));
+        assert_eq!(only_structured.content, "{\"n\":2}");
+        let cut = map_result(3, json!({"content": [{"type": "text", "text": "abcdef"}], "structuredContent": {"n": 3}}));
+        assert_eq!((cut.content.as_str(), cut.truncated_bytes, cut.structured), ("abc", 3, None));
     }
 }
