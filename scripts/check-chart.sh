@@ -11,7 +11,8 @@
 #                 Pod Security "restricted" on every pod template, Service/ServiceMonitor wiring
 #   monitoring    ServiceMonitor/PrometheusRule rendered on "auto" only when the API is served,
 #                 and never when switched off
-#   rules         promtool check rules (default and all-on thresholds), promtool test rules
+#   rules         every alert has severity, summary, description and a runbook section in
+#                 docs/alerts.md; promtool check rules (default and all-on thresholds), test rules
 #   bad-values    every ci/bad-values/*.yaml fails helm lint and helm template, naming the bad key
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -105,8 +106,12 @@ mkdir -p "$TMP/rules"
 if render --set prometheusRule.enabled=true >"$TMP/rules/rendered.yaml" 2>"$TMP/out" \
   && "$PY" "$CHECKS/chartcheck.py" extract-rules "$TMP/rules/rendered.yaml" "$TMP/rules/rules.yaml" >"$TMP/out" 2>&1; then
   sed 's/^/     /' "$TMP/out"
+  run "rules: every alert has severity, summary, description and a runbook section in docs/alerts.md" \
+    "$PY" "$CHECKS/chartcheck.py" extract-rules "$TMP/rules/rendered.yaml" "$TMP/rules/checked.yaml" docs/alerts.md
   run "rules: promtool check rules (default thresholds)" "$PROMTOOL" check rules "$TMP/rules/rules.yaml"
   cp "$CHART/ci/prometheus-rules-test.yaml" "$TMP/rules/"
+  run "rules: the promtool tests have a firing and a silent case for every alert" \
+    "$PY" "$CHECKS/chartcheck.py" coverage "$TMP/rules/rules.yaml" "$TMP/rules/prometheus-rules-test.yaml"
   run "rules: promtool test rules (every alert fires and stays silent as it should)" \
     "$PROMTOOL" test rules "$TMP/rules/prometheus-rules-test.yaml"
 else

@@ -4,7 +4,10 @@ prints every problem it found.
   validate RENDERED K8S_VERSION   Kubernetes schemas (strict), Pod Security restricted, Service and
                                   ServiceMonitor wiring
   rbac RENDERED COMPONENT FILE    the chart's Role/ClusterRole rules of COMPONENT equal those in FILE
-  extract-rules RENDERED OUT      writes the PrometheusRule's spec (the rule groups) to OUT
+  extract-rules RENDERED OUT [RUNBOOK_MD]
+                                  writes the PrometheusRule's spec (the rule groups) to OUT; checks
+                                  every alert's labels, annotations and runbook section
+  coverage RULES TESTS            every alert in RULES fires in one promtool case and stays silent in one
   kinds RENDERED                  prints the kinds rendered, one a line
 """
 
@@ -128,7 +131,24 @@ def cmd_rbac(rendered, component, source):
     return True
 
 
-def cmd_extract_rules(rendered, out):
+def check_runbooks(rules, runbook_md):
+    """Every alert links to `#<alert in lower case>` and docs/alerts.md has that `## <Alert>` section."""
+    with open(runbook_md) as fh:
+        headings = {line[3:].strip() for line in fh if line.startswith("## ")}
+    ok = True
+    for r in rules:
+        name = r.get("alert")
+        url = r.get("annotations", {}).get("runbook_url", "")
+        if not url.endswith("#" + name.lower()):
+            print(f"  FAIL alert {name}: runbook_url {url} does not end with #{name.lower()}")
+            ok = False
+        if name not in headings:
+            print(f"  FAIL alert {name}: {runbook_md} has no '## {name}' section")
+            ok = False
+    return ok
+
+
+def cmd_extract_rules(rendered, out, runbook_md=None):
     rules = [d for d in load(rendered) if d.get("kind") == "PrometheusRule"]
     if len(rules) != 1:
         print(f"  FAIL want exactly one PrometheusRule in {rendered}, found {len(rules)}")
@@ -141,8 +161,28 @@ def cmd_extract_rules(rendered, out):
         if missing or "severity" not in r.get("labels", {}):
             print(f"  FAIL alert {r.get('alert')} lacks {missing or ['severity']}")
             return False
+    if runbook_md and not check_runbooks([r for g in rules[0]["spec"]["groups"] for r in g["rules"]], runbook_md):
+        return False
     print(f"  {len(alerts)} alerts: {' '.join(alerts)}")
     return True
+
+
+def cmd_coverage(rules_file, test_file):
+    """Every alert of RULES has a promtool case where it fires and one where it stays silent."""
+    with open(rules_file) as fh:
+        alerts = [r["alert"] for g in yaml.safe_load(fh)["groups"] for r in g["rules"] if "alert" in r]
+    with open(test_file) as fh:
+        tests = yaml.safe_load(fh)["tests"]
+    fires, silent = set(), set()
+    for test in tests:
+        for case in test.get("alert_rule_test") or []:
+            (fires if case.get("exp_alerts") else silent).add(case["alertname"])
+    problems = [f"{a}: no case where it fires" for a in alerts if a not in fires]
+    problems += [f"{a}: no case where it stays silent" for a in alerts if a not in silent]
+    problems += [f"{a}: tested but not in the rules" for a in sorted((fires | silent) - set(alerts))]
+    for p in problems:
+        print(f"  FAIL {p}")
+    return not problems
 
 
 def main(argv):
@@ -150,8 +190,10 @@ def main(argv):
         return cmd_validate(argv[1], argv[2])
     if len(argv) == 4 and argv[0] == "rbac":
         return cmd_rbac(argv[1], argv[2], argv[3])
-    if len(argv) == 3 and argv[0] == "extract-rules":
-        return cmd_extract_rules(argv[1], argv[2])
+    if len(argv) in (3, 4) and argv[0] == "extract-rules":
+        return cmd_extract_rules(*argv[1:])
+    if len(argv) == 3 and argv[0] == "coverage":
+        return cmd_coverage(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "kinds":
         for d in load(argv[1]):
             print(d.get("kind"))
