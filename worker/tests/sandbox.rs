@@ -235,3 +235,32 @@ print(os.path.exists({:?}), len(os.listdir({state_arg:?})))",
     );
     assert_eq!(run(&worker, &code)["content"], "False 1\n", "only the bound worker dir is left in the hidden dir");
 }
+
+#[test]
+fn an_unprivileged_user_gets_the_same_sandbox() {
+    // The other tests run as whoever runs them (root on CI: the sandbox user is then 65534); this one
+    // starts the sandbox as an ordinary user, the laptop case. Only root can switch users, so others skip it.
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } != 0 || std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: needs root and setpriv to start the sandbox as another user");
+        return;
+    }
+    let (port, accepted) = counting_listener();
+    let mut spec = exec_spec(&["/usr/bin/python3", "-c"], &["{{code}}"]);
+    spec["timeoutMs"] = json!(10_000);
+    let worker = Worker::sandboxed_as(54_321, &spec, &["--max-processes", "32"]);
+    let code = "import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+print(os.getuid(), os.listdir('/root'), libc.ptrace(0, 0, None, None), libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            import time; time.sleep(60); os._exit(0)
+        n += 1
+except OSError:
+    print('forks', n < 32)";
+    assert_eq!(run(&worker, code)["content"], "54321 [] -1 -1\nforks True\n");
+    assert!(run(&worker, &CONNECT.replace("PORT", &port.to_string()))["content"].as_str().unwrap().starts_with("refused"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+}

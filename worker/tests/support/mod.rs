@@ -66,8 +66,20 @@ impl Worker {
 
     /// As [`Worker::sandboxed`], with `dir` (which may hold credential files) as the bound socket dir.
     pub fn sandboxed_in(dir: tempfile::TempDir, spec: &Value, sandbox_args: &[&str]) -> Worker {
+        Worker::sandboxed_with(Command::new(BIN), dir, spec, sandbox_args)
+    }
+
+    /// As [`Worker::sandboxed`], started by an unprivileged user (`setpriv`; the caller must be root).
+    pub fn sandboxed_as(uid: u32, spec: &Value, sandbox_args: &[&str]) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.args([format!("--reuid={uid}"), format!("--regid={uid}"), "--clear-groups".into(), BIN.into()]);
+        Worker::sandboxed_with(cmd, dir, spec, sandbox_args)
+    }
+
+    fn sandboxed_with(mut cmd: Command, dir: tempfile::TempDir, spec: &Value, sandbox_args: &[&str]) -> Worker {
         let socket = dir.path().join("worker.sock");
-        let mut cmd = Command::new(BIN);
         cmd.arg("sandbox").args(["--hide", "/root", "--hide", "/home", "--rw-bind"]).arg(dir.path()).args(sandbox_args);
         cmd.args(["--", "serve", "--listen"]).arg(format!("unix:{}", socket.display()));
         cmd.args(["--token-sha256", &token_hash(), "--work-dir", "/tmp"]);
