@@ -212,3 +212,38 @@ async fn stateless_clients_get_a_session_per_credential_and_client() {
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     assert!(sessions.iter().all(|s| s.starts_with("sl-")));
 }
+
+/// Counts `notifications/tools/list_changed`.
+#[derive(Clone, Default)]
+struct Listener(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl rmcp::ClientHandler for Listener {
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<rmcp::RoleClient>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let mut info = rmcp::model::ClientConfig::new(Default::default(), rmcp::model::Implementation::new("listener", "1.0"));
+        info.protocol_version = rmcp::model::ProtocolVersion::V_2025_06_18;
+        info
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listening_clients_are_told_when_the_tool_list_changes() {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let dev = Dev::start(&[]);
+    let listener = Listener::default();
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(dev.mcp_url()).auth_header(DEV_TOKEN));
+    let client = rmcp::ServiceExt::serve(listener.clone(), transport).await.expect("client connects");
+    client.list_all_tools().await.unwrap();
+    // Give the client's standalone stream a moment to open.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let policies = dev.manifests().join("policies.yaml");
+    let text = std::fs::read_to_string(&policies).unwrap();
+    std::fs::write(&policies, text.replacen("subjects: {groups: [developers]}\n  tools: {names: [fetch-url]}", "subjects: {groups: [nobody]}\n  tools: {names: [fetch-url]}", 1)).unwrap();
+    dev.eventually("a tools/list_changed notification arrives", async || listener.0.load(std::sync::atomic::Ordering::SeqCst) > 0).await;
+    assert!(!names(&client.list_all_tools().await.unwrap()).contains(&"fetch_url".to_owned()));
+}

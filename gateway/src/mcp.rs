@@ -72,6 +72,17 @@ impl McpHandler {
     }
 }
 
+/// Keeps the peer of a session with a stream, so config changes reach it as `tools/list_changed`.
+fn remember_peer(session: &SessionRecord, context: &RequestContext<RoleServer>) {
+    if session.stateless {
+        return;
+    }
+    let mut peer = session.peer.lock().unwrap_or_else(|e| e.into_inner());
+    if peer.is_none() {
+        *peer = Some(context.peer.clone());
+    }
+}
+
 impl ServerHandler for McpHandler {
     fn get_info(&self) -> ServerConfig {
         let capabilities = ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build();
@@ -90,6 +101,7 @@ impl ServerHandler for McpHandler {
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         let session = self.session(&context).await?;
+        remember_peer(&session, &context);
         session.touch();
         self.gateway.runtime.touch(&session.id);
         let subject = Subject { name: session.subject.clone(), groups: session.groups.clone() };
@@ -102,12 +114,7 @@ impl ServerHandler for McpHandler {
 
     async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
         let session = self.session(&context).await?;
-        if !session.stateless {
-            let mut peer = session.peer.lock().unwrap_or_else(|e| e.into_inner());
-            if peer.is_none() {
-                *peer = Some(context.peer.clone());
-            }
-        }
+        remember_peer(&session, &context);
         let result = crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments).await;
         Ok(CallToolResponse::Complete(result))
     }

@@ -169,8 +169,11 @@ impl Gateway {
         for session in self.sessions.in_namespace(namespace) {
             let peer = session.peer.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(peer) = peer {
+                let id = session.id.clone();
                 handle.spawn(async move {
-                    let _ = peer.notify_tool_list_changed().await;
+                    if let Err(e) = peer.notify_tool_list_changed().await {
+                        tracing::debug!(session = %id, error = %e, "could not send tools/list_changed");
+                    }
                 });
             }
         }
