@@ -139,6 +139,12 @@ fn run_server(options: ServeOptions, spec: spec::ToolSpec, session_dir: &Path) -
             return ExitCode::from(2);
         }
     };
+    // Tools run as the worker's user: without this they could read the worker's memory and environment
+    // (credential sources, the spec) through /proc/<pid>/{mem,environ}. Children are dumpable again after exec.
+    // SAFETY: prctl(PR_SET_DUMPABLE) only changes this process's flag.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
     // glibc reserves 64 MiB of address space per thread arena; under the sandbox's RLIMIT_AS a few blocking
     // threads (DNS lookups) would exhaust it. One arena is plenty for a single-threaded server.
     #[cfg(target_env = "gnu")]

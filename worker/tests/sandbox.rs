@@ -264,3 +264,16 @@ except OSError:
     assert!(run(&worker, &CONNECT.replace("PORT", &port.to_string()))["content"].as_str().unwrap().starts_with("refused"));
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_tool_cannot_read_the_workers_environment_or_memory() {
+    let worker = python_sandbox(&[]);
+    let code = "import os
+for name in ['environ', 'mem', 'fd/0']:
+    try:
+        open('/proc/%d/%s' % (os.getppid(), name), 'rb').read(1)
+        print(name, 'read')
+    except OSError as e:
+        print(name, 'refused')";
+    assert_eq!(run(&worker, code)["content"], "environ refused\nmem refused\nfd/0 refused\n");
+}
