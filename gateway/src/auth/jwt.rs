@@ -66,7 +66,7 @@ impl Issuer {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
                     anyhow::bail!("JWT issuer {name}: jwks URL {url} must start with https:// (or http://)");
                 }
-                Some(super::http_client(Duration::from_secs(10)).with_context(|| format!("JWT issuer {name}"))?)
+                Some(super::http_client(Duration::from_secs(5)).with_context(|| format!("JWT issuer {name}"))?)
             }
             JwksSource::File(_) => None,
         };
@@ -115,9 +115,9 @@ impl Issuer {
     }
 
     /// Re-reads the JWKS unless that was tried less than [`MIN_REFRESH`] ago. Returns whether it did.
-    async fn refresh(&self, force_age: bool) -> bool {
+    async fn refresh(&self) -> bool {
         let mut last = self.refresh.lock().await;
-        if last.is_some_and(|t| t.elapsed() < MIN_REFRESH) && !force_age {
+        if last.is_some_and(|t| t.elapsed() < MIN_REFRESH) {
             return false;
         }
         *last = Some(Instant::now());
@@ -139,11 +139,12 @@ impl Issuer {
         if !stale && let Some(key) = find_key(&keys.keys, kid, alg) {
             return Ok(key);
         }
-        let refreshed = self.refresh(stale && keys.fetched.is_some()).await;
-        if refreshed || stale {
-            if let Some(key) = find_key(&self.current().keys, kid, alg) {
-                return Ok(key);
-            }
+        // Stale keys are still used when the re-fetch fails (or was tried less than MIN_REFRESH ago).
+        let refreshed = self.refresh().await;
+        if (refreshed || stale)
+            && let Some(key) = find_key(&self.current().keys, kid, alg)
+        {
+            return Ok(key);
         }
         Err(AuthError::Invalid(match kid {
             Some(kid) => format!("JWT key id {kid:?} is not in the JWKS of {}", self.config.issuer),

@@ -138,7 +138,7 @@ impl WorkerClient {
 
     fn request(&self, method: &Method, path: &str, body: &Option<Bytes>) -> Request<Full<Bytes>> {
         let mut builder = Request::builder().method(method.clone()).uri(path).header(HOST, self.host.clone());
-        if let Some(_) = body {
+        if body.is_some() {
             builder = builder.header(AUTHORIZATION, self.authorization.clone()).header(CONTENT_TYPE, "application/json");
         }
         builder.body(Full::new(body.clone().unwrap_or_default())).expect("static request parts are valid")
