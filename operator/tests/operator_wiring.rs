@@ -40,6 +40,12 @@ async fn operator_takes_the_lease_reconciles_everything_and_releases_the_lease_o
     let p = policy("dev", "readers", json!({"subjects": {"groups": ["developers"]}, "tools": {"names": ["*"]}, "decision": "allow"}));
     fake.put("/apis/toolwarden.dev/v1alpha1/namespaces/dev/toolpolicies/readers", serde_json::to_value(&p).unwrap());
     fake.put("/api/v1/namespaces/dev/secrets/github", secret("dev", "github", &[("token", "t0ken"), ("other", "x")]));
+    // Left by a tool deleted while its owner reference was stripped: only the orphan sweep can take it.
+    let orphan = "/apis/networking.k8s.io/v1/namespaces/dev/networkpolicies/toolwarden-tool-gone";
+    fake.put(orphan, json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "toolwarden-tool-gone", "namespace": "dev",
+                     "labels": {"app.kubernetes.io/managed-by": "toolwarden-operator", "toolwarden.dev/tool": "gone"}},
+        "spec": {"podSelector": {}}}));
 
     let (client, handle) = client();
     let server = tokio::spawn(fake.clone().serve(handle));
@@ -69,6 +75,12 @@ async fn operator_takes_the_lease_reconciles_everything_and_releases_the_lease_o
     assert!(get(&fake, "/apis/networking.k8s.io/v1/namespaces/dev/networkpolicies/toolwarden-workers-baseline").is_some());
     let scoped = get(&fake, "/api/v1/namespaces/dev/secrets/toolwarden-tool-read-issue").expect("scoped Secret");
     assert_eq!(scoped["data"].as_object().unwrap().keys().collect::<Vec<_>>(), vec!["token"]);
+    assert!(get(&fake, "/api/v1/namespaces/dev/secrets/github").is_some(), "a source Secret is never touched");
+    let started = Instant::now();
+    while get(&fake, orphan).is_some() {
+        assert!(started.elapsed() < Duration::from_secs(10), "orphan not swept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let policy = get(&fake, "/apis/toolwarden.dev/v1alpha1/namespaces/dev/toolpolicies/readers").unwrap();
     assert_eq!(policy["status"]["matchedTools"].as_array().unwrap().len(), 3);
 

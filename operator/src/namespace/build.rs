@@ -211,5 +211,30 @@ pub fn build_policy_status(policy: &ToolPolicy, compiled: &Compiled, config_prob
     }
 }
 
+/// What an object the operator labelled for a tool is, as far as the orphan sweep cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Labelled {
+    pub name: String,
+    /// The `toolwarden.dev/tool` label.
+    pub tool: String,
+    /// Whether an McpTool owner reference will let garbage collection take it.
+    pub owned_by_tool: bool,
+    pub is_secret: bool,
+}
+
+/// The objects to delete: those of a tool that no longer exists and that garbage collection will not
+/// take (no McpTool owner), and scoped Secrets of tools that no longer use credentials. Objects of
+/// existing tools are otherwise the tool controller's business.
+pub fn orphans(objects: &[Labelled], tools: &[&McpTool]) -> Vec<String> {
+    objects
+        .iter()
+        .filter(|o| match tools.iter().find(|t| t.name_any() == o.tool) {
+            None => !o.owned_by_tool,
+            Some(tool) => o.is_secret && tool.spec.credentials.is_empty(),
+        })
+        .map(|o| o.name.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests;

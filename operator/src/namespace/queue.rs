@@ -13,7 +13,7 @@ use kube::runtime::reflector::Store;
 use tokio::sync::oneshot;
 use toolwarden_core::resources::{McpTool, ToolPolicy};
 
-use super::reconcile::{CONTROLLER, reconcile_namespace};
+use super::reconcile::{CONTROLLER, reconcile_namespace, sweep_orphans};
 use crate::context::Context;
 use crate::error::Error;
 
@@ -50,7 +50,8 @@ pub async fn run(ctx: Arc<Context>, stores: Stores, mut dirty: UnboundedReceiver
         pending.insert(ns);
     }
     let mut retry: BTreeMap<String, Instant> = BTreeMap::new();
-    process(&ctx, &stores, &mut pending, &mut retry).await;
+    let mut sweep = pending.clone();
+    process(&ctx, &stores, &mut pending, &mut retry, &mut sweep).await;
     let _ = first_pass.send(());
 
     let mut tick = tokio::time::interval(TICK);
@@ -69,9 +70,10 @@ pub async fn run(ctx: Arc<Context>, stores: Stores, mut dirty: UnboundedReceiver
                     retry.remove(&ns);
                     pending.insert(ns);
                 }
-                process(&ctx, &stores, &mut pending, &mut retry).await;
+                process(&ctx, &stores, &mut pending, &mut retry, &mut sweep).await;
             }
             _ = resync.tick() => {
+                sweep.extend(stores.namespaces());
                 pending.extend(stores.namespaces());
                 pending.extend(ctx.generations.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned());
             }
@@ -79,7 +81,13 @@ pub async fn run(ctx: Arc<Context>, stores: Stores, mut dirty: UnboundedReceiver
     }
 }
 
-async fn process(ctx: &Context, stores: &Stores, pending: &mut BTreeSet<String>, retry: &mut BTreeMap<String, Instant>) {
+async fn process(
+    ctx: &Context,
+    stores: &Stores,
+    pending: &mut BTreeSet<String>,
+    retry: &mut BTreeMap<String, Instant>,
+    sweep: &mut BTreeSet<String>,
+) {
     for namespace in std::mem::take(pending) {
         let (tools, policies) = stores.of(&namespace);
         let key = format!("namespace/{namespace}");
@@ -93,6 +101,11 @@ async fn process(ctx: &Context, stores: &Stores, pending: &mut BTreeSet<String>,
             Ok(outcome) => {
                 ctx.succeeded(&key);
                 tracing::debug!(namespace, ?outcome, "namespace reconciled");
+                if sweep.remove(&namespace)
+                    && let Err(e) = sweep_orphans(ctx, &namespace, &tools).await
+                {
+                    tracing::warn!(namespace, error = %e, "orphan sweep failed; tried again at the next resync");
+                }
             }
             Err(e) => {
                 let wait = ctx.failed(&key, e.is_conflict());

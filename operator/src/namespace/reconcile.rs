@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
@@ -175,4 +176,48 @@ pub async fn publish(ctx: &Context, reference: k8s_openapi::api::core::v1::Objec
     if let Err(e) = ctx.recorder.publish(&event, &reference).await {
         tracing::warn!(object = reference.name.as_deref().unwrap_or_default(), reason, error = %e, "could not publish Event");
     }
+}
+
+/// Deletes what the operator labelled for tools and nobody else will clean up (see [`orphans`]).
+/// Runs on the first pass and every resync, not on every change: owner references and the tool
+/// controller handle the common cases at once.
+pub async fn sweep_orphans(ctx: &Context, namespace: &str, tools: &[Arc<McpTool>]) -> Result<usize> {
+    let tools: Vec<&McpTool> = tools.iter().map(|t| t.as_ref()).filter(|t| t.meta().deletion_timestamp.is_none()).collect();
+    let selector = ListParams::default().labels(&format!("{},{LABEL_TOOL}", managed_selector()));
+    let np_api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let object = format!("namespace {namespace}");
+    let np_list = np_api.list_metadata(&selector).await.map_err(|e| Error::api(&object, "list NetworkPolicies", e))?;
+    let secret_list = secret_api.list_metadata(&selector).await.map_err(|e| Error::api(&object, "list Secrets", e))?;
+    let mut deleted = 0;
+    let np_objects: Vec<Labelled> = np_list.items.iter().filter_map(|m| labelled(m, false)).collect();
+    for name in orphans(&np_objects, &tools) {
+        let gone = delete_if_present(&np_api, &name).await.map_err(|e| Error::api(&object, format!("delete NetworkPolicy {name}"), e))?;
+        deleted += usize::from(gone);
+    }
+    let secret_objects: Vec<Labelled> = secret_list.items.iter().filter_map(|m| labelled(m, true)).collect();
+    for name in orphans(&secret_objects, &tools) {
+        let gone = delete_if_present(&secret_api, &name).await.map_err(|e| Error::api(&object, format!("delete Secret {name}"), e))?;
+        deleted += usize::from(gone);
+    }
+    if deleted > 0 {
+        tracing::info!(namespace, deleted, "orphaned objects deleted");
+    }
+    Ok(deleted)
+}
+
+/// `None` for anything not carrying both the operator's managed-by label and a tool label: never ours
+/// to delete, whatever a list returned.
+fn labelled<K: Resource>(meta: &PartialObjectMeta<K>, is_secret: bool) -> Option<Labelled> {
+    let labels = meta.labels();
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGER) {
+        return None;
+    }
+    let tool = labels.get(LABEL_TOOL).filter(|t| !t.is_empty())?.clone();
+    Some(Labelled {
+        name: meta.name_any(),
+        tool,
+        owned_by_tool: meta.owner_references().iter().any(|o| o.kind == "McpTool"),
+        is_secret,
+    })
 }

@@ -145,7 +145,12 @@ impl Fake {
                 "GET" => match (objects.get(&path), collection(&path)) {
                     (Some(o), _) => (200, o.clone()),
                     (None, Some(c)) => {
-                        let items: Vec<Value> = objects.iter().filter(|(p, _)| c.holds(p)).map(|(_, o)| o.clone()).collect();
+                        let selector = label_selector(&s.uri);
+                        let items: Vec<Value> = objects
+                            .iter()
+                            .filter(|(p, o)| c.holds(p) && selector.iter().all(|(k, v)| matches_label(o, k, v.as_deref())))
+                            .map(|(_, o)| o.clone())
+                            .collect();
                         (200, json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}))
                     }
                     (None, None) => (404, status_error(404, "NotFound")),
@@ -255,5 +260,28 @@ impl Collection {
             [r, _] => *r == self.resource && self.namespace.is_none(),
             _ => false,
         }
+    }
+}
+
+/// `labelSelector` of a request: `k=v` and `k` (exists) terms.
+fn label_selector(uri: &str) -> Vec<(String, Option<String>)> {
+    let Some(query) = uri.split_once('?').map(|(_, q)| q) else { return Vec::new() };
+    let Some(raw) = query.split('&').find_map(|p| p.strip_prefix("labelSelector=")) else { return Vec::new() };
+    let decoded = raw.replace("%3D", "=").replace("%2C", ",").replace("%2F", "/").replace("%3d", "=").replace("%2c", ",").replace("%2f", "/");
+    decoded
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+            None => (t.to_owned(), None),
+        })
+        .collect()
+}
+
+fn matches_label(object: &Value, key: &str, value: Option<&str>) -> bool {
+    match (object["metadata"]["labels"].get(key).and_then(Value::as_str), value) {
+        (Some(actual), Some(wanted)) => actual == wanted,
+        (Some(_), None) => true,
+        (None, _) => false,
     }
 }

@@ -141,3 +141,22 @@ fn unchanged_policy_status_is_identical() {
     p.status = Some(build_policy_status(&p, &compiled, None, "t1"));
     assert_eq!(build_policy_status(&p, &compiled, None, "t2"), p.status.clone().unwrap());
 }
+
+#[test]
+fn orphan_sweep_takes_unowned_leftovers_and_unused_secrets_only() {
+    let with_credentials: McpTool = {
+        let mut t = tool("read-note", 1);
+        t.spec.credentials = serde_json::from_value(json!([{"secretRef": {"name": "s", "key": "k"}, "env": "K"}])).unwrap();
+        t
+    };
+    let plain = tool("list-notes", 1);
+    let o = |name: &str, tool: &str, owned: bool, secret: bool| Labelled { name: name.into(), tool: tool.into(), owned_by_tool: owned, is_secret: secret };
+    let objects = [
+        o("np-gone-unowned", "gone", false, false),
+        o("np-gone-owned", "gone", true, false),
+        o("secret-of-plain", "list-notes", true, true),
+        o("secret-in-use", "read-note", true, true),
+        o("np-of-plain", "list-notes", true, false),
+    ];
+    assert_eq!(orphans(&objects, &[&with_credentials, &plain]), vec!["np-gone-unowned", "secret-of-plain"]);
+}
