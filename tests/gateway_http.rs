@@ -164,3 +164,33 @@ async fn sigterm_stops_the_gateway_cleanly() {
     let stderr = dev.stderr.lock().unwrap().join("\n");
     assert!(stderr.contains("gateway stopped"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ending_a_session_stops_its_workers() {
+    let dev = Dev::start(&[]);
+    let session = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
+    let id = session.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(session.text().await);
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "write_note", "arguments": {"path": "a.md", "content": "x"}}});
+    let answer = mcp_post(&dev, Some(DEV_TOKEN)).header("Mcp-Session-Id", &id).header("MCP-Protocol-Version", "2025-06-18").json(&call).send().await.unwrap();
+    assert!(answer.text().await.unwrap().contains("wrote a.md"));
+    let metric = async |name: &str| -> String {
+        let text = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_owned()
+    };
+    assert_eq!(metric("toolwarden_sessions_active").await, "toolwarden_sessions_active 1");
+    assert_eq!(metric("toolwarden_worker_pods_active").await, "toolwarden_worker_pods_active 1");
+
+    // Someone else cannot end it.
+    let foreign = http().delete(dev.mcp_url()).bearer_auth(APPROVER_TOKEN).header("Mcp-Session-Id", &id).send().await.unwrap();
+    assert_eq!(foreign.status(), 404);
+    let deleted = http().delete(dev.mcp_url()).bearer_auth(DEV_TOKEN).header("Mcp-Session-Id", &id).send().await.unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    dev.eventually("the session and its worker are gone", async || {
+        metric("toolwarden_sessions_active").await == "toolwarden_sessions_active 0"
+            && metric("toolwarden_worker_pods_active").await == "toolwarden_worker_pods_active 0"
+    })
+    .await;
+    let after = mcp_post(&dev, Some(DEV_TOKEN)).header("Mcp-Session-Id", &id).header("MCP-Protocol-Version", "2025-06-18").json(&call).send().await.unwrap();
+    assert_eq!(after.status(), 404, "an ended session is unknown");
+}

@@ -118,7 +118,7 @@ fn jsonrpc_error(status: StatusCode, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, mut request: Request) -> Response {
+async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, request: Request) -> Response {
     let gateway = &app.gateway;
     let principal = match gateway.auth.authenticate(request.headers()).await {
         Ok(p) => p,

@@ -41,11 +41,11 @@ fn quota(limit: &RateLimitConfig) -> Quota {
 
 fn describe(limit: &RateLimitConfig) -> String {
     let ms = limit.interval_ms;
-    let interval = if ms % 3_600_000 == 0 {
+    let interval = if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
