@@ -137,6 +137,12 @@ impl Gateway {
         };
         let previous = self.configs.write().unwrap_or_else(|e| e.into_inner()).insert(namespace.clone(), engine.clone());
         self.metrics.config_applied(&namespace, generation, unix_now());
+        let tools_changed = previous.as_ref().is_none_or(|p| p.config().tools != engine.config().tools);
+        if tools_changed && let Ok(handle) = tokio::runtime::Handle::try_current() {
+            // The runtime follows the tools (warm pools, replacing workers of changed tools).
+            let (runtime, engine, ns) = (self.runtime.clone(), engine.clone(), namespace.clone());
+            handle.spawn(async move { runtime.tools_changed(&ns, &engine.config().tools).await });
+        }
         let changed = previous.is_none_or(|p| p.config().tools != engine.config().tools || p.config().policies != engine.config().policies);
         if changed {
             tracing::info!(namespace, generation, tools = engine.config().tools.len(), "config applied");
