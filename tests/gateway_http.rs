@@ -194,3 +194,41 @@ async fn ending_a_session_stops_its_workers() {
     let after = mcp_post(&dev, Some(DEV_TOKEN)).header("Mcp-Session-Id", &id).header("MCP-Protocol-Version", "2025-06-18").json(&call).send().await.unwrap();
     assert_eq!(after.status(), 404, "an ended session is unknown");
 }
+
+/// A tool whose program kills the worker serving it, mid-call.
+const CRASHING: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: crash-worker}
+spec:
+  description: Kills the worker that runs it (a test of the gateway's handling of dying workers).
+  effect: write
+  inputSchema: {type: object, properties: {}, additionalProperties: false}
+  runtime:
+    exec:
+      image: busybox
+      command: [sh, -c, "kill -KILL $PPID; sleep 5"]
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: developers-crash}
+spec:
+  subjects: {groups: [developers]}
+  tools: {names: [crash-worker]}
+  decision: allow
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_mid_call_gets_a_specific_error_and_an_audit_record() {
+    let mut dev = Dev::start(&[("zz-test.yaml", CRASHING)]);
+    let client = dev.client(DEV_TOKEN).await;
+    let result = call(&client, "crash_worker", json!({})).await;
+    assert_eq!(result.is_error, Some(true), "{result:?}");
+    assert_eq!(code(&result).as_deref(), Some("worker_died"), "{result:?}");
+    assert!(text(&result).contains("the worker stopped"), "{result:?}");
+    let lines = dev.audit_lines();
+    let outcome = lines.iter().find(|l| l["tool"] == "crash_worker" && l["event"] == "result").expect("a result line");
+    assert_eq!((outcome["status"].as_str(), outcome["code"].as_str()), (Some("worker_failed"), Some("worker_died")));
+    assert!(dev.is_running());
+    ok(&call(&client, "count_words", json!({"text": "still here", "unit": "words"})).await);
+}
