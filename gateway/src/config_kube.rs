@@ -82,14 +82,23 @@ pub async fn start(gateway: Arc<Gateway>, namespaces: Vec<String>) -> anyhow::Re
     let client = Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {e}"))?;
+    start_with_client(gateway, client, namespaces);
+    Ok(())
+}
+
+/// [`start`] with a given client.
+pub fn start_with_client(gateway: Arc<Gateway>, client: Client, namespaces: Vec<String>) {
     let scopes: Vec<Option<String>> = if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
     let ready = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
     for scope in scopes {
         let watch = watch_scope(gateway.clone(), client.clone(), scope, ready.clone());
         tokio::spawn(watch);
     }
-    Ok(())
 }
+
+#[cfg(test)]
+#[path = "config_kube_tests.rs"]
+mod watch_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,97 @@
+//! The ConfigMap watch against a scripted API server: the listed config is applied, a modified one
+//! replaces it, a broken one is counted and leaves the last good config in force.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+use toolwarden_core::config::{CONFIG_FORMAT, CONFIG_MAP_KEY, CONFIG_MAP_NAME, GatewayConfig};
+use toolwarden_worker::protocol::{CallRequest, CallResult};
+
+use crate::runtime::{RuntimeError, SessionInfo, WorkerRuntime};
+use crate::state::{Gateway, Settings};
+
+struct NoRuntime;
+
+impl WorkerRuntime for NoRuntime {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn start_session(&self, _: SessionInfo) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn call<'a>(&'a self, _: &'a str, _: &'a toolwarden_core::config::ToolConfig, _: CallRequest) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
+        Box::pin(async { Err(RuntimeError::new("worker_start_failed", "no runtime in this test")) })
+    }
+    fn end_session<'a>(&'a self, _: &'a str, _: &'static str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+fn config_map(generation: u64, text: Option<String>) -> Value {
+    let config = GatewayConfig { format: CONFIG_FORMAT, namespace: "team-a".into(), generation, ..Default::default() };
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CONFIG_MAP_NAME, "namespace": "team-a", "resourceVersion": format!("{generation}"),
+                     "labels": {"toolwarden.dev/config": "true"}},
+        "data": {CONFIG_MAP_KEY: text.unwrap_or_else(|| config.to_json())},
+    })
+}
+
+async fn gateway() -> Arc<Gateway> {
+    let auth = crate::auth::Authenticator::new(crate::auth::AuthConfig {
+        tokens_file: None,
+        static_tokens: vec![crate::auth::StaticToken { token: "t".repeat(32), subject: "s".into(), groups: vec![] }],
+        jwt: vec![],
+    })
+    .await
+    .unwrap();
+    let (metrics, registry) = crate::metrics::GatewayMetrics::new(crate::kubernetes::Metrics::default());
+    let audit = crate::audit::AuditLog::open(None, false).unwrap();
+    Arc::new(Gateway::new(Settings::default(), auth, Arc::new(NoRuntime), audit, metrics, registry))
+}
+
+fn respond(send: tower_test::mock::SendResponse<Response<Body>>, text: String) {
+    send.send_response(Response::builder().status(200).header("content-type", "application/json").body(Body::from(text.into_bytes())).unwrap());
+}
+
+#[tokio::test]
+async fn configmaps_are_applied_as_they_change_and_bad_ones_keep_the_last_good_config() {
+    let gateway = gateway().await;
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    super::start_with_client(gateway.clone(), client, vec!["team-a".into()]);
+
+    let (list, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request()).await.unwrap().unwrap();
+    let uri = list.uri().to_string();
+    assert!(uri.starts_with("/api/v1/namespaces/team-a/configmaps?"), "{uri}");
+    assert!(uri.contains("labelSelector=toolwarden.dev%2Fconfig") && uri.contains("fieldSelector=metadata.name%3Dtoolwarden-gateway-config"), "{uri}");
+    respond(send, json!({"apiVersion": "v1", "kind": "ConfigMapList", "metadata": {"resourceVersion": "1"}, "items": [config_map(1, None)]}).to_string());
+
+    let (watch, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request()).await.unwrap().unwrap();
+    assert!(watch.uri().to_string().contains("watch=true"), "{}", watch.uri());
+    let events = [
+        json!({"type": "MODIFIED", "object": config_map(2, None)}),
+        json!({"type": "MODIFIED", "object": config_map(3, Some("{not json".into()))}),
+    ];
+    respond(send, events.iter().map(|e| format!("{e}\n")).collect());
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = crate::metrics::render(&gateway.registry);
+        if text.contains("toolwarden_config_load_failures_total{namespace=\"team-a\"} 1") {
+            assert!(text.contains("toolwarden_config_generation{namespace=\"team-a\"} 2"), "{text}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the watch events were not applied:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gateway.is_ready());
+    assert_eq!(gateway.engine("team-a").unwrap().config().generation, 2, "the broken ConfigMap left generation 2 in force");
+}
