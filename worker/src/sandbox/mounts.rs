@@ -157,10 +157,10 @@ pub fn loopback_up() -> Result<(), Failure> {
         for (i, b) in b"lo\0".iter().enumerate() {
             req.ifr_name[i] = *b as libc::c_char;
         }
-        let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req);
+        let mut rc = libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req);
         if rc == 0 {
             req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            rc = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req);
+            rc = libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &req);
         }
         let result = if rc != 0 { Err(os_error("bringing up lo".into())) } else { Ok(()) };
         libc::close(sock);
