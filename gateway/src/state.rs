@@ -147,12 +147,6 @@ impl Gateway {
         if changed {
             tracing::info!(namespace, generation, tools = engine.config().tools.len(), "config applied");
             self.notify_tools_changed(&namespace);
-            // Warm pools follow the namespace's tools (kubernetes runtime; a no-op locally).
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let runtime = self.runtime.clone();
-                let tools = engine.config().tools.clone();
-                handle.spawn(async move { runtime.tools_changed(&namespace, &tools).await });
-            }
         }
         Ok(())
     }
