@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +55,12 @@ fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, canc
     }
 }
 
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
+
 /// Resolves on SIGTERM or ctrl-c.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -94,6 +101,7 @@ pub async fn serve(
         let ops = ops_router::<()>(gateway.clone());
         let stop = stopping.clone();
         tokio::spawn(async move {
+            let listener = listener.tap_io(no_delay);
             let _ = axum::serve(listener, ops).with_graceful_shutdown(async move { stop.cancelled().await }).await;
         });
     }
@@ -111,7 +119,8 @@ pub async fn serve(
         streams.cancel();
     });
     let stop = stopping.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+    // Responses are SSE frames written piecemeal: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
+    let server = axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(async move { stop.cancelled().await });
     let hard_stop = async {
         stopping.cancelled().await;
         tokio::time::sleep(grace + Duration::from_secs(2)).await;
