@@ -63,9 +63,9 @@ pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, a
     gw.runtime.touch(&session.id);
     let mut args = Value::Object(arguments.unwrap_or_default());
     let engine = gw.engine(&session.namespace);
-    let tool = engine.as_ref().and_then(|e| e.tool(name)).cloned();
+    let tool: Option<&ToolConfig> = engine.as_deref().and_then(|e| e.tool(name));
     // The gateway's own argument, unless the tool's schema declares one of the same name.
-    let declares_token = tool.as_ref().is_some_and(|t| t.input_schema["properties"].get(CONFIRM_TOKEN_ARG).is_some());
+    let declares_token = tool.is_some_and(|t| t.input_schema["properties"].get(CONFIRM_TOKEN_ARG).is_some());
     let confirm_token = match (declares_token, args.as_object_mut()) {
         (false, Some(map)) => map.remove(CONFIRM_TOKEN_ARG).map(|v| v.as_str().map(str::to_owned).unwrap_or_default()),
         _ => None,
@@ -81,7 +81,8 @@ pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, a
         }),
     };
     let provenance = session.taint.lock().unwrap_or_else(|e| e.into_inner()).untrusted.repeated_in(&args);
-    let schema = tool.as_ref().map(|t| t.input_schema.clone()).unwrap_or(Value::Null);
+    static NO_SCHEMA: Value = Value::Null;
+    let schema = tool.map(|t| &t.input_schema).unwrap_or(&NO_SCHEMA);
     let known = tool.is_some() && !matches!(&decision, Decision::Deny(d) if d.code == DenialCode::UnknownTool);
     let mut call = Call {
         gw,
@@ -96,7 +97,7 @@ pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, a
             client: session.client_name.clone(),
             namespace: session.namespace.clone(),
             tool: name.to_owned(),
-            arguments: sanitize_arguments(&args, &schema),
+            arguments: sanitize_arguments(&args, schema),
             argument_provenance: provenance,
             decision: decision.label().to_owned(),
             approval: "none".to_owned(),
@@ -108,7 +109,7 @@ pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, a
     let (tool, limits, approval) = match decision {
         Decision::Deny(denial) => {
             let refusal = Refusal::from_denial(&denial);
-            return call.refuse(refusal, label, "refused", tool.as_ref());
+            return call.refuse(refusal, label, "refused", tool);
         }
         Decision::Allow(allowed) => {
             call.record.policy = allowed.policies.first().cloned();
@@ -119,9 +120,9 @@ pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, a
             (tool.expect("tools needing approval exist"), request.rate_limits.clone(), Some(request))
         }
     };
-    if let Err(limited) = check_limits(gw, session, &tool, &limits) {
+    if let Err(limited) = check_limits(gw, session, tool, &limits) {
         let refusal = Refusal::new(DenialCode::RateLimited.as_str(), limited.message).policy(limited.policy);
-        return call.refuse(refusal, label, "refused", Some(&tool));
+        return call.refuse(refusal, label, "refused", Some(tool));
     }
 
     let hash = arguments_hash(&args);
@@ -136,10 +137,10 @@ pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, a
                         Err(e) => {
                             let refusal = Refusal::new(DenialCode::ConfirmTokenInvalid.as_str(), format!("{}: {e}", tool.name))
                                 .detail("reason", json!(e.code()));
-                            return call.refuse(refusal, label, "refused", Some(&tool));
+                            return call.refuse(refusal, label, "refused", Some(tool));
                         }
                     },
-                    None => return confirm_preview(call, &tool, args, binding, request.ttl, &request.reason).await,
+                    None => return confirm_preview(call, tool, args, binding, request.ttl, &request.reason).await,
                 }
             }
             ApprovalMode::Human => {
@@ -169,21 +170,21 @@ pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, a
                             .policy(request.policy.clone())
                             .detail("approvalId", json!(id))
                             .detail("expiresAt", json!(rfc3339(expires_at)));
-                        return call.refuse(refusal, label, "pending", Some(&tool));
+                        return call.refuse(refusal, label, "pending", Some(tool));
                     }
                     HumanStatus::Denied { id, decided_by, reason } => {
                         call.record.approval = "denied".to_owned();
                         let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
                         let message = format!("{} was not approved: {decided_by} denied approval {id}{why}", tool.name);
                         let refusal = Refusal::new(DenialCode::ApprovalDenied.as_str(), message).detail("approvalId", json!(id));
-                        return call.refuse(refusal, label, "refused", Some(&tool));
+                        return call.refuse(refusal, label, "refused", Some(tool));
                     }
                 }
             }
             ApprovalMode::None => call.record.approval = "none".to_owned(),
         }
     }
-    run(call, &tool, args, label).await
+    run(call, tool, args, label).await
 }
 
 fn check_limits(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, limits: &[RateLimit]) -> Result<(), crate::ratelimit::Limited> {
