@@ -124,7 +124,12 @@ pub enum HumanStatus {
     Denied { id: String, decided_by: String, reason: Option<String> },
     /// A new pending approval was created.
     Created { id: String, expires_at: SystemTime },
+    /// The session already has [`MAX_PENDING_PER_SESSION`] approvals waiting.
+    TooMany,
 }
+
+/// Pending approvals one session may hold: an agent cannot flood approvers (or the gateway's memory).
+pub const MAX_PENDING_PER_SESSION: usize = 20;
 
 #[derive(Debug, PartialEq)]
 pub enum DecideError {
@@ -222,6 +227,10 @@ impl Approvals {
                 }
                 _ => HumanStatus::Pending { id: a.id.clone(), expires_at: a.expires_at },
             };
+        }
+        let pending = map.values().filter(|a| a.session_id == req.session_id && a.state == ApprovalState::Pending).count();
+        if pending >= MAX_PENDING_PER_SESSION {
+            return HumanStatus::TooMany;
         }
         let id = format!("ap-{}", random_hex(8));
         let expires_at = now + req.request.ttl;
@@ -357,6 +366,29 @@ mod tests {
         let req = request(Approvers { users: vec![], groups: vec!["devs".into()] }, true);
         let HumanStatus::Created { id, .. } = ask(&allowed, &req) else { panic!() };
         assert!(allowed.decide(&id, "dev", &["devs".into()], true, None).is_ok());
+    }
+
+    #[test]
+    fn a_session_cannot_park_unbounded_approvals() {
+        let approvals = Approvals::default();
+        let req = request(Approvers { users: vec!["alice".into()], groups: vec![] }, false);
+        for i in 0..=MAX_PENDING_PER_SESSION {
+            let hash = format!("x{i}");
+            let status = approvals.human(HumanRequest {
+                namespace: "default",
+                tool: "delete_note",
+                subject: "dev",
+                session_id: "s1",
+                arguments: serde_json::json!({}),
+                arguments_hash: &hash,
+                request: &req,
+            });
+            if i < MAX_PENDING_PER_SESSION {
+                assert!(matches!(status, HumanStatus::Created { .. }));
+            } else {
+                assert_eq!(status, HumanStatus::TooMany);
+            }
+        }
     }
 
     #[test]

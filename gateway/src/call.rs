@@ -172,6 +172,15 @@ pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, a
                             .detail("expiresAt", json!(rfc3339(expires_at)));
                         return call.refuse(refusal, label, "pending", Some(tool));
                     }
+                    HumanStatus::TooMany => {
+                        let message = format!(
+                            "{} needs human approval, but this session already has {} approvals waiting: wait for them to be decided",
+                            tool.name,
+                            crate::approvals::MAX_PENDING_PER_SESSION
+                        );
+                        let refusal = Refusal::new(DenialCode::ApprovalRequired.as_str(), message).policy(request.policy.clone());
+                        return call.refuse(refusal, label, "refused", Some(tool));
+                    }
                     HumanStatus::Denied { id, decided_by, reason } => {
                         call.record.approval = "denied".to_owned();
                         let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
