@@ -277,3 +277,33 @@ for name in ['environ', 'mem', 'fd/0']:
         print(name, 'refused')";
     assert_eq!(run(&worker, code)["content"], "environ refused\nmem refused\nfd/0 refused\n");
 }
+
+#[test]
+fn a_sandbox_whose_starter_is_killed_takes_everything_with_it() {
+    // SIGKILL gives no chance to forward anything: the init's parent-death signal must do it.
+    let secs = 300_000 + std::process::id() % 100_000;
+    let mut spec = exec_spec(&["/bin/sh", "-c", "/bin/sleep \"$1\"", "sh"], &["{{secs}}"]);
+    spec["timeoutMs"] = json!(60_000);
+    let worker = Arc::new(Worker::sandboxed(&spec, &[]));
+    let support::Addr::Unix(socket) = &worker.addr else { unreachable!("sandboxed workers listen on a socket") };
+    let socket = socket.display().to_string();
+    let pending = {
+        let worker = worker.clone();
+        std::thread::spawn(move || worker.call(json!({"secs": secs})).status)
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(support::live_processes_with(&format!("/bin/sleep {secs}")).len(), 1, "the call is running");
+    assert!(support::live_processes_with(&socket).len() >= 2, "the sandbox, its init and serve run");
+    // SAFETY: killing the sandbox process the test started.
+    unsafe { libc::kill(worker.pid() as i32, libc::SIGKILL) };
+    let _ = pending.join();
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = [support::live_processes_with(&format!("/bin/sleep {secs}")), support::live_processes_with(&socket)].concat();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(left.is_empty(), "processes outlived the killed sandbox: {left:?}");
+}

@@ -269,8 +269,6 @@ fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, 
         // SAFETY: leaving the child without running destructors shared with the parent.
         unsafe { libc::_exit(1) };
     }
-    // SAFETY: PR_SET_PDEATHSIG: the sandbox dies with the process that started it.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
     let mut status = std::fs::File::from(status);
     if let Err(failure) = build(options, ids) {
         let kind = if failure.refused { b'R' } else { b'F' };
@@ -278,6 +276,14 @@ fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, 
         let _ = status.write_all(failure.message.as_bytes());
         // SAFETY: as above.
         unsafe { libc::_exit(if failure.refused { EXIT_NAMESPACES_REFUSED as i32 } else { 1 }) };
+    }
+    // The sandbox dies with the process that started it. Set only now: changing the user (in `build`)
+    // clears the parent-death signal.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only changes this process's flag.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    if parent_gone(&status) {
+        // SAFETY: as above.
+        unsafe { libc::_exit(1) };
     }
     let programs = match seccomp::programs() {
         Ok(p) => p,
@@ -329,6 +335,15 @@ fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, 
             unsafe { libc::_exit(exit_code(wstatus) as i32) };
         }
     }
+}
+
+/// Whether the sandbox process died before the parent-death signal was set: it holds the read end of the
+/// status pipe until serve runs, so a write end without readers means it is gone. (`getppid` cannot tell:
+/// the parent is outside this PID namespace.)
+fn parent_gone(status: &std::fs::File) -> bool {
+    let mut poll = libc::pollfd { fd: status.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: poll(2) on one descriptor we own, without waiting.
+    unsafe { libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLERR != 0 }
 }
 
 /// The filesystem, network, hostname and limits, in the order that keeps bound directories reachable.
