@@ -134,3 +134,55 @@ async fn human_approval_end_to_end_through_the_approvals_cli() {
     let (again, _, err) = approvals_cli(&dev, APPROVER_TOKEN, &["deny", &id]);
     assert!(!again && err.contains("already"), "{err}");
 }
+
+/// A client that answers elicitation requests with a fixed decision and counts them.
+#[derive(Clone)]
+struct User {
+    approve: bool,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl rmcp::ClientHandler for User {
+    async fn create_elicitation(
+        &self,
+        request: rmcp::model::ElicitRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleClient>,
+    ) -> Result<rmcp::model::ElicitResult, rmcp::ErrorData> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let rmcp::model::ElicitRequestParams::FormElicitationParams { message, .. } = request else { panic!("a form was expected") };
+        assert!(message.contains("delete_greeting"), "{message}");
+        Ok(rmcp::model::ElicitResult::new(rmcp::model::ElicitationAction::Accept).with_content(json!({"approve": self.approve})))
+    }
+
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        let caps = rmcp::model::ClientCapabilities::builder().enable_elicitation().build();
+        let mut info = rmcp::model::ClientConfig::new(caps, rmcp::model::Implementation::new("asking-client", "1.0"));
+        info.protocol_version = rmcp::model::ProtocolVersion::V_2025_06_18;
+        info
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_elicitation_let_the_user_approve_when_the_policy_allows_self_approval() {
+    let self_approval = EXTRA.replace("approvers: {users: [alice]}}", "approvers: {users: [alice, developer]}, allowSelfApproval: true}");
+    assert_ne!(self_approval, EXTRA);
+    let dev = Dev::start(&[("zz-test.yaml", &self_approval)]);
+    for approve in [true, false] {
+        let user = User { approve, asked: Default::default() };
+        let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(dev.mcp_url()).auth_header(DEV_TOKEN),
+        );
+        let client = rmcp::ServiceExt::serve(user.clone(), transport).await.expect("client connects");
+        let result = call(&client, "delete_greeting", json!({"name": "asked"})).await;
+        assert_eq!(user.asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+        if approve {
+            assert_eq!(ok(&result).trim(), "deleted greeting asked");
+        } else {
+            let denied = refused(&result, "approval_denied");
+            assert!(denied.contains("declined by the user"), "{denied}");
+        }
+    }
+    // Clients without elicitation still get a pending approval.
+    let plain = dev.client(DEV_TOKEN).await;
+    refused(&call(&plain, "delete_greeting", json!({"name": "asked"})).await, "approval_required");
+}

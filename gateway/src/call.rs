@@ -57,7 +57,14 @@ impl Call<'_> {
 }
 
 /// Runs one call for `session`.
-pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, arguments: Option<JsonObject>) -> CallToolResult {
+/// `peer` is the client to ask through elicitation, when it supports it (see [`crate::elicit`]).
+pub async fn call_tool(
+    gw: &Gateway,
+    session: &Arc<SessionRecord>,
+    name: &str,
+    arguments: Option<JsonObject>,
+    peer: Option<&rmcp::service::Peer<rmcp::RoleServer>>,
+) -> CallToolResult {
     let _in_flight = gw.call_started();
     session.touch();
     gw.runtime.touch(&session.id);
@@ -144,15 +151,27 @@ pub async fn call_tool(gw: &Gateway, session: &Arc<SessionRecord>, name: &str, a
                 }
             }
             ApprovalMode::Human => {
-                let status = gw.approvals.human(HumanRequest {
-                    namespace: &session.namespace,
-                    tool: &tool.name,
-                    subject: &session.subject,
-                    session_id: &session.id,
-                    arguments: call.record.arguments.clone(),
-                    arguments_hash: &hash,
-                    request: &request,
-                });
+                let ask = || {
+                    gw.approvals.human(HumanRequest {
+                        namespace: &session.namespace,
+                        tool: &tool.name,
+                        subject: &session.subject,
+                        session_id: &session.id,
+                        arguments: call.record.arguments.clone(),
+                        arguments_hash: &hash,
+                        request: &request,
+                    })
+                };
+                let mut status = ask();
+                if let (HumanStatus::Created { id, .. } | HumanStatus::Pending { id, .. }, Some(peer), true) =
+                    (&status, peer, request.allow_self_approval)
+                    && let Some(approve) = crate::elicit::ask_user(peer, &tool.name, &call.record.arguments, &request.reason).await
+                {
+                    let why = if approve { "approved by the user when asked" } else { "declined by the user when asked" };
+                    if gw.approvals.decide(id, &session.subject, &session.groups, approve, Some(why.to_owned())).is_ok() {
+                        status = ask();
+                    }
+                }
                 match status {
                     HumanStatus::Approved { id, decided_by } => {
                         call.record.approval = "approved".to_owned();

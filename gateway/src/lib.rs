@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config_dev;
 pub mod config_kube;
+pub mod elicit;
 pub mod http;
 pub mod kubernetes;
 pub mod mcp;

@@ -115,7 +115,8 @@ impl ServerHandler for McpHandler {
     async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
         let session = self.session(&context).await?;
         remember_peer(&session, &context);
-        let result = crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments).await;
+        let peer = (!session.stateless && crate::elicit::supported(&context.peer)).then_some(&context.peer);
+        let result = crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments, peer).await;
         Ok(CallToolResponse::Complete(result))
     }
 

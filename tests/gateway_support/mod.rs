@@ -159,7 +159,7 @@ pub fn names(tools: &[Tool]) -> Vec<String> {
     tools.iter().map(|t| t.name.to_string()).collect()
 }
 
-pub async fn call(client: &Client, tool: &str, args: Value) -> CallToolResult {
+pub async fn call(client: &rmcp::service::Peer<RoleClient>, tool: &str, args: Value) -> CallToolResult {
     let Value::Object(map) = args else { panic!("arguments must be an object") };
     client.call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(map)).await.expect("tools/call answers")
 }
