@@ -210,6 +210,25 @@ mod tests {
     }
 
     #[test]
+    fn idle_and_old_sessions_are_found_for_the_reaper() {
+        let sessions = Sessions::default();
+        let new = |id: &str| NewSession {
+            id: id.into(),
+            caller: caller("alice", "c"),
+            client_name: String::new(),
+            client_version: String::new(),
+            protocol_version: None,
+            stateless: true,
+        };
+        sessions.insert(new("a"));
+        assert!(sessions.expired(Duration::from_secs(60), Duration::from_secs(3600)).is_empty());
+        let idle = sessions.expired(Duration::ZERO, Duration::from_secs(3600));
+        assert_eq!(idle.iter().map(|(s, r)| (s.id.as_str(), *r)).collect::<Vec<_>>(), [("a", "idle")]);
+        let old = sessions.expired(Duration::ZERO, Duration::ZERO);
+        assert_eq!(old[0].1, "expired", "max lifetime wins over idle");
+    }
+
+    #[test]
     fn ending_twice_reports_once() {
         let sessions = Sessions::default();
         let new = NewSession {
