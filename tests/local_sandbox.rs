@@ -145,3 +145,72 @@ async fn workers_of_a_session_are_gone_after_it_ends() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// A `toolwarden dev` killed with SIGKILL (no shutdown) must not leave its sandboxed workers behind.
+#[tokio::test]
+async fn workers_die_with_a_gateway_that_is_killed() {
+    use std::io::BufRead as _;
+    let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_toolwarden"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--manifests"])
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/manifests"))
+        .env("TOOLWARDEN_DEV_TOKEN", "sandbox-test-token-0123456789")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = format!("/toolwarden-{}/", dev.id());
+    let stdout = std::io::BufReader::new(dev.stdout.take().unwrap());
+    let base = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("listening on ").map(|a| a.trim().to_owned()))
+        .expect("dev prints its address");
+    let url = format!("{base}/mcp/default");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let post = |body: Value, session: Option<String>| {
+        let mut request = http
+            .post(&url)
+            .bearer_auth("sandbox-test-token-0123456789")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&body);
+        if let Some(s) = session {
+            request = request.header("mcp-session-id", s);
+        }
+        request.send()
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let response = post(init, None).await.unwrap();
+    let session = response.headers().get("mcp-session-id").map(|v| v.to_str().unwrap().to_owned());
+    let _ = response.text().await;
+    post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}), session.clone()).await.unwrap();
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "show_text", "arguments": {"text": "hello"}}});
+    let text = post(call, session).await.unwrap().text().await.unwrap();
+    if !text.contains("hello") {
+        // No sandbox here (user namespaces refused): the refusal must say so; no worker to check.
+        assert!(text.contains("sandbox"), "{text}");
+        let _ = dev.kill();
+        return;
+    }
+
+    let workers = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).contains(&state))
+            .count()
+    };
+    assert!(workers() > 0, "the call ran, so a worker runs");
+    dev.kill().unwrap();
+    dev.wait().unwrap();
+    for _ in 0..100 {
+        if workers() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{} worker processes outlived the killed gateway", workers());
+}

@@ -225,6 +225,23 @@ impl LocalRuntime {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // Workers must not outlive a gateway that dies without shutting down (SIGKILL, a crash): the
+        // kernel kills the sandbox when the gateway thread that started it goes (the sandbox's own
+        // init dies with it in turn). The parent check closes the race with a gateway already gone.
+        let gateway_pid = std::process::id();
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+        // (prctl, getppid, _exit).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() as u32 != gateway_pid {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         if let Ok(filter) = std::env::var("TOOLWARDEN_WORKER_LOG") {
             command.env("RUST_LOG", filter);
         }
@@ -438,10 +455,13 @@ impl WorkerRuntime for LocalRuntime {
             if self.closed.load(Ordering::SeqCst) {
                 return Err(RuntimeError::new("shutting_down", "the gateway is shutting down"));
             }
+            let started = Instant::now();
             let mut sessions = self.sessions();
             if !sessions.contains_key(&session.id) {
                 sessions.insert(session.id.clone(), Session { namespace: session.namespace, workers: HashMap::new() });
                 self.config.metrics.sessions_active.inc();
+                // Nothing to create locally (workers start on first call), but the histogram is shared.
+                self.config.metrics.session_start.observe(started.elapsed().as_secs_f64());
             }
             Ok(())
         })

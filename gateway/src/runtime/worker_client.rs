@@ -216,7 +216,18 @@ impl WorkerClient {
         };
         match &self.endpoint {
             WorkerEndpoint::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path).await.map_err(refused)?;
+                // A unix socket whose accept backlog is full refuses with EAGAIN instead of queueing
+                // the connect (a burst of first calls): try again shortly, a bounded number of times.
+                let mut tries = 0;
+                let stream = loop {
+                    match tokio::net::UnixStream::connect(path).await {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 50 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                        other => break other.map_err(refused)?,
+                    }
+                };
                 self.handshake(stream).await
             }
             WorkerEndpoint::Tcp(authority) => {
