@@ -26,9 +26,6 @@ pub enum Error {
     /// A reconcile took longer than its deadline (a hanging API server).
     #[error("{object}: reconcile did not finish within {seconds}s")]
     Timeout { object: String, seconds: u64 },
-    /// An object the operator itself built could not be serialised (a bug, reported all the same).
-    #[error("{object}: {message}")]
-    Build { object: String, message: String },
 }
 
 impl Error {
@@ -51,7 +48,6 @@ impl Error {
             Error::Api { .. } => "api_unreachable",
             Error::Conflict { .. } => "conflict",
             Error::Timeout { .. } => "timeout",
-            Error::Build { .. } => "build",
         }
     }
 

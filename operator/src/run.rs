@@ -21,6 +21,9 @@ use crate::namespace::queue::{self, Stores};
 use crate::objects::{CONFIG_MAP_LABEL_VALUE, managed_selector};
 use crate::{session_gc, tool};
 
+/// Tool reconciles running at once.
+pub const TOOL_CONCURRENCY: u16 = 16;
+
 /// The tools to reconcile when a Secret changes: tools in its namespace that reference it, and the
 /// tool owning it (someone edited or deleted a scoped Secret: put it back).
 pub fn tools_for_secret<'a>(tools: impl IntoIterator<Item = &'a McpTool>, secret: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<McpTool>> {
@@ -119,7 +122,10 @@ pub async fn controllers(ctx: Arc<Context>) {
             if tokio::time::timeout(Duration::from_secs(120), first_rx).await.is_err() {
                 tracing::warn!("first namespace pass is slow; starting the tool controller anyway");
             }
-            let controller = Controller::new(Api::<McpTool>::all(client.clone()), watcher::Config::default());
+            // Bounded concurrency keeps a burst of 500 tools from opening 500 API requests at once; the
+            // short debounce folds a burst of events about one tool (spec, owned objects) into one reconcile.
+            let config = kube::runtime::controller::Config::default().concurrency(TOOL_CONCURRENCY).debounce(Duration::from_millis(200));
+            let controller = Controller::new(Api::<McpTool>::all(client.clone()), watcher::Config::default()).with_config(config);
             let store = controller.store();
             // Metadata only: the operator never lists Secret data; it reads referenced Secrets by name.
             let mut controller =
