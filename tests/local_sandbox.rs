@@ -150,6 +150,14 @@ async fn workers_of_a_session_are_gone_after_it_ends() {
 #[tokio::test]
 async fn workers_die_with_a_gateway_that_is_killed() {
     use std::io::BufRead as _;
+    /// Kills the gateway on every path, a failing assertion included.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_toolwarden"))
         .args(["dev", "--listen", "127.0.0.1:0", "--manifests"])
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/manifests"))
@@ -160,6 +168,7 @@ async fn workers_die_with_a_gateway_that_is_killed() {
         .unwrap();
     let state = format!("/toolwarden-{}/", dev.id());
     let stdout = std::io::BufReader::new(dev.stdout.take().unwrap());
+    let mut dev = Guard(dev);
     let base = stdout
         .lines()
         .map_while(Result::ok)
@@ -192,7 +201,6 @@ async fn workers_die_with_a_gateway_that_is_killed() {
     if !text.contains("hello") {
         // No sandbox here (user namespaces refused): the refusal must say so; no worker to check.
         assert!(text.contains("sandbox"), "{text}");
-        let _ = dev.kill();
         return;
     }
 
@@ -204,8 +212,8 @@ async fn workers_die_with_a_gateway_that_is_killed() {
             .count()
     };
     assert!(workers() > 0, "the call ran, so a worker runs");
-    dev.kill().unwrap();
-    dev.wait().unwrap();
+    dev.0.kill().unwrap();
+    dev.0.wait().unwrap();
     for _ in 0..100 {
         if workers() == 0 {
             return;
