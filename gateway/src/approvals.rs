@@ -57,6 +57,24 @@ pub struct ApprovalView {
     pub decision_reason: Option<String>,
 }
 
+/// Whether `subject` (with `groups`) may decide a call `requester` asked for; `Err` says why not.
+pub fn may_decide(
+    approvers: &toolwarden_core::resources::Approvers,
+    allow_self_approval: bool,
+    requester: &str,
+    subject: &str,
+    groups: &[String],
+) -> Result<(), &'static str> {
+    let listed = approvers.users.iter().any(|u| u == subject || u == "*") || approvers.groups.iter().any(|g| groups.contains(g));
+    if !listed {
+        return Err("you are not an approver for this call: the policy names who may approve it");
+    }
+    if subject == requester && !allow_self_approval {
+        return Err("you requested this call, and the policy does not allow self-approval: another approver must decide");
+    }
+    Ok(())
+}
+
 pub fn state_str(state: ApprovalState) -> &'static str {
     match state {
         ApprovalState::Pending => "pending",
@@ -88,15 +106,7 @@ impl Approval {
 
     /// Whether `subject` (with `groups`) may decide this approval; `Err` says why not.
     pub fn may_decide(&self, subject: &str, groups: &[String]) -> Result<(), &'static str> {
-        let listed = self.approvers.users.iter().any(|u| u == subject || u == "*")
-            || self.approvers.groups.iter().any(|g| groups.contains(g));
-        if !listed {
-            return Err("you are not an approver for this call: the policy names who may approve it");
-        }
-        if subject == self.subject && !self.allow_self_approval {
-            return Err("you requested this call, and the policy does not allow self-approval: another approver must decide");
-        }
-        Ok(())
+        may_decide(&self.approvers, self.allow_self_approval, &self.subject, subject, groups)
     }
 
     pub fn pending_approval(&self) -> PendingApproval {
@@ -284,6 +294,22 @@ impl Approvals {
         Ok(a.clone())
     }
 
+    /// Folds decisions made on another replica (read back from the McpSession) into this session's
+    /// pending approvals, so the agent's retry runs (or is refused) here.
+    pub fn merge_remote(&self, session_id: &str, remote: &[PendingApproval]) {
+        if remote.is_empty() {
+            return;
+        }
+        let mut map = self.human.lock().unwrap_or_else(|e| e.into_inner());
+        for a in map.values_mut().filter(|a| a.session_id == session_id && a.state == ApprovalState::Pending) {
+            if let Some(r) = remote.iter().find(|r| r.id == a.id && matches!(r.state, ApprovalState::Approved | ApprovalState::Denied)) {
+                a.state = r.state;
+                a.decided_by = r.decided_by.clone();
+                a.decision_reason = r.reason.clone();
+            }
+        }
+    }
+
     /// Pending approvals of one session (for the runtime's McpSession status).
     pub fn of_session(&self, session_id: &str) -> Vec<PendingApproval> {
         let map = self.human.lock().unwrap_or_else(|e| e.into_inner());
@@ -339,6 +365,33 @@ mod tests {
             arguments_hash: "h1",
             request: req,
         })
+    }
+
+    #[test]
+    fn a_decision_made_on_another_replica_runs_the_retry_exactly_once() {
+        let approvals = Approvals::default();
+        let req = request(Approvers { users: vec!["alice".into()], groups: vec![] }, false);
+        let HumanStatus::Created { id, .. } = ask(&approvals, &req) else { panic!() };
+        // What the McpSession shows after another replica approved: folded in, then used once.
+        let other_session = PendingApproval { id: id.clone(), state: ApprovalState::Denied, ..Default::default() };
+        approvals.merge_remote("s2", &[other_session]);
+        assert!(matches!(ask(&approvals, &req), HumanStatus::Pending { .. }), "another session's decision must not apply");
+        let remote = PendingApproval { id: id.clone(), state: ApprovalState::Approved, decided_by: Some("alice".into()), ..Default::default() };
+        approvals.merge_remote("s1", &[remote.clone()]);
+        assert!(matches!(ask(&approvals, &req), HumanStatus::Approved { ref decided_by, .. } if decided_by == "alice"));
+        // A stale remote view never revives a used approval.
+        approvals.merge_remote("s1", &[remote]);
+        assert!(matches!(ask(&approvals, &req), HumanStatus::Created { .. }));
+    }
+
+    #[test]
+    fn shared_approvals_check_approvers_and_self_approval() {
+        let approvers = Approvers { users: vec!["alice".into()], groups: vec!["leads".into()] };
+        assert!(may_decide(&approvers, false, "dev", "alice", &[]).is_ok());
+        assert!(may_decide(&approvers, false, "dev", "carol", &["leads".into()]).is_ok());
+        assert!(may_decide(&approvers, false, "dev", "mallory", &["devs".into()]).is_err());
+        assert!(may_decide(&approvers, false, "alice", "alice", &[]).is_err(), "self-approval needs the policy's consent");
+        assert!(may_decide(&approvers, true, "alice", "alice", &[]).is_ok());
     }
 
     #[test]

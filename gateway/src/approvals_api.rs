@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::approvals::DecideError;
+use crate::approvals::{DecideError, may_decide};
+use crate::auth::Principal;
+use crate::runtime::SharedApproval;
 use crate::http::{App, unauthorized};
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -21,8 +23,69 @@ pub async fn list(State(app): State<App>, headers: HeaderMap) -> Response {
         Ok(p) => p,
         Err(e) => return unauthorized(&app.gateway, &headers, None, e),
     };
-    let approvals: Vec<_> = app.gateway.approvals.visible_to(&principal.subject, &principal.groups).iter().map(|a| a.view()).collect();
+    let gateway = &app.gateway;
+    let local = gateway.approvals.visible_to(&principal.subject, &principal.groups);
+    let mut approvals: Vec<serde_json::Value> = local.iter().map(|a| json!(a.view())).collect();
+    // Approvals other replicas hold (kubernetes runtime): listed from their McpSessions.
+    match gateway.runtime.shared_approvals(&gateway.namespaces()).await {
+        Ok(shared) => approvals.extend(
+            shared
+                .iter()
+                .filter(|s| !local.iter().any(|a| a.id == s.approval.id))
+                .filter(|s| s.subject == principal.subject || shared_may_decide(gateway, s, &principal).is_ok())
+                .map(shared_view),
+        ),
+        Err(e) => tracing::warn!(error = %e, "listing approvals held by other gateway replicas"),
+    }
     Json(json!({"approvals": approvals})).into_response()
+}
+
+/// The same view as a local approval, from what the McpSession shows.
+fn shared_view(s: &SharedApproval) -> serde_json::Value {
+    let a = &s.approval;
+    json!({
+        "id": a.id, "namespace": s.namespace, "tool": a.tool, "subject": s.subject, "sessionId": s.session,
+        "arguments": a.arguments_preview, "reason": a.reason, "policy": a.policy, "createdAt": a.requested_at,
+        "expiresAt": a.expires_at, "state": crate::approvals::state_str(a.state), "decidedBy": a.decided_by,
+    })
+}
+
+/// Approvers of a shared approval come from the policy that asked for it, in this replica's config.
+fn shared_may_decide(gateway: &crate::state::Gateway, s: &SharedApproval, principal: &Principal) -> Result<(), String> {
+    let engine = gateway.engine(&s.namespace).ok_or_else(|| format!("namespace {} serves no tools here", s.namespace))?;
+    let policy = engine
+        .config()
+        .policies
+        .iter()
+        .find(|p| p.name == s.approval.policy)
+        .ok_or_else(|| format!("policy {} that asked for this approval no longer exists", s.approval.policy))?;
+    let (approvers, allow_self) = match &policy.approval {
+        Some(a) => (a.approvers.clone(), a.allow_self_approval),
+        None => (Default::default(), false),
+    };
+    may_decide(&approvers, allow_self, &s.subject, &principal.subject, &principal.groups).map_err(str::to_owned)
+}
+
+/// Decides an approval another replica holds, on its McpSession; that replica's watch picks it up.
+async fn decide_shared(gateway: &crate::state::Gateway, id: &str, principal: &Principal, approve: bool, reason: Option<String>) -> Response {
+    let shared = match gateway.runtime.shared_approvals(&gateway.namespaces()).await {
+        Ok(list) => list.into_iter().find(|s| s.approval.id == id),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "approvals_unavailable", format!("cannot read shared approvals: {e}")),
+    };
+    let Some(shared) = shared else {
+        return error(StatusCode::NOT_FOUND, "unknown_approval", format!("no approval {id} (it may have expired and been forgotten)"));
+    };
+    if let Err(why) = shared_may_decide(gateway, &shared, principal) {
+        return error(StatusCode::FORBIDDEN, "not_an_approver", why);
+    }
+    match gateway.runtime.decide_shared_approval(&shared, approve, &principal.subject, reason).await {
+        Ok(Some(decided)) => {
+            tracing::info!(approval = %id, tool = %decided.tool, requester = %shared.subject, by = %principal.subject, approve, "shared approval decided");
+            Json(json!({"approval": shared_view(&SharedApproval { approval: decided, ..shared })})).into_response()
+        }
+        Ok(None) => error(StatusCode::CONFLICT, "already_decided", format!("approval {id} is no longer pending")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "approvals_unavailable", format!("deciding approval {id}: {e}")),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -55,6 +118,7 @@ async fn decide(State(app): State<App>, Path(id): Path<String>, headers: HeaderM
         }
     };
     let reason = body.reason.map(|r| r.chars().take(1000).collect::<String>());
+    let body_reason = reason.clone();
     match gateway.approvals.decide(&id, &principal.subject, &principal.groups, approve, reason) {
         Ok(approval) => {
             let verb = if approve { "approved" } else { "denied" };
@@ -62,7 +126,7 @@ async fn decide(State(app): State<App>, Path(id): Path<String>, headers: HeaderM
             gateway.approvals_changed(&approval.session_id);
             Json(json!({"approval": approval.view()})).into_response()
         }
-        Err(DecideError::Unknown) => error(StatusCode::NOT_FOUND, "unknown_approval", format!("no approval {id} (it may have expired and been forgotten)")),
+        Err(DecideError::Unknown) => decide_shared(gateway, &id, &principal, approve, body_reason).await,
         Err(DecideError::NotAnApprover(why)) => error(StatusCode::FORBIDDEN, "not_an_approver", why),
         Err(DecideError::AlreadyDecided(state)) => error(StatusCode::CONFLICT, "already_decided", format!("approval {id} is already {state}")),
     }

@@ -151,6 +151,8 @@ pub async fn call_tool(
                 }
             }
             ApprovalMode::Human => {
+                // Another replica may have decided this session's approval on its McpSession.
+                gw.approvals.merge_remote(&session.id, &gw.runtime.remote_decisions(&session.id));
                 let ask = || {
                     gw.approvals.human(HumanRequest {
                         namespace: &session.namespace,

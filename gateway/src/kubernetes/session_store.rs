@@ -115,7 +115,8 @@ impl SessionStore {
     }
 
     /// Pending approvals of every session in a namespace, whichever replica holds the session.
-    pub async fn approvals(&self, namespace: &str) -> Result<Vec<(String, PendingApproval)>> {
+    /// `(McpSession name, session subject, approval)`.
+    pub async fn approvals(&self, namespace: &str) -> Result<Vec<(String, String, PendingApproval)>> {
         let list = self
             .api(namespace)
             .list(&ListParams::default())
@@ -126,7 +127,12 @@ impl SessionStore {
             .into_iter()
             .flat_map(|s| {
                 let name = s.metadata.name.clone().unwrap_or_default();
-                s.status.map(|st| st.pending_approvals).unwrap_or_default().into_iter().map(move |a| (name.clone(), a))
+                let subject = s.spec.subject.clone();
+                s.status
+                    .map(|st| st.pending_approvals)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |a| (name.clone(), subject.clone(), a))
             })
             .collect())
     }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 use toolwarden_core::config::ToolConfig;
-use toolwarden_core::resources::{ClientInfo, PendingApproval};
+use toolwarden_core::resources::{ApprovalState, ClientInfo, PendingApproval};
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
 use super::worker_client::{WorkerClient, WorkerEndpoint as ClientEndpoint};
-use super::{EndedSession, RuntimeError, SessionInfo, WorkerRuntime};
+use super::{EndedSession, RuntimeError, SessionInfo, SharedApproval, WorkerRuntime};
 use crate::kubernetes::{self, KubernetesRuntime, SessionStart, WorkerEndpoint};
 
 /// Time the gateway waits beyond the tool's own timeout (which the worker enforces) before it gives up
@@ -158,6 +158,40 @@ impl WorkerRuntime for KubernetesWorkerRuntime {
 
     fn subscribe_ended(&self) -> Option<broadcast::Receiver<EndedSession>> {
         Some(self.ended.subscribe())
+    }
+
+    fn remote_decisions(&self, session_id: &str) -> Vec<PendingApproval> {
+        self.inner.pending_approvals(session_id).into_iter().filter(|a| a.state != ApprovalState::Pending).collect()
+    }
+
+    fn shared_approvals<'a>(&'a self, namespaces: &'a [String]) -> BoxFuture<'a, Result<Vec<SharedApproval>, RuntimeError>> {
+        Box::pin(async move {
+            let mut all = Vec::new();
+            for namespace in namespaces {
+                let found = self.inner.store().approvals(namespace).await.map_err(runtime_error)?;
+                all.extend(found.into_iter().filter(|(_, _, a)| a.state == ApprovalState::Pending).map(
+                    |(session, subject, approval)| SharedApproval { namespace: namespace.clone(), session, subject, approval },
+                ));
+            }
+            Ok(all)
+        })
+    }
+
+    fn decide_shared_approval<'a>(
+        &'a self,
+        shared: &'a SharedApproval,
+        approve: bool,
+        decided_by: &'a str,
+        reason: Option<String>,
+    ) -> BoxFuture<'a, Result<Option<PendingApproval>, RuntimeError>> {
+        Box::pin(async move {
+            let state = if approve { ApprovalState::Approved } else { ApprovalState::Denied };
+            self.inner
+                .store()
+                .decide_approval(&shared.namespace, &shared.session, &shared.approval.id, state, decided_by, reason)
+                .await
+                .map_err(runtime_error)
+        })
     }
 
     fn tools_changed<'a>(&'a self, namespace: &'a str, tools: &'a [ToolConfig]) -> BoxFuture<'a, ()> {

@@ -73,6 +73,25 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn subscribe_ended(&self) -> Option<tokio::sync::broadcast::Receiver<EndedSession>> {
         None
     }
+    /// Approvals of `session_id` that someone decided elsewhere (another gateway replica, through the
+    /// McpSession); the gateway folds them into its own before deciding a retried call.
+    fn remote_decisions(&self, _session_id: &str) -> Vec<PendingApproval> {
+        Vec::new()
+    }
+    /// Pending approvals held by any replica's sessions in `namespaces` (read from the McpSessions).
+    fn shared_approvals<'a>(&'a self, _namespaces: &'a [String]) -> BoxFuture<'a, Result<Vec<SharedApproval>, RuntimeError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// Decides a shared approval on its McpSession; `None` when it was no longer pending.
+    fn decide_shared_approval<'a>(
+        &'a self,
+        _approval: &'a SharedApproval,
+        _approve: bool,
+        _decided_by: &'a str,
+        _reason: Option<String>,
+    ) -> BoxFuture<'a, Result<Option<PendingApproval>, RuntimeError>> {
+        Box::pin(async { Ok(None) })
+    }
     /// A namespace's tools changed (warm pools follow them; workers of changed tools are replaced).
     fn tools_changed<'a>(&'a self, _namespace: &'a str, _tools: &'a [ToolConfig]) -> BoxFuture<'a, ()> {
         Box::pin(async {})
@@ -86,4 +105,15 @@ pub struct EndedSession {
     pub id: String,
     /// `deleted`, `idle`, `expired`, `shutdown`.
     pub reason: &'static str,
+}
+
+/// A pending approval as the McpSession of whichever replica holds the session shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedApproval {
+    pub namespace: String,
+    /// McpSession name.
+    pub session: String,
+    /// Who asked for the call (the session's subject).
+    pub subject: String,
+    pub approval: PendingApproval,
 }
