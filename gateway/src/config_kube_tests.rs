@@ -95,3 +95,29 @@ async fn configmaps_are_applied_as_they_change_and_bad_ones_keep_the_last_good_c
     assert!(gateway.is_ready());
     assert_eq!(gateway.engine("team-a").unwrap().config().generation, 2, "the broken ConfigMap left generation 2 in force");
 }
+
+/// With `--metrics-listen`, `/metrics` is served there only: the port agents reach does not publish it.
+#[tokio::test]
+async fn metrics_stay_off_the_mcp_port_when_a_metrics_listener_is_given() {
+    let gateway = gateway().await;
+    gateway.set_ready();
+    let main = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (main_addr, metrics_addr) = (main.local_addr().unwrap(), metrics.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(crate::serve::serve(gateway, main, Some(metrics), async move {
+        let _ = stopped.await;
+    }));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let status = |url: String| {
+        let http = http.clone();
+        async move { http.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(format!("http://{metrics_addr}/metrics")).await, 200);
+    assert_eq!(status(format!("http://{main_addr}/metrics")).await, 404);
+    assert_eq!(status(format!("http://{main_addr}/healthz")).await, 200);
+    assert_eq!(status(format!("http://{main_addr}/readyz")).await, 200);
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+}

@@ -47,7 +47,9 @@ pub fn mcp_service(gateway: &Arc<Gateway>, cancel: tokio_util::sync::Cancellatio
     (service, manager)
 }
 
-pub fn router(app: App) -> axum::Router {
+/// The main listener's routes. `/metrics` is left out when a separate metrics listener serves it, so
+/// the port agents reach does not publish tool names, subjects' traffic and denial counts.
+pub fn router(app: App, with_metrics: bool) -> axum::Router {
     axum::Router::new()
         .route("/mcp/{namespace}", any(mcp_entry))
         .route("/.well-known/oauth-protected-resource", get(resource_metadata_root))
@@ -55,16 +57,19 @@ pub fn router(app: App) -> axum::Router {
         .route("/approvals", get(crate::approvals_api::list))
         .route("/approvals/{id}/approve", post(crate::approvals_api::approve))
         .route("/approvals/{id}/deny", post(crate::approvals_api::deny))
-        .merge(ops_router(app.gateway.clone()))
+        .merge(ops_router(app.gateway.clone(), with_metrics))
         .with_state(app)
 }
 
-/// `/metrics`, `/healthz`, `/readyz`: also served alone on `--metrics-listen`.
-pub fn ops_router<S: Clone + Send + Sync + 'static>(gateway: Arc<Gateway>) -> axum::Router<S> {
+/// `/metrics` (when `with_metrics`), `/healthz`, `/readyz`: also served alone on `--metrics-listen`.
+pub fn ops_router<S: Clone + Send + Sync + 'static>(gateway: Arc<Gateway>, with_metrics: bool) -> axum::Router<S> {
     let metrics_gw = gateway.clone();
     let ready_gw = gateway;
-    axum::Router::new()
-        .route(
+    let router = axum::Router::new();
+    let router = if !with_metrics {
+        router
+    } else {
+        router.route(
             "/metrics",
             get(move || {
                 let gw = metrics_gw.clone();
@@ -75,6 +80,8 @@ pub fn ops_router<S: Clone + Send + Sync + 'static>(gateway: Arc<Gateway>) -> ax
                 }
             }),
         )
+    };
+    router
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",

@@ -94,11 +94,11 @@ pub async fn serve(
     let cancel = CancellationToken::new();
     let (mcp, manager) = mcp_service(&gateway, cancel.child_token());
     spawn_duties(gateway.clone(), manager.clone(), cancel.clone());
-    let app = router(App { gateway: gateway.clone(), mcp });
+    let app = router(App { gateway: gateway.clone(), mcp }, metrics_listener.is_none());
 
     let stopping = CancellationToken::new();
     if let Some(listener) = metrics_listener {
-        let ops = ops_router::<()>(gateway.clone());
+        let ops = ops_router::<()>(gateway.clone(), true);
         let stop = stopping.clone();
         tokio::spawn(async move {
             let listener = listener.tap_io(no_delay);
