@@ -80,10 +80,9 @@ impl Worker {
 
     fn sandboxed_with(mut cmd: Command, dir: tempfile::TempDir, spec: &Value, sandbox_args: &[&str]) -> Worker {
         let socket = dir.path().join("worker.sock");
-        // The repository (example programs) stays visible read-only wherever the checkout lies, even
-        // under /tmp or a hidden home, as the gateway's local runtime keeps its manifests dir visible.
-        let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
-        cmd.arg("sandbox").args(["--hide", "/root", "--hide", "/home", "--ro-bind"]).arg(&repository);
+        // The example programs stay visible read-only wherever the checkout lies, even under /tmp or a
+        // hidden home, as the gateway's local runtime keeps its manifests dir visible.
+        cmd.arg("sandbox").args(["--hide", "/root", "--hide", "/home", "--ro-bind"]).arg(programs_dir());
         cmd.arg("--rw-bind").arg(dir.path()).args(sandbox_args);
         cmd.args(["--", "serve", "--listen"]).arg(format!("unix:{}", socket.display()));
         cmd.args(["--token-sha256", &token_hash(), "--work-dir", "/tmp"]);
