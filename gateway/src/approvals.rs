@@ -377,7 +377,7 @@ mod tests {
         approvals.merge_remote("s2", &[other_session]);
         assert!(matches!(ask(&approvals, &req), HumanStatus::Pending { .. }), "another session's decision must not apply");
         let remote = PendingApproval { id: id.clone(), state: ApprovalState::Approved, decided_by: Some("alice".into()), ..Default::default() };
-        approvals.merge_remote("s1", &[remote.clone()]);
+        approvals.merge_remote("s1", std::slice::from_ref(&remote));
         assert!(matches!(ask(&approvals, &req), HumanStatus::Approved { ref decided_by, .. } if decided_by == "alice"));
         // A stale remote view never revives a used approval.
         approvals.merge_remote("s1", &[remote]);

@@ -218,9 +218,10 @@ async fn tool_call_returns_its_result_through_the_pod() {
         .spawn()
         .expect("kubectl port-forward");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let body = json!({"tool": "echo_text", "arguments": {"text": "hello; rm -rf /"}}).to_string();
+    let body = json!({"callId": "e2e-1", "arguments": {"text": "hello; rm -rf /"}}).to_string();
     let response = raw_post("127.0.0.1:18443", "/v1/call", &endpoint.token, &body).await;
     let _ = forward.kill();
+    let _ = forward.wait();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("hello; rm -rf /"), "{response}");
 
