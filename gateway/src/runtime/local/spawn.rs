@@ -167,27 +167,15 @@ pub fn tool_spec(tool: &ToolConfig, sources: Vec<serde_json::Value>) -> String {
     spec.to_string()
 }
 
-/// A Kubernetes quantity (`256Mi`, `1G`, `1.5Gi`, `1048576`) in bytes.
+/// A Kubernetes quantity (`256Mi`, `1G`, `1.5Gi`, `1048576`) in bytes, parsed as the worker parses it.
+/// Milli units (`500m`) make no sense for bytes and are refused.
 pub fn quantity(value: Option<&str>, default: u64, field: &str, tool: &str) -> Result<u64, RuntimeError> {
     let Some(text) = value else { return Ok(default) };
     let bad = || RuntimeError::new("invalid_tool", format!("tool {tool}: {field} {text:?} is not a quantity such as 256Mi"));
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let factor: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(bad()),
-    };
-    let bytes = number * factor;
+    if text.trim().ends_with('m') {
+        return Err(bad());
+    }
+    let bytes = toolwarden_worker::spec::parse_quantity(text).ok_or_else(bad)?;
     if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
         return Err(bad());
     }
@@ -255,6 +243,7 @@ mod tests {
         assert_eq!(e.code, "invalid_tool");
         assert!(e.message.contains("read_note: memory \"lots\""), "{}", e.message);
         assert!(quantity(Some("0"), 0, "memory", "t").is_err());
+        assert!(quantity(Some("5000m"), 0, "memory", "t").is_err(), "milli units are not bytes");
     }
 
     #[test]
