@@ -57,9 +57,8 @@ impl KubernetesWorkerRuntime {
 
     fn client_for(&self, session_id: &str, endpoint: &WorkerEndpoint) -> Result<Arc<WorkerClient>, RuntimeError> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, client)) = clients.get(&endpoint.pod)
-            && client.endpoint().to_string() == endpoint.url
-        {
+        // A pod keeps its IP and token for life, and a replacement pod has a new name.
+        if let Some((_, client)) = clients.get(&endpoint.pod) {
             return Ok(client.clone());
         }
         let target: ClientEndpoint = endpoint
