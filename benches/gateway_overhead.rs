@@ -37,6 +37,12 @@ fn manifests() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/gateway_overhead_manifests")
 }
 
+/// Threads of the gateway, and of this process when it calls workers directly (same shape, fair
+/// comparison). Default 1: the chart's gateway pod is limited to one CPU, so that is what it runs.
+fn threads() -> u16 {
+    std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).filter(|t| *t > 0).unwrap_or(1)
+}
+
 fn calls() -> usize {
     std::env::var("BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
 }
@@ -116,8 +122,9 @@ fn session(id: String) -> SessionInfo {
     }
 }
 
-/// Direct: the local runtime's worker calls, no MCP, no policy.
-async fn direct(clients: usize, total: usize, state: &Path) -> Stats {
+/// Direct: the local runtime's worker calls, no MCP, no policy. Also returns this process's CPU time
+/// per call: what calling the worker costs the caller, to subtract from the gateway's.
+async fn direct(clients: usize, total: usize, state: &Path) -> (Stats, f64) {
     let runtime = LocalRuntime::new(LocalRuntimeConfig {
         worker_command: vec![env!("CARGO_BIN_EXE_toolwarden").into(), "worker".into()],
         state_dir: state.join(format!("direct-{clients}")),
@@ -132,6 +139,7 @@ async fn direct(clients: usize, total: usize, state: &Path) -> Stats {
     for c in 0..clients {
         runtime.start_session(session(format!("s{c}"))).await.expect("session");
     }
+    let cpu_before = cpu_seconds(std::process::id());
     let stats = run(clients, total, |c| {
         let runtime = runtime.clone();
         let tool = tool.clone();
@@ -148,8 +156,10 @@ async fn direct(clients: usize, total: usize, state: &Path) -> Stats {
         }
     })
     .await;
+    let cpu = cpu_seconds(std::process::id()) - cpu_before;
+    let calls = stats.latencies.len() + clients * WARMUP;
     runtime.shutdown().await;
-    stats
+    (stats, cpu / calls as f64)
 }
 
 struct Gateway {
@@ -174,9 +184,12 @@ impl Drop for Gateway {
 }
 
 fn start_gateway(dir: &Path) -> Gateway {
-    let mut args: Vec<String> = vec!["dev".into(), "--listen".into(), "127.0.0.1:0".into(), "--manifests".into()];
+    let mut args: Vec<String> = vec!["dev".into(), "--listen".into(), "127.0.0.1:0".into(), "--worker-threads".into(), threads().to_string()];
+    args.push("--manifests".into());
     args.push(manifests().display().to_string());
-    args.extend(["--audit-log".into(), dir.join("audit.jsonl").display().to_string()]);
+    if std::env::var_os("BENCH_AUDIT_FILE").is_some() {
+        args.extend(["--audit-log".into(), dir.join("audit.jsonl").display().to_string()]);
+    }
     if std::env::var_os("BENCH_UNSAFE_NO_SANDBOX").is_some() {
         args.push("--unsafe-no-sandbox".into());
     }
@@ -354,15 +367,15 @@ fn main() {
     // (`cargo test --all-targets`) this is a smoke run: a few calls prove the bench still works.
     let smoke = !std::env::args().any(|a| a == "--bench");
     let total = if smoke { 20 } else { calls() };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads().into()).enable_all().build().unwrap();
     runtime.block_on(async move {
         let dir = tempfile::Builder::new().prefix("twb").tempdir_in("/tmp").unwrap();
-        println!("gateway_overhead: {total} timed calls per case, tool `cat` in the local sandbox");
+        println!("gateway_overhead: {total} timed calls per case, tool `cat` in the local sandbox, {} thread(s)", threads());
 
         let (idle, per_session) = idle_memory(dir.path()).await;
 
-        let direct_1 = direct(1, total, dir.path()).await;
-        let direct_32 = direct(32, total, dir.path()).await;
+        let (direct_1, direct_cpu_1) = direct(1, total, dir.path()).await;
+        let (direct_32, direct_cpu_32) = direct(32, total, dir.path()).await;
         let gateway = start_gateway(dir.path());
         let (gateway_1, cpu_1) = through_gateway(&gateway, 1, total).await;
         let (gateway_32, cpu_32) = through_gateway(&gateway, 32, total).await;
@@ -372,12 +385,16 @@ fn main() {
         report("32 clients", &direct_32, &gateway_32);
         let added_p99 = micros(gateway_1.pct(0.99)) - micros(direct_1.pct(0.99));
         let share = gateway_32.throughput() / direct_32.throughput();
-        println!("\ngateway CPU per call: {:.0} µs (1 client), {:.0} µs (32 clients)", cpu_1 * 1e6, cpu_32 * 1e6);
+        println!("\nCPU per call, 1 client / 32 clients:");
+        println!("  gateway process     {:>6.0} µs {:>6.0} µs", cpu_1 * 1e6, cpu_32 * 1e6);
+        println!("  direct caller       {:>6.0} µs {:>6.0} µs", direct_cpu_1 * 1e6, direct_cpu_32 * 1e6);
+        println!("  added by gateway    {:>6.0} µs {:>6.0} µs", (cpu_1 - direct_cpu_1) * 1e6, (cpu_32 - direct_cpu_32) * 1e6);
         println!("gateway RSS: {:.1} MB idle, {:.1} KiB per idle session ({IDLE_SESSIONS} sessions)", idle as f64 / 1e6, per_session / 1024.0);
         println!("\ntargets:");
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
         println!("  added p99 at 1 client < 300 µs: {added_p99:.0} µs, {}", verdict(added_p99 < 300.0));
-        println!("  gateway CPU per call < 100 µs: {:.0} µs, {}", cpu_1 * 1e6, verdict(cpu_1 < 100e-6));
+        let added_cpu = cpu_1 - direct_cpu_1;
+        println!("  added gateway CPU per call < 100 µs: {:.0} µs, {}", added_cpu * 1e6, verdict(added_cpu < 100e-6));
         println!("  throughput at 32 clients >= 50% of direct: {:.0}%, {}", share * 100.0, verdict(share >= 0.5));
         println!("  idle RSS < 20 MB: {:.1} MB, {}", idle as f64 / 1e6, verdict(idle < 20_000_000));
         println!("  per idle session < 64 KiB: {:.1} KiB, {}", per_session / 1024.0, verdict(per_session < 65536.0));

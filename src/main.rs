@@ -45,10 +45,10 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(command) => command.run(),
-        Command::Dev(args) => block_on(args.run()),
-        Command::Gateway(args) => block_on(args.run()),
-        Command::Operator(args) => block_on(args.run()),
-        Command::Approvals(args) => block_on(args.run()),
+        Command::Dev(args) => block_on(args.worker_threads, args.run()),
+        Command::Gateway(args) => block_on(args.worker_threads, args.run()),
+        Command::Operator(args) => block_on(None, args.run()),
+        Command::Approvals(args) => block_on(Some(1), args.run()),
     };
     match result {
         Ok(code) => code,
@@ -59,8 +59,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn block_on(future: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+/// Runs `future` on a multi-threaded runtime with `threads` workers (tokio's default, the CPUs this
+/// process may use, when `None`).
+fn block_on(threads: Option<u16>, future: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.into());
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(future)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -50,6 +50,40 @@ async fn a_session_id_presented_by_another_subject_is_refused() {
     assert!(own.text().await.unwrap().contains("write_note"));
 }
 
+/// A reply that is the only message of its request comes as one JSON body (cheaper than an SSE stream
+/// for both sides); the standalone GET stream stays SSE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_replies_are_json_and_the_listening_stream_is_sse() {
+    let dev = Dev::start(&[]);
+    let init = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
+    assert_eq!(init.status(), 200);
+    assert_eq!(init.headers()["content-type"], "application/json");
+    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let reply: Value = init.json().await.unwrap();
+    assert_eq!(reply["result"]["protocolVersion"], "2025-06-18", "{reply}");
+    let with_session = |body: Value| {
+        mcp_post(&dev, Some(DEV_TOKEN)).header("Mcp-Session-Id", &session).header("MCP-Protocol-Version", "2025-06-18").json(&body)
+    };
+    let accepted = with_session(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    let list = with_session(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).send().await.unwrap();
+    assert_eq!(list.headers()["content-type"], "application/json");
+    let reply: Value = list.json().await.unwrap();
+    assert_eq!(reply["id"], 2);
+    assert!(reply["result"]["tools"].as_array().is_some_and(|t| !t.is_empty()), "{reply}");
+    let stream = http()
+        .get(dev.mcp_url())
+        .bearer_auth(DEV_TOKEN)
+        .header("Accept", "text/event-stream")
+        .header("Mcp-Session-Id", &session)
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_specific_errors_and_the_gateway_stays_up() {
     let mut dev = Dev::start(&[]);

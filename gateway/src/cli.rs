@@ -46,6 +46,10 @@ pub struct DevArgs {
     /// Run tools without the namespace sandbox (only where the kernel refuses user namespaces).
     #[arg(long)]
     pub unsafe_no_sandbox: bool,
+    /// Threads serving requests. Default: the CPUs this process may use, which honours a cgroup CPU
+    /// limit (one thread in the chart's default gateway pod). One thread spends the least CPU per call.
+    #[arg(long, env = "TOOLWARDEN_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 fn dev_token(var: &str) -> String {
@@ -182,6 +186,10 @@ pub struct GatewayArgs {
     /// Local runtime only: run tools without the namespace sandbox.
     #[arg(long)]
     pub unsafe_no_sandbox: bool,
+    /// Threads serving requests. Default: the CPUs this process may use, which honours a cgroup CPU
+    /// limit (one thread in the chart's default gateway pod). One thread spends the least CPU per call.
+    #[arg(long, env = "TOOLWARDEN_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 impl GatewayArgs {

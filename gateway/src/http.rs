@@ -143,7 +143,9 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
         tracing::warn!(session = %id, subject = %principal.subject, "refused a session id that belongs to another caller");
         return jsonrpc_error(StatusCode::NOT_FOUND, "Session not found");
     }
-    let mut request = if request.method() == axum::http::Method::POST {
+    let post = request.method() == axum::http::Method::POST;
+    let json_ok = crate::json_reply::accepts_json(request.headers().get(header::ACCEPT));
+    let mut request = if post {
         match checked_body(request, gateway.settings.max_body_bytes).await {
             Ok(request) => request,
             Err(response) => return response,
@@ -152,7 +154,8 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
         request
     };
     request.extensions_mut().insert(Caller { namespace, principal });
-    app.mcp.handle(request).await.map(Body::new)
+    let response = app.mcp.handle(request).await;
+    if post && json_ok { crate::json_reply::prefer_json(response).await } else { response.map(Body::new) }
 }
 
 fn parse_error(status: StatusCode, code: i64, message: String) -> Response {
@@ -170,26 +173,42 @@ async fn checked_body(request: Request, limit: usize) -> Result<Request, Respons
     if let Err(e) = std::str::from_utf8(&bytes) {
         return Err(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: the body is not valid UTF-8 (byte {})", e.valid_up_to())));
     }
+    // One pass that allocates only for the version string: the body is parsed in full again by rmcp.
     // serde_json refuses nesting deeper than 128 levels, which bounds the work on hostile bodies.
-    match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(serde_json::Value::Object(message)) => {
-            let versioned = message.get("jsonrpc").and_then(|v| v.as_str()) == Some("2.0");
-            let kind = ["method", "result", "error"].iter().any(|k| message.contains_key(*k));
-            if !versioned || !kind {
-                return Err(parse_error(
-                    StatusCode::BAD_REQUEST,
-                    -32600,
-                    "Invalid Request: not a JSON-RPC 2.0 message (it needs \"jsonrpc\": \"2.0\" and a method)".into(),
-                ));
-            }
-        }
-        Ok(serde_json::Value::Array(_)) => {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => {
             return Err(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: batch requests are not supported; send one JSON-RPC message per request".into()));
         }
-        Ok(_) => return Err(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: the body must be one JSON-RPC object".into())),
-        Err(e) => return Err(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}"))),
+        Some(b'{') => {}
+        _ => {
+            // Not an object: report a syntax error when there is one, else the shape.
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                return Err(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}")));
+            }
+            return Err(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: the body must be one JSON-RPC object".into()));
+        }
+    }
+    let envelope = serde_json::from_slice::<Envelope>(&bytes)
+        .map_err(|e| parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}")))?;
+    if envelope.jsonrpc.as_ref().and_then(|v| v.as_str()) != Some("2.0")
+        || (envelope.method.is_none() && envelope.result.is_none() && envelope.error.is_none())
+    {
+        return Err(parse_error(
+            StatusCode::BAD_REQUEST,
+            -32600,
+            "Invalid Request: not a JSON-RPC 2.0 message (it needs \"jsonrpc\": \"2.0\" and a method)".into(),
+        ));
     }
     Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// The keys of a JSON-RPC message that [`checked_body`] looks at; everything else is skipped unread.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    jsonrpc: Option<serde_json::Value>,
+    method: Option<serde::de::IgnoredAny>,
+    result: Option<serde::de::IgnoredAny>,
+    error: Option<serde::de::IgnoredAny>,
 }
 
 async fn resource_metadata_root(State(app): State<App>, headers: HeaderMap) -> Response {

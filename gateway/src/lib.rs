@@ -15,6 +15,7 @@ pub mod config_dev;
 pub mod config_kube;
 pub mod elicit;
 pub mod http;
+pub mod json_reply;
 pub mod kubernetes;
 pub mod mcp;
 pub mod metrics;
