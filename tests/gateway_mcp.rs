@@ -144,6 +144,8 @@ async fn confirm_flow_previews_then_runs_once_with_the_token() {
     let reused = refused(&call(&client, "send_email", confirmed).await, "confirm_token_invalid");
     assert!(reused.contains("already used"), "{reused}");
 
+    let lines = dev.audit_lines();
+    assert!(lines.iter().any(|l| l["tool"] == "send_email" && l["event"] == "result"), "the calls are audited");
     let audit = std::fs::read_to_string(&dev.audit).unwrap();
     assert!(!audit.contains(&token), "confirm tokens never reach the audit log");
 }

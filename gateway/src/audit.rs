@@ -5,13 +5,50 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::Context;
 use toolwarden_core::audit::AuditRecord;
 
+/// How long a result line may wait to share one write with the next decision line. Each write to a
+/// pipe wakes its reader (the container runtime's log collector), so this halves the writes of a busy
+/// gateway; decision lines are never delayed.
+pub const RESULT_DELAY: Duration = Duration::from_millis(20);
+/// Result lines waiting beyond this many bytes are written at once.
+const MAX_PENDING: usize = 64 * 1024;
+
 pub struct AuditLog {
-    file: Option<Mutex<File>>,
+    sinks: Mutex<Sinks>,
+    /// Told when result lines start waiting, so [`AuditLog::flush_waiting`] writes them in time.
+    waiting: tokio::sync::Notify,
+}
+
+struct Sinks {
+    file: Option<File>,
     stdout: bool,
+    /// Result lines not written yet, in order.
+    pending: Vec<u8>,
+}
+
+impl Sinks {
+    /// Writes what is pending to every sink, one write each. A failing file write is logged, never fatal
+    /// to the call: the stdout copy (collected by the cluster's log pipeline) still holds it.
+    fn write_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&self.pending);
+            let _ = out.flush();
+        }
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.write_all(&self.pending)
+        {
+            tracing::error!(error = %e, "cannot write the audit log file");
+        }
+        self.pending.clear();
+    }
 }
 
 impl AuditLog {
@@ -23,31 +60,58 @@ impl AuditLog {
                 options.create(true).append(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let file = options.open(path).with_context(|| format!("cannot open audit log {}", path.display()))?;
-                Some(Mutex::new(file))
+                Some(options.open(path).with_context(|| format!("cannot open audit log {}", path.display()))?)
             }
             None => None,
         };
-        Ok(AuditLog { file, stdout })
+        Ok(AuditLog { sinks: Mutex::new(Sinks { file, stdout, pending: Vec::new() }), waiting: tokio::sync::Notify::new() })
     }
 
-    /// Writes one record. A failing file write is logged, never fatal to the call: the stdout copy
-    /// (collected by the cluster's log pipeline) still holds it.
+    /// Writes a decision line now, after any result lines still waiting: the call acts only after this.
     pub fn write(&self, record: &AuditRecord) {
-        let mut line = record.to_json_line();
-        line.push('\n');
-        if self.stdout {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.flush();
-        }
-        if let Some(file) = &self.file {
-            let mut file = file.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = file.write_all(line.as_bytes()) {
-                tracing::error!(error = %e, "cannot write the audit log file");
-            }
+        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        push_line(&mut sinks.pending, record);
+        sinks.write_pending();
+    }
+
+    /// Queues a result line: it is written with the next decision line, or within [`RESULT_DELAY`] by
+    /// [`AuditLog::flush_waiting`], or by [`AuditLog::flush`].
+    pub fn write_result(&self, record: &AuditRecord) {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        let first = sinks.pending.is_empty();
+        push_line(&mut sinks.pending, record);
+        if sinks.pending.len() > MAX_PENDING {
+            sinks.write_pending();
+        } else if first {
+            self.waiting.notify_one();
         }
     }
+
+    /// Writes every waiting line now (shutdown, tests).
+    pub fn flush(&self) {
+        self.sinks.lock().unwrap_or_else(|e| e.into_inner()).write_pending();
+    }
+
+    /// Runs until dropped: writes result lines that waited [`RESULT_DELAY`] without a decision line to
+    /// carry them. Idle gateways do not wake for it.
+    pub async fn flush_waiting(&self) {
+        loop {
+            self.waiting.notified().await;
+            tokio::time::sleep(RESULT_DELAY).await;
+            self.flush();
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+fn push_line(buffer: &mut Vec<u8>, record: &AuditRecord) {
+    buffer.extend_from_slice(record.to_json_line().as_bytes());
+    buffer.push(b'\n');
 }
 
 /// RFC 3339 with milliseconds, UTC.
@@ -60,5 +124,73 @@ pub fn rfc3339(time: std::time::SystemTime) -> String {
     match jiff::Timestamp::try_from(time) {
         Ok(t) => format!("{t:.3}"),
         Err(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use toolwarden_core::audit::AuditEvent;
+
+    fn record(call: &str, event: AuditEvent) -> AuditRecord {
+        AuditRecord { call_id: call.into(), event: Some(event), ..AuditRecord::default() }
+    }
+
+    fn lines(path: &Path) -> Vec<(String, Option<AuditEvent>)> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap())
+            .map(|r| (r.call_id, r.event))
+            .collect()
+    }
+
+    #[test]
+    fn decisions_are_written_at_once_and_results_ride_along_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(Some(&path), false).unwrap();
+        log.write(&record("c1", AuditEvent::Decision));
+        assert_eq!(lines(&path), [("c1".into(), Some(AuditEvent::Decision))], "a decision is on disk before the call acts");
+        log.write_result(&record("c1", AuditEvent::Result));
+        assert_eq!(lines(&path).len(), 1, "the result waits for company");
+        log.write(&record("c2", AuditEvent::Decision));
+        let expected = [("c1", AuditEvent::Decision), ("c1", AuditEvent::Result), ("c2", AuditEvent::Decision)];
+        assert_eq!(lines(&path), expected.map(|(c, e)| (c.to_owned(), Some(e))));
+        log.write_result(&record("c2", AuditEvent::Result));
+        drop(log);
+        assert_eq!(lines(&path).len(), 4, "nothing is lost when the log closes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_result_is_written_within_the_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = std::sync::Arc::new(AuditLog::open(Some(&path), false).unwrap());
+        let flusher = tokio::spawn({
+            let log = log.clone();
+            async move { log.flush_waiting().await }
+        });
+        log.write(&record("c1", AuditEvent::Decision));
+        log.write_result(&record("c1", AuditEvent::Result));
+        tokio::time::sleep(RESULT_DELAY / 2).await;
+        assert_eq!(lines(&path).len(), 1);
+        tokio::time::sleep(RESULT_DELAY).await;
+        assert_eq!(lines(&path).len(), 2, "written by the flusher");
+        flusher.abort();
+    }
+
+    #[test]
+    fn many_waiting_results_are_written_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(Some(&path), false).unwrap();
+        let mut count = 0;
+        while lines(&path).is_empty() {
+            log.write_result(&AuditRecord { message: Some("x".repeat(1000)), ..record("c", AuditEvent::Result) });
+            count += 1;
+            assert!(count < 100, "a full buffer is written");
+        }
+        drop(log);
     }
 }

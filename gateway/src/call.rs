@@ -56,6 +56,16 @@ impl Call<'_> {
     }
 }
 
+/// A call id unique across calls and gateway processes: a random prefix drawn once per process and a
+/// counter (call ids are labels, not secrets; approval ids and confirm tokens stay fully random).
+fn next_call_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let prefix = PREFIX.get_or_init(|| random_hex(4));
+    format!("c-{prefix}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Runs one call for `session`.
 /// `peer` is the client to ask through elicitation, when it supports it (see [`crate::elicit`]).
 pub async fn call_tool(
@@ -98,7 +108,7 @@ pub async fn call_tool(
         record: AuditRecord {
             timestamp: timestamp(),
             event: Some(AuditEvent::Decision),
-            call_id: format!("c-{}", random_hex(8)),
+            call_id: next_call_id(),
             session_id: session.id.clone(),
             subject: session.subject.clone(),
             client: session.client_name.clone(),
@@ -276,7 +286,7 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
         }
     };
     result.status = Some(status.to_owned());
-    gw.audit.write(&result);
+    gw.audit.write_result(&result);
     gw.metrics.duration(&ns, &tool.name, started.elapsed().as_secs_f64());
     gw.metrics.call(&ns, &tool.name, decision, if status == "ok" { "ok" } else { "error" });
     status
@@ -359,7 +369,7 @@ async fn confirm_preview(mut call: Call<'_>, tool: &ToolConfig, args: Value, bin
         result.status = Some(if matches!(&outcome, Ok(r) if !r.is_error) { "preview_ok" } else { "preview_failed" }.to_owned());
         result.duration_ms = Some(started.elapsed().as_millis() as u64);
         result.worker = Some(gw.runtime.name().to_owned());
-        gw.audit.write(&result);
+        gw.audit.write_result(&result);
         match outcome {
             Ok(r) if !r.is_error => r.content,
             Ok(r) => format!("(the preview failed: {})", r.content.trim()),

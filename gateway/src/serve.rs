@@ -24,6 +24,13 @@ async fn end(gateway: &Gateway, manager: &GatewaySessionManager, id: &str, reaso
 }
 
 fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, cancel: CancellationToken) {
+    let (gw, stop) = (gateway.clone(), cancel.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = gw.audit.flush_waiting() => {}
+            _ = stop.cancelled() => gw.audit.flush(),
+        }
+    });
     let (gw, mgr, stop) = (gateway.clone(), manager.clone(), cancel.clone());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -134,6 +141,7 @@ pub async fn serve(
         gateway.end_session(&session.id, "shutdown").await;
     }
     gateway.runtime.shutdown().await;
+    gateway.audit.flush();
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -113,7 +113,20 @@ impl Dev {
         rmcp::ServiceExt::serve(info, transport).await.expect("client connects")
     }
 
+    /// The audit lines so far. Result lines may wait up to 20 ms to share a write with the next decision
+    /// line, so this first waits until the file has stopped growing.
     pub fn audit_lines(&self) -> Vec<Value> {
+        let size = || std::fs::metadata(&self.audit).map(|m| m.len()).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = size();
+        loop {
+            std::thread::sleep(Duration::from_millis(60));
+            let now = size();
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
         std::fs::read_to_string(&self.audit)
             .unwrap_or_default()
             .lines()

@@ -205,23 +205,30 @@ async fn call(state: &State, req: Request<Incoming>) -> Answer {
     let call_id = serde_json::to_string(&request.call_id).unwrap_or_default();
     match outcome {
         Ok(result) => {
-            eprintln!(
-                "toolwarden-worker: call {call_id} done in {} ms: error={} code={} output={}B truncated={}",
+            log_line(&format!(
+                "toolwarden-worker: call {call_id} done in {} ms: error={} code={} output={}B truncated={}\n",
                 result.duration_ms,
                 result.is_error,
                 result.error_code.as_deref().unwrap_or("-"),
                 result.output_bytes,
                 result.truncated
-            );
+            ));
             json(StatusCode::OK, &result)
         }
         Err(CallError::InvalidArguments(m)) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments", m),
         Err(CallError::BadRequest(m)) => error(StatusCode::BAD_REQUEST, "bad_request", m),
         Err(CallError::Internal(m)) => {
-            eprintln!("toolwarden-worker: call {call_id} failed: {m}");
+            log_line(&format!("toolwarden-worker: call {call_id} failed: {m}\n"));
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
         }
     }
+}
+
+/// One whole line to stderr in one write: `eprintln!` writes each formatted piece separately (stderr
+/// is unbuffered), and whoever reads the pipe would wake for every piece.
+fn log_line(line: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 #[cfg(test)]
