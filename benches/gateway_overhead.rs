@@ -9,8 +9,13 @@
 //!
 //! Each mode runs with 1 client and with 32 concurrent clients, `BENCH_CALLS` timed calls each (default
 //! 10,000) after a warm-up. Reported: median, p90, p99 latency of both and their difference, throughput,
-//! the gateway process's CPU time per call (utime+stime from /proc, its workers excluded), and its memory
-//! (RSS) at idle and per idle MCP session. Targets (issue 4) are printed next to the figures.
+//! CPU time per call (utime+stime from /proc, workers excluded) of the gateway process and of this
+//! process in direct mode, and their difference (what the gateway adds), and the gateway's memory (RSS)
+//! at idle and per idle MCP session. Targets (issue 4) are printed next to the figures.
+//!
+//! The gateway runs with `BENCH_THREADS` threads (default 1, as in the chart's one-CPU pod), and so does
+//! this process, so both modes pay the same scheduler costs. The audit log goes to stdout (read by this
+//! process); `BENCH_AUDIT_FILE=1` also appends it to a file.
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
