@@ -126,7 +126,7 @@ pub async fn serve(
         streams.cancel();
     });
     let stop = stopping.clone();
-    // Responses are SSE frames written piecemeal: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
+    // SSE answers are written piecemeal: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
     let server = axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(async move { stop.cancelled().await });
     let hard_stop = async {
         stopping.cancelled().await;
