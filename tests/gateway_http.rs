@@ -31,18 +31,12 @@ async fn a_session_id_presented_by_another_subject_is_refused() {
     let session = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     drop(response.text().await);
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
-    let stolen = mcp_post(&dev, Some(APPROVER_TOKEN))
-        .header("Mcp-Session-Id", &session)
-        .header("MCP-Protocol-Version", "2025-06-18")
-        .json(&list)
+    let stolen = mcp_post_in_session(&dev, Some(APPROVER_TOKEN), &session).json(&list)
         .send()
         .await
         .unwrap();
     assert_eq!(stolen.status(), 404, "another caller's session is answered like an unknown one");
-    let own = mcp_post(&dev, Some(DEV_TOKEN))
-        .header("Mcp-Session-Id", &session)
-        .header("MCP-Protocol-Version", "2025-06-18")
-        .json(&list)
+    let own = mcp_post_in_session(&dev, Some(DEV_TOKEN), &session).json(&list)
         .send()
         .await
         .unwrap();
@@ -61,9 +55,7 @@ async fn single_replies_are_json_and_the_listening_stream_is_sse() {
     let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     let reply: Value = init.json().await.unwrap();
     assert_eq!(reply["result"]["protocolVersion"], "2025-06-18", "{reply}");
-    let with_session = |body: Value| {
-        mcp_post(&dev, Some(DEV_TOKEN)).header("Mcp-Session-Id", &session).header("MCP-Protocol-Version", "2025-06-18").json(&body)
-    };
+    let with_session = |body: Value| mcp_post_in_session(&dev, Some(DEV_TOKEN), &session).json(&body);
     let accepted = with_session(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.unwrap();
     assert_eq!(accepted.status(), 202);
     let list = with_session(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).send().await.unwrap();
@@ -206,7 +198,7 @@ async fn ending_a_session_stops_its_workers() {
     let id = session.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     drop(session.text().await);
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "write_note", "arguments": {"path": "a.md", "content": "x"}}});
-    let answer = mcp_post(&dev, Some(DEV_TOKEN)).header("Mcp-Session-Id", &id).header("MCP-Protocol-Version", "2025-06-18").json(&call).send().await.unwrap();
+    let answer = mcp_post_in_session(&dev, Some(DEV_TOKEN), &id).json(&call).send().await.unwrap();
     assert!(answer.text().await.unwrap().contains("wrote a.md"));
     let metric = async |name: &str| -> String {
         let text = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
@@ -225,7 +217,7 @@ async fn ending_a_session_stops_its_workers() {
             && metric("toolwarden_worker_pods_active").await == "toolwarden_worker_pods_active 0"
     })
     .await;
-    let after = mcp_post(&dev, Some(DEV_TOKEN)).header("Mcp-Session-Id", &id).header("MCP-Protocol-Version", "2025-06-18").json(&call).send().await.unwrap();
+    let after = mcp_post_in_session(&dev, Some(DEV_TOKEN), &id).json(&call).send().await.unwrap();
     assert_eq!(after.status(), 404, "an ended session is unknown");
 }
 

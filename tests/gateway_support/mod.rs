@@ -214,6 +214,11 @@ pub fn mcp_post(dev: &Dev, token: Option<&str>) -> reqwest::RequestBuilder {
     req
 }
 
+/// [`mcp_post`] inside an initialized session (protocol 2025-06-18, as [`initialize_body`] asks).
+pub fn mcp_post_in_session(dev: &Dev, token: Option<&str>, session: &str) -> reqwest::RequestBuilder {
+    mcp_post(dev, token).header("Mcp-Session-Id", session).header("MCP-Protocol-Version", "2025-06-18")
+}
+
 pub fn initialize_body() -> Value {
     json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
