@@ -24,11 +24,12 @@ async fn end(gateway: &Gateway, manager: &GatewaySessionManager, id: &str, reaso
 }
 
 fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, cancel: CancellationToken) {
+    // Lines still waiting at shutdown are written by `serve`'s final flush.
     let (gw, stop) = (gateway.clone(), cancel.clone());
     tokio::spawn(async move {
         tokio::select! {
             _ = gw.audit.flush_waiting() => {}
-            _ = stop.cancelled() => gw.audit.flush(),
+            _ = stop.cancelled() => {}
         }
     });
     let (gw, mgr, stop) = (gateway.clone(), manager.clone(), cancel.clone());
