@@ -76,6 +76,59 @@ async fn single_replies_are_json_and_the_listening_stream_is_sse() {
     assert!(stream.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
 }
 
+/// A plain `tools/call` in a session is answered by the gateway without rmcp's session routing
+/// (`direct_call`); a request with anything rmcp must check still goes through rmcp. Both give the same
+/// answer, and rmcp's Host check (DNS rebinding) still refuses calls addressed to another name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_calls_get_the_same_answer_directly_and_through_rmcp() {
+    let dev = Dev::start(&[]);
+    let init = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
+    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(init.text().await);
+    let with_session = |body: &Value| mcp_post_in_session(&dev, Some(DEV_TOKEN), &session).json(body);
+    let accepted = with_session(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    let calls = [
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "count_words", "arguments": {"text": "a b c", "unit": "words"}}}),
+        json!({"jsonrpc": "2.0", "id": "three", "method": "tools/call", "params": {"name": "drop_database", "arguments": {}}}),
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "count_words", "arguments": {"text": 7}}}),
+    ];
+    for call in &calls {
+        let direct = with_session(call).send().await.unwrap();
+        assert_eq!(direct.status(), 200);
+        assert_eq!(direct.headers()["content-type"], "application/json");
+        let mut direct: Value = direct.json().await.unwrap();
+        // An `Mcp-Method` header (ignored by rmcp before protocol 2026-07-28) sends the request to rmcp.
+        let routed = with_session(call).header("Mcp-Method", "tools/call").send().await.unwrap();
+        assert_eq!(routed.status(), 200);
+        assert_eq!(routed.headers()["content-type"], "application/json");
+        let mut routed: Value = routed.json().await.unwrap();
+        assert_eq!(direct["id"], call["id"], "{direct}");
+        // Each call that reached a decision has its own id; everything else matches.
+        for reply in [&mut direct, &mut routed] {
+            reply["result"]["_meta"].as_object_mut().map(|m| m.remove("toolwarden.dev/callId"));
+        }
+        assert_eq!(direct, routed, "the same call, answered directly and by rmcp");
+        assert!(direct["result"].get("resultType").is_none(), "no resultType before 2026-07-28: {direct}");
+    }
+    let calls_audited = dev.audit_lines().iter().filter(|l| l["event"] == "decision").count();
+    assert_eq!(calls_audited, 2 * calls.len(), "every call is audited on both paths");
+
+    let rebinding = with_session(&calls[0]).header("Host", "evil.example").send().await.unwrap();
+    assert_eq!(rebinding.status(), 403, "a Host outside the allowed names is refused on the direct path too");
+    let quiet = http()
+        .post(dev.mcp_url())
+        .bearer_auth(DEV_TOKEN)
+        .header("Accept", "application/json")
+        .header("Content-Type", "application/json")
+        .header("Mcp-Session-Id", &session)
+        .json(&calls[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(quiet.status(), 406, "rmcp's Accept rule still holds");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_specific_errors_and_the_gateway_stays_up() {
     let mut dev = Dev::start(&[]);

@@ -18,6 +18,11 @@ pub fn supported(peer: &Peer<RoleServer>) -> bool {
     peer.peer_info().is_some_and(|info| info.capabilities.elicitation.is_some())
 }
 
+/// Whether a call in this namespace may ask its user: some policy lets requesters approve themselves.
+pub fn policies_allow_asking(engine: &toolwarden_core::policy::Engine) -> bool {
+    engine.config().policies.iter().any(|p| p.approval.as_ref().is_some_and(|a| a.allow_self_approval))
+}
+
 /// `Some(true)` approved, `Some(false)` declined or cancelled, `None` no usable answer.
 pub async fn ask_user(peer: &Peer<RoleServer>, tool: &str, arguments: &Value, reason: &str) -> Option<bool> {
     let schema: ElicitationSchema = ElicitationSchema::builder().required_bool("approve").build().ok()?;

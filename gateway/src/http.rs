@@ -30,8 +30,10 @@ pub struct App {
 /// Builds the rmcp service with the gateway's session manager and limits.
 pub fn mcp_service(gateway: &Arc<Gateway>, cancel: tokio_util::sync::CancellationToken) -> (McpService, Arc<GatewaySessionManager>) {
     let mut local = LocalSessionManager::default();
-    // rmcp ends sessions idle this long (and tells the gateway through `close_session`).
-    local.session_config.keep_alive = Some(gateway.settings.idle_timeout);
+    // The gateway's reaper ends idle and old sessions (its idle clock also sees the `tools/call`s that
+    // [`crate::direct_call`] answers without rmcp). rmcp's own timer only catches a session the gateway
+    // never registered.
+    local.session_config.keep_alive = Some(gateway.settings.max_session_lifetime.saturating_add(gateway.settings.idle_timeout));
     let manager = Arc::new(GatewaySessionManager::new(local));
     manager.bind(gateway);
     let mut config = StreamableHttpServerConfig::default()
@@ -135,8 +137,8 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
         return jsonrpc_error(StatusCode::NOT_FOUND, &format!("no tools are served at /mcp/{namespace}"));
     }
     let session_id = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if let Some(id) = session_id
-        && let Some(record) = gateway.sessions.get(&id)
+    if let Some(id) = &session_id
+        && let Some(record) = gateway.sessions.get(id)
         && (record.subject != principal.subject || record.namespace != namespace)
     {
         // Another caller's session id: answered exactly like an unknown session.
@@ -146,10 +148,17 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
     let post = request.method() == axum::http::Method::POST;
     let json_ok = crate::json_reply::accepts_json(request.headers().get(header::ACCEPT));
     let mut request = if post {
-        match checked_body(request, gateway.settings.max_body_bytes).await {
-            Ok(request) => request,
+        let (parts, body) = match checked_body(request, gateway.settings.max_body_bytes).await {
+            Ok(checked) => checked,
             Err(response) => return response,
+        };
+        if let Some(id) = &session_id
+            && crate::direct_call::plain_headers(&parts.headers, &gateway.settings.allowed_hosts)
+            && let Some(response) = crate::direct_call::answer(gateway, id, &body).await
+        {
+            return response;
         }
+        Request::from_parts(parts, Body::from(body))
     } else {
         request
     };
@@ -165,7 +174,7 @@ fn parse_error(status: StatusCode, code: i64, message: String) -> Response {
 
 /// Reads a POST body within the size limit and checks it is one JSON-RPC object, so that malformed,
 /// oversized, non-UTF-8, too deep or batched bodies get a specific JSON-RPC error before rmcp sees them.
-async fn checked_body(request: Request, limit: usize) -> Result<Request, Response> {
+async fn checked_body(request: Request, limit: usize) -> Result<(axum::http::request::Parts, bytes::Bytes), Response> {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         parse_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, format!("Invalid Request: the body is larger than {limit} bytes"))
@@ -199,7 +208,7 @@ async fn checked_body(request: Request, limit: usize) -> Result<Request, Respons
             "Invalid Request: not a JSON-RPC 2.0 message (it needs \"jsonrpc\": \"2.0\" and a method)".into(),
         ));
     }
-    Ok(Request::from_parts(parts, Body::from(bytes)))
+    Ok((parts, bytes))
 }
 
 /// The keys of a JSON-RPC message that [`checked_body`] looks at; everything else is skipped unread.

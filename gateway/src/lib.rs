@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config_dev;
 pub mod config_kube;
+pub mod direct_call;
 pub mod elicit;
 pub mod http;
 pub mod json_reply;

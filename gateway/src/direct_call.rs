@@ -1,0 +1,249 @@
+//! `tools/call` inside an MCP session, answered by the gateway itself instead of through rmcp's session
+//! routing.
+//!
+//! rmcp hands each POSTed request of a session to the session's worker task, then to its service loop,
+//! then to a handler task, and sends the reply back the same way as an SSE stream, which
+//! [`crate::json_reply`] turns into JSON again. For `tools/call`, the request agents send most, those
+//! hops cost more CPU than the gateway's own checks (see docs/gateway.md, "Benchmark"). The gateway
+//! therefore runs a plain `tools/call` through the same pipeline ([`crate::call::call_tool`]) directly
+//! and writes the JSON-RPC reply rmcp would have written.
+//!
+//! Only a request that rmcp would accept as it is takes this path. Anything else goes to rmcp unchanged,
+//! so rmcp still produces every protocol error and serves every feature the direct path leaves out:
+//! - a Host rmcp would refuse, an `Origin` header, an `Accept` without both JSON and SSE, another
+//!   content type, an unknown or 2026-07-28 `MCP-Protocol-Version`, SEP-2243 `Mcp-*` headers;
+//! - a body that is not a well-formed `tools/call` request, or that carries `_meta` other than a
+//!   progress token, or 2026-07-28 input responses;
+//! - a session the gateway does not know (yet), a stateless one, or one whose client has not finished
+//!   initializing;
+//! - a call that may ask the user through elicitation (the client supports it and a policy of the
+//!   namespace allows self-approval): the question must travel on the reply's SSE stream, which rmcp
+//!   owns.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use rmcp::model::{CallToolRequestParams, RequestId, ServerJsonRpcMessage, ServerResult};
+use serde::Deserialize;
+
+use crate::sessions::SessionRecord;
+use crate::state::Gateway;
+
+/// Protocol versions with sessions (before 2026-07-28). No header means 2025-03-26 to rmcp.
+const SESSION_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
+/// The body of a `tools/call` request; other keys are ignored, as rmcp ignores them.
+#[derive(Deserialize)]
+struct ToolsCall<'a> {
+    #[serde(borrow)]
+    method: std::borrow::Cow<'a, str>,
+    id: RequestId,
+    params: CallToolRequestParams,
+}
+
+/// Whether the headers are ones rmcp accepts for a request inside a session, with nothing that needs
+/// rmcp's own checks. `false` never refuses anything: the request just goes to rmcp.
+pub fn plain_headers(headers: &HeaderMap, allowed_hosts: &[String]) -> bool {
+    let accept = only_value(headers, header::ACCEPT).unwrap_or("");
+    let content_type = only_value(headers, header::CONTENT_TYPE).unwrap_or("");
+    let version_ok = match headers.get("mcp-protocol-version") {
+        None => true,
+        Some(v) => v.to_str().is_ok_and(|v| SESSION_VERSIONS.contains(&v)),
+    };
+    let other_mcp_headers = headers
+        .keys()
+        .any(|k| k.as_str().starts_with("mcp-") && k != "mcp-session-id" && k != "mcp-protocol-version");
+    accepts_json_and_sse(accept)
+        && media_type(content_type).eq_ignore_ascii_case("application/json")
+        && version_ok
+        && !other_mcp_headers
+        && !headers.contains_key(header::ORIGIN)
+        && host_allowed(headers.get(header::HOST), allowed_hosts)
+}
+
+/// The header's value when it is sent once (repeated ones are left to rmcp).
+fn only_value(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    values.next().is_none().then(|| first.to_str().ok()).flatten()
+}
+
+fn media_type(value: &str) -> &str {
+    value.split(';').next().unwrap_or("").trim()
+}
+
+/// Both types named, and no quality values (a `q=0` would mean "not acceptable"; rmcp decides those).
+fn accepts_json_and_sse(accept: &str) -> bool {
+    let types = || accept.split(',').map(media_type);
+    !accept.contains("q=") && types().any(|t| t.eq_ignore_ascii_case("application/json")) && types().any(|t| t.eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// rmcp's DNS-rebinding check: the Host must match an allowed entry (an entry without a port matches any
+/// port); an empty list allows every host.
+fn host_allowed(host: Option<&HeaderValue>, allowed_hosts: &[String]) -> bool {
+    if allowed_hosts.is_empty() {
+        return true;
+    }
+    let Some(host) = host.and_then(|h| h.to_str().ok()).and_then(|h| h.parse::<http::uri::Authority>().ok()) else {
+        return false;
+    };
+    let name = normalize(host.host());
+    allowed_hosts.iter().any(|entry| {
+        let (allowed, port) = match entry.trim().parse::<http::uri::Authority>() {
+            Ok(a) => (normalize(a.host()), a.port_u16()),
+            Err(_) => (normalize(entry.trim()), None),
+        };
+        !allowed.is_empty() && allowed == name && port.is_none_or(|p| host.port_u16() == Some(p))
+    })
+}
+
+fn normalize(host: &str) -> String {
+    host.trim_matches(['[', ']']).to_ascii_lowercase()
+}
+
+/// The parsed call, when the body is a plain `tools/call` request the direct path may serve.
+fn plain_call(body: &[u8]) -> Option<ToolsCall<'_>> {
+    let call: ToolsCall = serde_json::from_slice(body).ok()?;
+    if call.method != "tools/call" {
+        return None;
+    }
+    let meta_ok = call.params.meta.as_ref().is_none_or(|m| m.0.keys().all(|k| k == "progressToken"));
+    (meta_ok && call.params.input_responses.is_none() && call.params.request_state.is_none()).then_some(call)
+}
+
+/// The session, when its calls can be answered here: known, with a session id, initialized, and its
+/// calls never ask the user through elicitation.
+fn direct_session(gateway: &Gateway, id: &str) -> Option<Arc<SessionRecord>> {
+    let session = gateway.sessions.get(id)?;
+    if session.stateless {
+        return None;
+    }
+    let may_elicit = {
+        let peer = session.peer.lock().unwrap_or_else(|e| e.into_inner());
+        match peer.as_ref() {
+            None => return None,
+            Some(peer) => crate::elicit::supported(peer),
+        }
+    };
+    if may_elicit && gateway.engine(&session.namespace).is_some_and(|e| crate::elicit::policies_allow_asking(&e)) {
+        return None;
+    }
+    Some(session)
+}
+
+/// Answers a plain `tools/call` of session `session_id`, or returns `None` to let rmcp handle the request.
+/// The caller has authenticated the request and checked that the session belongs to it.
+pub async fn answer(gateway: &Arc<Gateway>, session_id: &str, body: &Bytes) -> Option<Response> {
+    let call = plain_call(body)?;
+    let session = direct_session(gateway, session_id)?;
+    let gw = gateway.clone();
+    let ToolsCall { id, params, .. } = call;
+    // Spawned, as rmcp runs handlers: a client that hangs up does not cut the call (or its audit) short.
+    let run = tokio::spawn(async move { crate::call::call_tool(&gw, &session, &params.name, params.arguments, None).await });
+    let reply = match run.await {
+        Ok(result) => {
+            let mut result = ServerResult::CallToolResult(result);
+            // Sessions are legacy protocol versions, which have no `resultType`.
+            result.strip_result_type_for_legacy_peer();
+            serde_json::to_vec(&ServerJsonRpcMessage::response(result, id))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "a tools/call task failed");
+            let error = rmcp::ErrorData::internal_error("the call failed inside the gateway", None);
+            serde_json::to_vec(&ServerJsonRpcMessage::error(error, Some(id)))
+        }
+    };
+    let response = match reply {
+        Ok(json) => Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "application/json").body(Body::from(json)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serialise a tools/call reply");
+            Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).body(Body::empty())
+        }
+    };
+    Some(response.unwrap_or_else(|_| Response::new(Body::empty())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        map
+    }
+
+    const PLAIN: [(&str, &str); 4] = [
+        ("host", "127.0.0.1:8080"),
+        ("accept", "application/json, text/event-stream"),
+        ("content-type", "application/json"),
+        ("mcp-session-id", "s1"),
+    ];
+
+    fn with(extra: (&'static str, &str)) -> HeaderMap {
+        let mut pairs = PLAIN.to_vec();
+        pairs.push(extra);
+        headers(&pairs)
+    }
+
+    #[test]
+    fn plain_session_requests_qualify() {
+        let local = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        assert!(plain_headers(&headers(&PLAIN), &local));
+        assert!(plain_headers(&with(("mcp-protocol-version", "2025-06-18")), &local));
+        assert!(plain_headers(&headers(&PLAIN), &[]), "an empty list allows every host");
+        assert!(plain_headers(&headers(&PLAIN), &["127.0.0.1:8080".to_owned()]));
+    }
+
+    #[test]
+    fn anything_rmcp_checks_goes_to_rmcp() {
+        let local = ["localhost".to_owned()];
+        assert!(!plain_headers(&headers(&PLAIN), &local), "a Host outside the list");
+        assert!(!plain_headers(&headers(&PLAIN), &["127.0.0.1:9999".to_owned()]), "another port");
+        let mut no_host = headers(&PLAIN);
+        no_host.remove("host");
+        assert!(!plain_headers(&no_host, &["127.0.0.1".to_owned()]));
+        for extra in [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-protocol-version", "1999-01-01"),
+            ("mcp-method", "tools/call"),
+            ("origin", "http://evil.example"),
+        ] {
+            assert!(!plain_headers(&with(extra), &[]), "{extra:?}");
+        }
+        let mut pairs = PLAIN.to_vec();
+        pairs[1] = ("accept", "application/json");
+        assert!(!plain_headers(&headers(&pairs), &[]), "no SSE in Accept");
+        pairs[1] = ("accept", "application/json, text/event-stream;q=0");
+        assert!(!plain_headers(&headers(&pairs), &[]), "quality values");
+        pairs[1] = PLAIN[1];
+        pairs.push(("accept", "text/html"));
+        assert!(!plain_headers(&headers(&pairs), &[]), "a repeated Accept");
+        pairs.pop();
+        pairs[2] = ("content-type", "text/plain");
+        assert!(!plain_headers(&headers(&pairs), &[]), "another content type");
+    }
+
+    #[test]
+    fn only_plain_tools_calls_are_parsed_for_the_direct_path() {
+        let call = plain_call(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"a":1}}}"#).unwrap();
+        assert_eq!(call.id, RequestId::Number(7));
+        assert_eq!(call.params.name, "t");
+        assert!(plain_call(br#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"t","_meta":{"progressToken":1}}}"#).is_some());
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"t"}}"#,
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","requestState":"s"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
+        ] {
+            assert!(plain_call(body.as_bytes()).is_none(), "{body}");
+        }
+    }
+}
