@@ -142,8 +142,8 @@ pub async fn call_tool(
         return call.refuse(refusal, label, "refused", Some(tool));
     }
 
-    let hash = arguments_hash(&args);
     if let Some(request) = approval {
+        let hash = arguments_hash(&args);
         call.record.approval = "pending".to_owned();
         match request.mode {
             ApprovalMode::Confirm => {
@@ -246,11 +246,12 @@ async fn dispatch(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, requ
     }
 }
 
-/// Writes the result audit line and counts it; returns the status label.
+/// Turns the call's record into its result line, writes and counts it; returns the status label.
 fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, RuntimeError>, started: Instant, decision: &str) -> &'static str {
     let gw = call.gw;
-    let ns = call.session.namespace.clone();
-    let mut result = call.record.clone();
+    let ns = &call.session.namespace;
+    // The decision line is written; the record becomes the result line (no copy of the arguments).
+    let result = &mut call.record;
     result.timestamp = timestamp();
     result.event = Some(AuditEvent::Result);
     result.duration_ms = Some(started.elapsed().as_millis() as u64);
@@ -260,12 +261,12 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
             result.output_bytes = Some(r.output_bytes);
             result.truncated = Some(r.truncated);
             if r.truncated {
-                gw.metrics.truncation(&ns, &tool.name);
+                gw.metrics.truncation(ns, &tool.name);
             }
             match (r.is_error, r.error_code.as_deref()) {
                 (false, _) => "ok",
                 (true, Some("timeout")) => {
-                    gw.metrics.timeout(&ns, &tool.name);
+                    gw.metrics.timeout(ns, &tool.name);
                     result.code = Some("timeout".into());
                     "timeout"
                 }
@@ -278,17 +279,17 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
         Err(e) => {
             result.code = Some(e.code.to_owned());
             result.message = Some(e.message.clone());
-            gw.metrics.worker_failed(&ns, &tool.name, e.code);
+            gw.metrics.worker_failed(ns, &tool.name, e.code);
             if e.code == "worker_timeout" {
-                gw.metrics.timeout(&ns, &tool.name);
+                gw.metrics.timeout(ns, &tool.name);
             }
             "worker_failed"
         }
     };
     result.status = Some(status.to_owned());
-    gw.audit.write_result(&result);
-    gw.metrics.duration(&ns, &tool.name, started.elapsed().as_secs_f64());
-    gw.metrics.call(&ns, &tool.name, decision, if status == "ok" { "ok" } else { "error" });
+    gw.audit.write_result(result);
+    gw.metrics.duration(ns, &tool.name, started.elapsed().as_secs_f64());
+    gw.metrics.call(ns, &tool.name, decision, if status == "ok" { "ok" } else { "error" });
     status
 }
 

@@ -21,10 +21,11 @@ use crate::state::Gateway;
 
 pub type McpService = StreamableHttpService<McpHandler, GatewaySessionManager>;
 
+/// The routes' state, cloned for every request: two `Arc`s (rmcp's service holds its whole config).
 #[derive(Clone)]
 pub struct App {
     pub gateway: Arc<Gateway>,
-    pub mcp: McpService,
+    pub mcp: Arc<McpService>,
 }
 
 /// Builds the rmcp service with the gateway's session manager and limits.
