@@ -46,7 +46,7 @@ struct ToolsCall<'a> {
 
 /// Whether the headers are ones rmcp accepts for a request inside a session, with nothing that needs
 /// rmcp's own checks. `false` never refuses anything: the request just goes to rmcp.
-pub fn plain_headers(headers: &HeaderMap, allowed_hosts: &[String]) -> bool {
+pub fn plain_headers(headers: &HeaderMap, allowed_hosts: &AllowedHosts) -> bool {
     let accept = only_value(headers, header::ACCEPT).unwrap_or("");
     let content_type = only_value(headers, header::CONTENT_TYPE).unwrap_or("");
     let version_ok = match headers.get("mcp-protocol-version") {
@@ -61,7 +61,7 @@ pub fn plain_headers(headers: &HeaderMap, allowed_hosts: &[String]) -> bool {
         && version_ok
         && !other_mcp_headers
         && !headers.contains_key(header::ORIGIN)
-        && host_allowed(headers.get(header::HOST), allowed_hosts)
+        && allowed_hosts.allow(headers.get(header::HOST))
 }
 
 /// The header's value when it is sent once (repeated ones are left to rmcp).
@@ -81,27 +81,59 @@ fn accepts_json_and_sse(accept: &str) -> bool {
     !accept.contains("q=") && types().any(|t| t.eq_ignore_ascii_case("application/json")) && types().any(|t| t.eq_ignore_ascii_case("text/event-stream"))
 }
 
-/// rmcp's DNS-rebinding check: the Host must match an allowed entry (an entry without a port matches any
-/// port); an empty list allows every host.
-fn host_allowed(host: Option<&HeaderValue>, allowed_hosts: &[String]) -> bool {
-    if allowed_hosts.is_empty() {
-        return true;
-    }
-    let Some(host) = host.and_then(|h| h.to_str().ok()).and_then(|h| h.parse::<http::uri::Authority>().ok()) else {
-        return false;
-    };
-    let name = normalize(host.host());
-    allowed_hosts.iter().any(|entry| {
-        let (allowed, port) = match entry.trim().parse::<http::uri::Authority>() {
-            Ok(a) => (normalize(a.host()), a.port_u16()),
-            Err(_) => (normalize(entry.trim()), None),
-        };
-        !allowed.is_empty() && allowed == name && port.is_none_or(|p| host.port_u16() == Some(p))
-    })
+/// rmcp's DNS-rebinding check, parsed once: the Host must match an allowed entry (an entry without a
+/// port matches any port); an empty list allows every host.
+#[derive(Debug, Default)]
+pub struct AllowedHosts {
+    /// No list was configured.
+    any: bool,
+    entries: Vec<(String, Option<u16>)>,
 }
 
-fn normalize(host: &str) -> String {
-    host.trim_matches(['[', ']']).to_ascii_lowercase()
+impl AllowedHosts {
+    pub fn new(entries: &[String]) -> AllowedHosts {
+        let parsed = entries
+            .iter()
+            .filter_map(|entry| {
+                let (host, port) = split_authority(entry.trim()).unwrap_or((entry.trim(), None));
+                (!host.is_empty()).then(|| (host.to_ascii_lowercase(), port))
+            })
+            .collect();
+        AllowedHosts { any: entries.is_empty(), entries: parsed }
+    }
+
+    /// Whether rmcp would accept this Host; `false` also for Host values this check does not parse.
+    fn allow(&self, host: Option<&HeaderValue>) -> bool {
+        if self.any {
+            return true;
+        }
+        let Some((name, port)) = host.and_then(|h| h.to_str().ok()).and_then(split_authority) else {
+            return false;
+        };
+        self.entries.iter().any(|(allowed, p)| allowed.eq_ignore_ascii_case(name) && p.is_none_or(|p| port == Some(p)))
+    }
+}
+
+/// `name`, `name:port`, `[v6]` or `[v6]:port`, without allocating; `None` for anything else.
+fn split_authority(value: &str) -> Option<(&str, Option<u16>)> {
+    let (host, rest) = match value.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']')?;
+            (host, rest)
+        }
+        None => match value.split_once(':') {
+            Some((host, port)) => (host, value.get(host.len()..).unwrap_or(port)),
+            None => (value, ""),
+        },
+    };
+    let port = match rest.strip_prefix(':') {
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => Some(digits.parse().ok()?),
+        Some(_) => return None,
+        None if rest.is_empty() => None,
+        None => return None,
+    };
+    let valid = |b: u8| b.is_ascii_alphanumeric() || b"-._:".contains(&b);
+    (!host.is_empty() && host.bytes().all(valid)).then_some((host, port))
 }
 
 /// The parsed call, when the body is a plain `tools/call` request the direct path may serve.
@@ -191,42 +223,60 @@ mod tests {
         headers(&pairs)
     }
 
+    fn hosts(entries: &[&str]) -> AllowedHosts {
+        AllowedHosts::new(&entries.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+    }
+
     #[test]
     fn plain_session_requests_qualify() {
-        let local = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+        let local = hosts(&["localhost", "127.0.0.1"]);
         assert!(plain_headers(&headers(&PLAIN), &local));
         assert!(plain_headers(&with(("mcp-protocol-version", "2025-06-18")), &local));
-        assert!(plain_headers(&headers(&PLAIN), &[]), "an empty list allows every host");
-        assert!(plain_headers(&headers(&PLAIN), &["127.0.0.1:8080".to_owned()]));
+        assert!(plain_headers(&headers(&PLAIN), &hosts(&[])), "an empty list allows every host");
+        assert!(plain_headers(&headers(&PLAIN), &hosts(&["127.0.0.1:8080"])));
+    }
+
+    #[test]
+    fn hosts_match_as_rmcp_matches_them() {
+        let allowed = hosts(&["LocalHost", "::1", "gw.example:443", " "]);
+        let host = |h: &str| Some(HeaderValue::from_str(h).unwrap());
+        for ok in ["localhost", "LOCALHOST:8080", "[::1]:8080", "[::1]", "gw.example:443"] {
+            assert!(allowed.allow(host(ok).as_ref()), "{ok}");
+        }
+        for refused in ["gw.example", "gw.example:80", "evil.example", "localhost.evil", "::1", "localhost:", "localhost:x", "a b", ""] {
+            assert!(!allowed.allow(host(refused).as_ref()), "{refused}");
+        }
+        assert!(!allowed.allow(None), "no Host");
+        assert!(!hosts(&[" "]).allow(host("localhost").as_ref()), "a list of blanks allows nothing, as in rmcp");
     }
 
     #[test]
     fn anything_rmcp_checks_goes_to_rmcp() {
-        let local = ["localhost".to_owned()];
+        let local = hosts(&["localhost"]);
         assert!(!plain_headers(&headers(&PLAIN), &local), "a Host outside the list");
-        assert!(!plain_headers(&headers(&PLAIN), &["127.0.0.1:9999".to_owned()]), "another port");
+        assert!(!plain_headers(&headers(&PLAIN), &hosts(&["127.0.0.1:9999"])), "another port");
         let mut no_host = headers(&PLAIN);
         no_host.remove("host");
-        assert!(!plain_headers(&no_host, &["127.0.0.1".to_owned()]));
+        assert!(!plain_headers(&no_host, &hosts(&["127.0.0.1"])));
         for extra in [
             ("mcp-protocol-version", "2026-07-28"),
             ("mcp-protocol-version", "1999-01-01"),
             ("mcp-method", "tools/call"),
             ("origin", "http://evil.example"),
         ] {
-            assert!(!plain_headers(&with(extra), &[]), "{extra:?}");
+            assert!(!plain_headers(&with(extra), &hosts(&[])), "{extra:?}");
         }
         let mut pairs = PLAIN.to_vec();
         pairs[1] = ("accept", "application/json");
-        assert!(!plain_headers(&headers(&pairs), &[]), "no SSE in Accept");
+        assert!(!plain_headers(&headers(&pairs), &hosts(&[])), "no SSE in Accept");
         pairs[1] = ("accept", "application/json, text/event-stream;q=0");
-        assert!(!plain_headers(&headers(&pairs), &[]), "quality values");
+        assert!(!plain_headers(&headers(&pairs), &hosts(&[])), "quality values");
         pairs[1] = PLAIN[1];
         pairs.push(("accept", "text/html"));
-        assert!(!plain_headers(&headers(&pairs), &[]), "a repeated Accept");
+        assert!(!plain_headers(&headers(&pairs), &hosts(&[])), "a repeated Accept");
         pairs.pop();
         pairs[2] = ("content-type", "text/plain");
-        assert!(!plain_headers(&headers(&pairs), &[]), "another content type");
+        assert!(!plain_headers(&headers(&pairs), &hosts(&[])), "another content type");
     }
 
     #[test]

@@ -21,11 +21,20 @@ use crate::state::Gateway;
 
 pub type McpService = StreamableHttpService<McpHandler, GatewaySessionManager>;
 
-/// The routes' state, cloned for every request: two `Arc`s (rmcp's service holds its whole config).
+/// The routes' state, cloned for every request: `Arc`s only (rmcp's service holds its whole config).
 #[derive(Clone)]
 pub struct App {
     pub gateway: Arc<Gateway>,
     pub mcp: Arc<McpService>,
+    /// `settings.allowed_hosts`, parsed for [`crate::direct_call`].
+    pub allowed_hosts: Arc<crate::direct_call::AllowedHosts>,
+}
+
+impl App {
+    pub fn new(gateway: Arc<Gateway>, mcp: McpService) -> App {
+        let allowed_hosts = Arc::new(crate::direct_call::AllowedHosts::new(&gateway.settings.allowed_hosts));
+        App { gateway, mcp: Arc::new(mcp), allowed_hosts }
+    }
 }
 
 /// Builds the rmcp service with the gateway's session manager and limits.
@@ -154,7 +163,7 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
             Err(response) => return response,
         };
         if let Some(id) = &session_id
-            && crate::direct_call::plain_headers(&parts.headers, &gateway.settings.allowed_hosts)
+            && crate::direct_call::plain_headers(&parts.headers, &app.allowed_hosts)
             && let Some(response) = crate::direct_call::answer(gateway, id, &body).await
         {
             return response;
@@ -164,8 +173,10 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
         request
     };
     request.extensions_mut().insert(Caller { namespace, principal });
-    let response = app.mcp.handle(request).await;
-    if post && json_ok { crate::json_reply::prefer_json(response).await } else { response.map(Body::new) }
+    // Boxed: rmcp's future is large, and keeping it out of this one makes every request's future cheaper
+    // to set up, the direct `tools/call`s included.
+    let response = Box::pin(app.mcp.handle(request)).await;
+    if post && json_ok { Box::pin(crate::json_reply::prefer_json(response)).await } else { response.map(Body::new) }
 }
 
 fn parse_error(status: StatusCode, code: i64, message: String) -> Response {

@@ -102,7 +102,7 @@ pub async fn serve(
     let cancel = CancellationToken::new();
     let (mcp, manager) = mcp_service(&gateway, cancel.child_token());
     spawn_duties(gateway.clone(), manager.clone(), cancel.clone());
-    let app = router(App { gateway: gateway.clone(), mcp: Arc::new(mcp) }, metrics_listener.is_none());
+    let app = router(App::new(gateway.clone(), mcp), metrics_listener.is_none());
 
     let stopping = CancellationToken::new();
     if let Some(listener) = metrics_listener {
