@@ -135,6 +135,59 @@ async fn human_approval_end_to_end_through_the_approvals_cli() {
     assert!(!again && err.contains("already"), "{err}");
 }
 
+/// 2026-07-28 clients have no session stream to be asked on: the call is answered `input_required` with
+/// the same question, and the client's retry carries the user's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_clients_with_elicitation_answer_an_input_required_question() {
+    use rmcp::model::{CallToolRequestParams, CallToolResponse, ProtocolVersion};
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+
+    let self_approval = EXTRA.replace("approvers: {users: [alice]}}", "approvers: {users: [alice, developer]}, allowSelfApproval: true}");
+    let dev = Dev::start(&[("zz-test.yaml", &self_approval)]);
+    let connect = async |user: User| {
+        let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(dev.mcp_url()).auth_header(DEV_TOKEN),
+        );
+        let lifecycle = ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] };
+        user.serve_with_lifecycle(transport, lifecycle).await.expect("2026-07-28 client connects")
+    };
+    let params = |name: &str| CallToolRequestParams::new("delete_greeting").with_arguments(json!({"name": name}).as_object().unwrap().clone());
+    for approve in [true, false] {
+        let user = User { approve, asked: Default::default() };
+        let client = connect(user.clone()).await;
+        let result = client.call_tool(params("stateless")).await.expect("tools/call answers");
+        assert_eq!(user.asked.load(std::sync::atomic::Ordering::SeqCst), 1, "asked once, through input_required");
+        if approve {
+            assert_eq!(ok(&result).trim(), "deleted greeting stateless");
+        } else {
+            let denied = refused(&result, "approval_denied");
+            assert!(denied.contains("declined by the user"), "{denied}");
+        }
+    }
+    // The question names the pending approval; an answer for another one is not taken.
+    let client = connect(User { approve: true, asked: Default::default() }).await;
+    let CallToolResponse::InputRequired(question) = client.call_tool_once(params("forged")).await.unwrap() else { panic!("input_required") };
+    let state = question.request_state.clone().expect("requestState names the approval");
+    let mut forged = params("forged");
+    forged.input_responses = Some([("approve".to_owned(), json!({"action": "accept", "content": {"approve": true}}))].into());
+    forged.request_state = Some(format!("{state}-other"));
+    assert!(matches!(client.call_tool_once(forged).await.unwrap(), CallToolResponse::InputRequired(_)), "asked again");
+    let lines = dev.audit_lines();
+    assert!(!lines.iter().any(|l| l["tool"] == "delete_greeting" && l["arguments"]["name"] == "forged" && l["event"] == "result"), "nothing ran");
+    assert!(lines.iter().any(|l| l["arguments"]["name"] == "forged" && l["status"] == "pending"), "the question is audited as a pending approval");
+
+    // Without elicitation, a 2026-07-28 client still gets the pending approval.
+    let plain = rmcp::model::ClientConfig::new(Default::default(), rmcp::model::Implementation::new("plain", "1"));
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(dev.mcp_url()).auth_header(DEV_TOKEN),
+    );
+    let plain = plain
+        .serve_with_lifecycle(transport, ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] })
+        .await
+        .unwrap();
+    refused(&plain.call_tool(params("plain")).await.unwrap(), "approval_required");
+}
+
 /// A client that answers elicitation requests with a fixed decision and counts them.
 #[derive(Clone)]
 struct User {

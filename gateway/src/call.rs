@@ -3,21 +3,22 @@
 //! and a machine-readable code (see [`crate::refusal`]).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use rmcp::model::{CallToolResult, ContentBlock as Content, JsonObject};
+use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock as Content, JsonObject};
 use serde_json::{Value, json};
 use toolwarden_core::approval::TokenBinding;
 use toolwarden_core::audit::{AuditEvent, AuditRecord, sanitize_arguments};
 use toolwarden_core::canonical::arguments_hash;
 use toolwarden_core::config::ToolConfig;
-use toolwarden_core::policy::{Decision, DenialCode, RateLimit, Session, Subject, decide};
+use toolwarden_core::policy::{ApprovalRequest, Decision, DenialCode, RateLimit, Session, Subject, decide};
 use toolwarden_core::resources::{ApprovalMode, OutputTrust};
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
 use crate::approvals::{HumanRequest, HumanStatus, random_hex};
 use crate::audit::{rfc3339, timestamp};
 use crate::catalog::CONFIRM_TOKEN_ARG;
+use crate::elicit::{Answer, Asking};
 use crate::refusal::Refusal;
 use crate::runtime::RuntimeError;
 use crate::sessions::SessionRecord;
@@ -67,14 +68,15 @@ fn next_call_id() -> String {
 }
 
 /// Runs one call for `session`.
-/// `peer` is the client to ask through elicitation, when it supports it (see [`crate::elicit`]).
+/// `asking` is how its user can be asked to approve it, when a policy allows that (see [`crate::elicit`]);
+/// only then can the answer be `input_required` rather than a complete result.
 pub async fn call_tool(
     gw: &Gateway,
     session: &Arc<SessionRecord>,
     name: &str,
     arguments: Option<JsonObject>,
-    peer: Option<&rmcp::service::Peer<rmcp::RoleServer>>,
-) -> CallToolResult {
+    asking: Asking<'_>,
+) -> CallToolResponse {
     let _in_flight = gw.call_started();
     session.touch();
     gw.runtime.touch(&session.id);
@@ -126,7 +128,7 @@ pub async fn call_tool(
     let (tool, limits, approval) = match decision {
         Decision::Deny(denial) => {
             let refusal = Refusal::from_denial(&denial);
-            return call.refuse(refusal, label, "refused", tool);
+            return call.refuse(refusal, label, "refused", tool).into();
         }
         Decision::Allow(allowed) => {
             call.record.policy = allowed.policies.first().cloned();
@@ -139,7 +141,7 @@ pub async fn call_tool(
     };
     if let Err(limited) = check_limits(gw, session, tool, &limits) {
         let refusal = Refusal::new(DenialCode::RateLimited.as_str(), limited.message).policy(limited.policy);
-        return call.refuse(refusal, label, "refused", Some(tool));
+        return call.refuse(refusal, label, "refused", Some(tool)).into();
     }
 
     if let Some(request) = approval {
@@ -154,10 +156,10 @@ pub async fn call_tool(
                         Err(e) => {
                             let refusal = Refusal::new(DenialCode::ConfirmTokenInvalid.as_str(), format!("{}: {e}", tool.name))
                                 .detail("reason", json!(e.code()));
-                            return call.refuse(refusal, label, "refused", Some(tool));
+                            return call.refuse(refusal, label, "refused", Some(tool)).into();
                         }
                     },
-                    None => return confirm_preview(call, tool, args, binding, request.ttl, &request.reason).await,
+                    None => return confirm_preview(call, tool, args, binding, request.ttl, &request.reason).await.into(),
                 }
             }
             ApprovalMode::Human => {
@@ -175,13 +177,23 @@ pub async fn call_tool(
                     })
                 };
                 let mut status = ask();
-                if let (HumanStatus::Created { id, .. } | HumanStatus::Pending { id, .. }, Some(peer), true) =
-                    (&status, peer, request.allow_self_approval)
-                    && let Some(approve) = crate::elicit::ask_user(peer, &tool.name, &call.record.arguments, &request.reason).await
+                if let (HumanStatus::Created { id, expires_at } | HumanStatus::Pending { id, expires_at }, true) =
+                    (&status, request.allow_self_approval)
                 {
-                    let why = if approve { "approved by the user when asked" } else { "declined by the user when asked" };
-                    if gw.approvals.decide(id, &session.subject, &session.groups, approve, Some(why.to_owned())).is_ok() {
-                        status = ask();
+                    match crate::elicit::ask(&asking, id, &tool.name, &call.record.arguments, &request.reason).await {
+                        Answer::Decided(approve) => {
+                            let why = if approve { "approved by the user when asked" } else { "declined by the user when asked" };
+                            if gw.approvals.decide(id, &session.subject, &session.groups, approve, Some(why.to_owned())).is_ok() {
+                                status = ask();
+                            }
+                        }
+                        Answer::Ask(question) => {
+                            // Audited and counted as the pending approval it is; the client asks its user.
+                            gw.approvals_changed(&session.id);
+                            let _ = call.refuse(pending_refusal(&request, id, *expires_at), label, "pending", Some(tool));
+                            return CallToolResponse::InputRequired(question);
+                        }
+                        Answer::None => {}
                     }
                 }
                 match status {
@@ -192,16 +204,7 @@ pub async fn call_tool(
                     }
                     HumanStatus::Created { id, expires_at } | HumanStatus::Pending { id, expires_at } => {
                         gw.approvals_changed(&session.id);
-                        let message = format!(
-                            "{}. Approval {id} is pending until {}: an approver runs `toolwarden approvals approve {id}`, then repeat this identical call to run it once.",
-                            request.reason,
-                            rfc3339(expires_at)
-                        );
-                        let refusal = Refusal::new(DenialCode::ApprovalRequired.as_str(), message)
-                            .policy(request.policy.clone())
-                            .detail("approvalId", json!(id))
-                            .detail("expiresAt", json!(rfc3339(expires_at)));
-                        return call.refuse(refusal, label, "pending", Some(tool));
+                        return call.refuse(pending_refusal(&request, &id, expires_at), label, "pending", Some(tool)).into();
                     }
                     HumanStatus::TooMany => {
                         let message = format!(
@@ -210,21 +213,33 @@ pub async fn call_tool(
                             crate::approvals::MAX_PENDING_PER_SESSION
                         );
                         let refusal = Refusal::new(DenialCode::ApprovalRequired.as_str(), message).policy(request.policy.clone());
-                        return call.refuse(refusal, label, "refused", Some(tool));
+                        return call.refuse(refusal, label, "refused", Some(tool)).into();
                     }
                     HumanStatus::Denied { id, decided_by, reason } => {
                         call.record.approval = "denied".to_owned();
                         let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
                         let message = format!("{} was not approved: {decided_by} denied approval {id}{why}", tool.name);
                         let refusal = Refusal::new(DenialCode::ApprovalDenied.as_str(), message).detail("approvalId", json!(id));
-                        return call.refuse(refusal, label, "refused", Some(tool));
+                        return call.refuse(refusal, label, "refused", Some(tool)).into();
                     }
                 }
             }
             ApprovalMode::None => call.record.approval = "none".to_owned(),
         }
     }
-    run(call, tool, args, label).await
+    run(call, tool, args, label).await.into()
+}
+
+fn pending_refusal(request: &ApprovalRequest, id: &str, expires_at: SystemTime) -> Refusal {
+    let message = format!(
+        "{}. Approval {id} is pending until {}: an approver runs `toolwarden approvals approve {id}`, then repeat this identical call to run it once.",
+        request.reason,
+        rfc3339(expires_at)
+    );
+    Refusal::new(DenialCode::ApprovalRequired.as_str(), message)
+        .policy(request.policy.clone())
+        .detail("approvalId", json!(id))
+        .detail("expiresAt", json!(rfc3339(expires_at)))
 }
 
 fn check_limits(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, limits: &[RateLimit]) -> Result<(), crate::ratelimit::Limited> {

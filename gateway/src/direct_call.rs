@@ -29,6 +29,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use rmcp::model::{CallToolRequestParams, RequestId, ServerJsonRpcMessage, ServerResult};
 use serde::Deserialize;
 
+use crate::elicit::Asking;
 use crate::sessions::SessionRecord;
 use crate::state::Gateway;
 
@@ -174,10 +175,10 @@ pub async fn answer(gateway: &Arc<Gateway>, session_id: &str, body: &Bytes) -> O
     let gw = gateway.clone();
     let ToolsCall { id, params, .. } = call;
     // Spawned, as rmcp runs handlers: a client that hangs up does not cut the call (or its audit) short.
-    let run = tokio::spawn(async move { crate::call::call_tool(&gw, &session, &params.name, params.arguments, None).await });
+    let run = tokio::spawn(async move { crate::call::call_tool(&gw, &session, &params.name, params.arguments, Asking::No).await });
     let reply = match run.await {
-        Ok(result) => {
-            let mut result = ServerResult::CallToolResult(result);
+        Ok(response) => {
+            let mut result = ServerResult::from(response);
             // Sessions are legacy protocol versions, which have no `resultType`.
             result.strip_result_type_for_legacy_peer();
             serde_json::to_vec(&ServerJsonRpcMessage::response(result, id))

@@ -12,6 +12,7 @@ use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use toolwarden_core::policy::Subject;
 
+use crate::elicit::Asking;
 use crate::sessions::{Caller, NewSession, SESSION_META_KEY, SessionRecord, stateless_session_id};
 use crate::state::Gateway;
 
@@ -115,9 +116,18 @@ impl ServerHandler for McpHandler {
     async fn call_tool(&self, request: CallToolRequestParams, context: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
         let session = self.session(&context).await?;
         remember_peer(&session, &context);
-        let peer = (!session.stateless && crate::elicit::supported(&context.peer)).then_some(&context.peer);
-        let result = crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments, peer).await;
-        Ok(CallToolResponse::Complete(result))
+        let asking = if session.stateless {
+            // 2026-07-28: the request's `_meta` says what the client can do.
+            match context.meta.client_capabilities() {
+                Some(c) if c.elicitation.is_some() => Asking::InputRequired { responses: request.input_responses, state: request.request_state },
+                _ => Asking::No,
+            }
+        } else if crate::elicit::supported(&context.peer) {
+            Asking::Elicit(&context.peer)
+        } else {
+            Asking::No
+        };
+        Ok(crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments, asking).await)
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
