@@ -1,7 +1,8 @@
 //! End-to-end through the real gateway against a cluster (runs only with `KUBECONFIG` set; needs
 //! `kubectl`): `toolwarden gateway --runtime kubernetes` runs on this machine, an MCP client opens a
 //! session, and we watch what an operator would see with kubectl: the McpSession and its printer
-//! columns, the worker pod and its spec, and both gone when the session ends or is deleted.
+//! columns, the worker pod and its spec, and both gone when the session ends or is deleted; and a
+//! service account authenticating with a projected token through TokenReview.
 //!
 //! Set `TOOLWARDEN_E2E_WORKER_IMAGE` (an image holding `/toolwarden-worker`) where the cluster can run
 //! pods: the tool call must then return its output through the pod. Without it, the worker image cannot
@@ -20,6 +21,8 @@ use serde_json::{Value, json};
 use toolwarden_core::config::{CONFIG_MAP_KEY, CONFIG_MAP_LABEL, CONFIG_MAP_NAME};
 
 const TOKEN: &str = "e2e-gateway-token-0123456789abcdef";
+/// The audience of the service-account tokens the gateway accepts (`--token-review-audience`).
+const AUDIENCE: &str = "toolwarden-e2e";
 
 fn kubectl(args: &[&str]) -> (bool, String) {
     match Command::new("kubectl").args(args).output() {
@@ -90,14 +93,15 @@ apiVersion: toolwarden.dev/v1alpha1
 kind: ToolPolicy
 metadata: {name: e2e-may-echo}
 spec:
-  subjects: {users: [e2e-user]}
+  subjects: {users: [e2e-user], serviceAccounts: [NAMESPACE/e2e-agent]}
   tools: {names: [echo-text]}
   decision: allow
 "#;
 
 /// The ConfigMap the operator would write for MANIFESTS in `namespace`, compiled by the same core.
 fn config_map(namespace: &str) -> String {
-    let manifests = toolwarden_core::manifest::load_str(MANIFESTS, std::path::Path::new("e2e.yaml")).expect("e2e manifests load");
+    let text = MANIFESTS.replace("NAMESPACE", namespace);
+    let manifests = toolwarden_core::manifest::load_str(&text, std::path::Path::new("e2e.yaml")).expect("e2e manifests load");
     let mut tools: Vec<_> = manifests.tools.iter().map(|t| &t.object).collect();
     let policies: Vec<_> = manifests.policies.iter().map(|p| &p.object).collect();
     tools.sort_by_key(|t| t.metadata.name.clone());
@@ -122,7 +126,11 @@ fn free_port() -> u16 {
 }
 
 async fn connect(url: &str) -> Client {
-    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(TOKEN));
+    connect_as(url, TOKEN).await
+}
+
+async fn connect_as(url: &str, token: &str) -> Client {
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token));
     let mut info = ClientConfig::new(ClientCapabilities::default(), Implementation::new("e2e-client", "1.0"));
     info.protocol_version = rmcp::model::ProtocolVersion::V_2025_06_18;
     rmcp::ServiceExt::serve(info, transport).await.expect("the MCP client connects through the gateway")
@@ -171,6 +179,7 @@ async fn sessions_through_the_gateway_are_mcpsessions_with_worker_pods() {
         .args(["--gateway-id", &format!("e2e-{suffix}"), "--namespace", &namespace, "--worker-start-timeout", "90s"])
         .arg("--tokens")
         .arg(&tokens)
+        .args(["--token-review-audience", AUDIENCE])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     if let Some(image) = &worker_image {
@@ -261,4 +270,33 @@ async fn sessions_through_the_gateway_are_mcpsessions_with_worker_pods() {
         (!sessions(&namespace).iter().any(|s| s["metadata"]["name"] == second_name.as_str())).then_some(())
     });
     assert!(worker_pods(&namespace).is_empty(), "no worker pod may outlive its session");
+
+    // A service account authenticates with a token for the gateway's audience (TokenReview); its
+    // subject is what policies name in `serviceAccounts`. A token for another audience is refused.
+    let (ok, out) = kubectl(&["create", "serviceaccount", "e2e-agent", "-n", &namespace]);
+    assert!(ok, "{out}");
+    let token_for = |audience: &str| {
+        let (ok, token) = kubectl(&["create", "token", "e2e-agent", "-n", &namespace, "--audience", audience, "--duration", "10m"]);
+        assert!(ok, "kubectl create token: {token}");
+        token.trim().to_owned()
+    };
+    let agent = connect_as(&format!("{base}/mcp/{namespace}"), &token_for(AUDIENCE)).await;
+    let tools = agent.list_all_tools().await.expect("tools/list as the service account");
+    assert_eq!(tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>(), vec!["echo_text"]);
+    let subject = format!("system:serviceaccount:{namespace}:e2e-agent");
+    wait_for("the service account's McpSession", Duration::from_secs(30), || {
+        sessions(&namespace).into_iter().find(|s| s["spec"]["subject"] == subject.as_str())
+    });
+    agent.cancel().await.expect("the service account's client closes its session");
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
+    let refused = http
+        .post(format!("{base}/mcp/{namespace}"))
+        .bearer_auth(token_for("some-other-service"))
+        .header("Accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "a token minted for another audience is refused");
 }

@@ -99,7 +99,7 @@ impl DevArgs {
                 StaticToken { token: approver.clone(), subject: "alice".into(), groups: vec!["team-leads".into()] },
             ]
         };
-        let auth = Authenticator::new(AuthConfig { tokens_file: self.tokens.clone(), static_tokens, jwt: Vec::new() }).await?;
+        let auth = Authenticator::new(AuthConfig { tokens_file: self.tokens.clone(), static_tokens, jwt: Vec::new(), token_review_audience: None }).await?;
 
         let runtime_metrics = crate::kubernetes::Metrics::default();
         let (metrics, registry) = GatewayMetrics::new(runtime_metrics.clone());
@@ -169,6 +169,10 @@ pub struct GatewayArgs {
     pub jwks_file: Option<PathBuf>,
     #[arg(long, default_value = "groups")]
     pub jwt_groups_claim: String,
+    /// Accept Kubernetes service-account tokens minted for this audience (a projected token), checked
+    /// with the TokenReview API; the subject is `system:serviceaccount:<namespace>:<name>`.
+    #[arg(long)]
+    pub token_review_audience: Option<String>,
     /// Namespaces whose ConfigMaps to serve (repeatable); all namespaces when absent.
     #[arg(long = "namespace")]
     pub namespaces: Vec<String>,
@@ -204,7 +208,7 @@ impl GatewayArgs {
             };
             jwt.push(JwtIssuerConfig { issuer: issuer.clone(), audience, jwks, groups_claim: self.jwt_groups_claim.clone() });
         }
-        Ok(AuthConfig { tokens_file: self.tokens.clone(), static_tokens: Vec::new(), jwt })
+        Ok(AuthConfig { tokens_file: self.tokens.clone(), static_tokens: Vec::new(), jwt, token_review_audience: self.token_review_audience.clone() })
     }
 
     /// Sessions as McpSessions and workers as pods, in the cluster of the pod's service account or of

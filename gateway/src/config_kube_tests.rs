@@ -48,7 +48,7 @@ async fn gateway() -> Arc<Gateway> {
     let auth = crate::auth::Authenticator::new(crate::auth::AuthConfig {
         tokens_file: None,
         static_tokens: vec![crate::auth::StaticToken { token: "t".repeat(32), subject: "s".into(), groups: vec![] }],
-        jwt: vec![],
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -1,6 +1,7 @@
 //! Authentication of MCP callers: static bearer tokens (kept as SHA-256 hashes, from a file or a mounted
-//! Secret), JWT bearer tokens verified against configured issuers' JWKS, and the OAuth protected resource
-//! metadata (RFC 9728) that lets OAuth-capable clients discover the issuers.
+//! Secret), JWT bearer tokens verified against configured issuers' JWKS, Kubernetes service-account
+//! tokens checked with the TokenReview API, and the OAuth protected resource metadata (RFC 9728) that
+//! lets OAuth-capable clients discover the issuers.
 //!
 //! Callers learn nothing beyond "401": the reason an [`AuthError::Invalid`] carries is for logs only, and
 //! no token (or part of one) ever reaches a log line or an error.
@@ -12,6 +13,7 @@ use http::header::AUTHORIZATION;
 
 pub mod jwt;
 pub mod static_tokens;
+pub mod token_review;
 
 /// The authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub struct AuthConfig {
     /// Tokens given in memory (`dev` makes one); hashed at start.
     pub static_tokens: Vec<StaticToken>,
     pub jwt: Vec<JwtIssuerConfig>,
+    /// Kubernetes service-account tokens for this audience are checked with the TokenReview API.
+    pub token_review_audience: Option<String>,
 }
 
 #[derive(Clone)]
@@ -83,6 +87,7 @@ pub enum JwksSource {
 pub struct Authenticator {
     tokens: static_tokens::StaticTokens,
     issuers: Vec<jwt::Issuer>,
+    reviewer: Option<token_review::TokenReviewer>,
 }
 
 impl Authenticator {
@@ -94,13 +99,23 @@ impl Authenticator {
         for issuer in config.jwt {
             issuers.push(jwt::Issuer::new(issuer).await?);
         }
-        if tokens.is_empty() && issuers.is_empty() {
+        let reviewer = match config.token_review_audience {
+            Some(audience) => {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    anyhow::anyhow!("--token-review-audience needs a cluster (a pod's service account or KUBECONFIG): {e}")
+                })?;
+                Some(token_review::TokenReviewer::new(client, audience))
+            }
+            None => None,
+        };
+        if tokens.is_empty() && issuers.is_empty() && reviewer.is_none() {
             anyhow::bail!(
-                "no credentials are configured (no static tokens, no tokens file entries, no JWT issuers): \
-                 every request would be refused; give --tokens FILE or a JWT issuer"
+                "no credentials are configured (no static tokens, no tokens file entries, no JWT issuers, no \
+                 TokenReview audience): every request would be refused; give --tokens FILE, a JWT issuer or \
+                 --token-review-audience"
             );
         }
-        Ok(Authenticator { tokens, issuers })
+        Ok(Authenticator { tokens, issuers, reviewer })
     }
 
     /// Authenticates a request from its `Authorization: Bearer ...` header.
@@ -109,10 +124,17 @@ impl Authenticator {
         if let Some(principal) = self.tokens.lookup(token) {
             return Ok(principal);
         }
-        if looks_like_jwt(token) && !self.issuers.is_empty() {
-            return jwt::authenticate(&self.issuers, token).await;
+        if !looks_like_jwt(token) {
+            return Err(AuthError::Invalid("unknown static token".into()));
         }
-        Err(AuthError::Invalid("unknown static token".into()))
+        // Service-account tokens are JWTs too: one no configured issuer vouches for goes to TokenReview.
+        let from_issuer = if self.issuers.is_empty() { None } else { Some(jwt::authenticate(&self.issuers, token).await) };
+        match (from_issuer, &self.reviewer) {
+            (Some(Ok(principal)), _) => Ok(principal),
+            (_, Some(reviewer)) => reviewer.review(token).await,
+            (Some(Err(e)), None) => Err(e),
+            (None, None) => Err(AuthError::Invalid("unknown static token".into())),
+        }
     }
 
     /// The `WWW-Authenticate` value of a 401 answer (RFC 6750 + RFC 9728 §5.1).
@@ -231,6 +253,25 @@ mod tests {
         assert!(!format!("{err} {err:?}").contains("s3cret"));
         // A JWT-shaped token with no issuer configured is just an unknown token.
         assert!(matches!(alice().await.authenticate(&headers("Bearer a.b.c")).await, Err(AuthError::Invalid(_))));
+    }
+
+    #[tokio::test]
+    async fn service_account_tokens_go_to_token_review_and_static_tokens_do_not() {
+        let reviewed = serde_json::json!({
+            "authenticated": true, "audiences": ["toolwarden"],
+            "user": {"username": "system:serviceaccount:team-a:agent", "groups": ["system:serviceaccounts"]}});
+        let (reviewer, asked) = token_review::scripted::reviewer(Ok(reviewed));
+        let mut auth = alice().await;
+        auth.reviewer = Some(reviewer);
+        let p = auth.authenticate(&headers("Bearer eyJhbGciOi.eyJpc3Mi.c2ln")).await.unwrap();
+        assert_eq!((p.subject.as_str(), p.groups.as_slice()), ("system:serviceaccount:team-a:agent", &["system:serviceaccounts".to_owned()][..]));
+        assert_eq!(auth.authenticate(&headers("Bearer s3cret-alice")).await.unwrap().subject, "alice");
+        assert!(auth.authenticate(&headers("Bearer not-a-jwt")).await.is_err(), "only JWT-shaped tokens are reviewed");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        let (refusing, _) = token_review::scripted::reviewer(Ok(serde_json::json!({"authenticated": false, "error": "token expired"})));
+        auth.reviewer = Some(refusing);
+        assert!(matches!(auth.authenticate(&headers("Bearer eyJhbGciOi.eyJpc3Mi.c2xx")).await, Err(AuthError::Invalid(_))));
     }
 
     #[tokio::test]
