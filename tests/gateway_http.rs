@@ -26,10 +26,7 @@ async fn missing_or_bad_tokens_get_401_with_www_authenticate_and_nothing_else() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_id_presented_by_another_subject_is_refused() {
     let dev = Dev::start(&[]);
-    let response = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let session = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-    drop(response.text().await);
+    let session = open_session(&dev, DEV_TOKEN).await;
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
     let stolen = mcp_post_in_session(&dev, Some(APPROVER_TOKEN), &session).json(&list)
         .send()
@@ -82,9 +79,7 @@ async fn single_replies_are_json_and_the_listening_stream_is_sse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_calls_get_the_same_answer_directly_and_through_rmcp() {
     let dev = Dev::start(&[]);
-    let init = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-    drop(init.text().await);
+    let session = open_session(&dev, DEV_TOKEN).await;
     let with_session = |body: &Value| mcp_post_in_session(&dev, Some(DEV_TOKEN), &session).json(body);
     let accepted = with_session(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.unwrap();
     assert_eq!(accepted.status(), 202);
@@ -247,9 +242,7 @@ async fn sigterm_stops_the_gateway_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ending_a_session_stops_its_workers() {
     let dev = Dev::start(&[]);
-    let session = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
-    let id = session.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-    drop(session.text().await);
+    let id = open_session(&dev, DEV_TOKEN).await;
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "write_note", "arguments": {"path": "a.md", "content": "x"}}});
     let answer = mcp_post_in_session(&dev, Some(DEV_TOKEN), &id).json(&call).send().await.unwrap();
     assert!(answer.text().await.unwrap().contains("wrote a.md"));

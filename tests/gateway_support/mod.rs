@@ -219,6 +219,15 @@ pub fn mcp_post_in_session(dev: &Dev, token: Option<&str>, session: &str) -> req
     mcp_post(dev, token).header("Mcp-Session-Id", session).header("MCP-Protocol-Version", "2025-06-18")
 }
 
+/// Initializes a session over raw HTTP (protocol 2025-06-18) and returns its `Mcp-Session-Id`.
+pub async fn open_session(dev: &Dev, token: &str) -> String {
+    let response = mcp_post(dev, Some(token)).json(&initialize_body()).send().await.unwrap();
+    assert_eq!(response.status(), 200, "initialize");
+    let id = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    drop(response.text().await);
+    id
+}
+
 pub fn initialize_body() -> Value {
     json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
