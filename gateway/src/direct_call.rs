@@ -20,11 +20,15 @@
 //!   namespace allows self-approval): the question must travel on the reply's SSE stream, which rmcp
 //!   owns.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
+use futures::FutureExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use rmcp::model::{CallToolRequestParams, RequestId, ServerJsonRpcMessage, ServerResult};
 use serde::Deserialize;
@@ -39,6 +43,8 @@ const SESSION_VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "
 /// The body of a `tools/call` request; other keys are ignored, as rmcp ignores them.
 #[derive(Deserialize)]
 struct ToolsCall<'a> {
+    #[serde(borrow)]
+    jsonrpc: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     method: std::borrow::Cow<'a, str>,
     id: RequestId,
@@ -140,7 +146,7 @@ fn split_authority(value: &str) -> Option<(&str, Option<u16>)> {
 /// The parsed call, when the body is a plain `tools/call` request the direct path may serve.
 fn plain_call(body: &[u8]) -> Option<ToolsCall<'_>> {
     let call: ToolsCall = serde_json::from_slice(body).ok()?;
-    if call.method != "tools/call" {
+    if call.jsonrpc != "2.0" || call.method != "tools/call" {
         return None;
     }
     let meta_ok = call.params.meta.as_ref().is_none_or(|m| m.0.keys().all(|k| k == "progressToken"));
@@ -174,17 +180,16 @@ pub async fn answer(gateway: &Arc<Gateway>, session_id: &str, body: &Bytes) -> O
     let session = direct_session(gateway, session_id)?;
     let gw = gateway.clone();
     let ToolsCall { id, params, .. } = call;
-    // Spawned, as rmcp runs handlers: a client that hangs up does not cut the call (or its audit) short.
-    let run = tokio::spawn(async move { crate::call::call_tool(&gw, &session, &params.name, params.arguments, Asking::No).await });
-    let reply = match run.await {
+    let run = async move { crate::call::call_tool(&gw, &session, &params.name, params.arguments, Asking::No).await };
+    let reply = match RunToEnd::new(run).await {
         Ok(response) => {
             let mut result = ServerResult::from(response);
             // Sessions are legacy protocol versions, which have no `resultType`.
             result.strip_result_type_for_legacy_peer();
             serde_json::to_vec(&ServerJsonRpcMessage::response(result, id))
         }
-        Err(e) => {
-            tracing::error!(error = %e, "a tools/call task failed");
+        Err(()) => {
+            tracing::error!("a tools/call panicked inside the gateway");
             let error = rmcp::ErrorData::internal_error("the call failed inside the gateway", None);
             serde_json::to_vec(&ServerJsonRpcMessage::error(error, Some(id)))
         }
@@ -197,6 +202,38 @@ pub async fn answer(gateway: &Arc<Gateway>, session_id: &str, body: &Bytes) -> O
         }
     };
     Some(response.unwrap_or_else(|_| Response::new(Body::empty())))
+}
+
+/// Runs a call in the request's own task (no task of its own to schedule), and still to its end, as
+/// rmcp runs handlers: if the client hangs up and the request is dropped, the rest of the call (its
+/// worker call, its result audit line) goes on as a task. A panic is caught and becomes `Err`.
+struct RunToEnd<T: Send + 'static>(Option<Pin<Box<dyn Future<Output = std::thread::Result<T>> + Send>>>);
+
+impl<T: Send + 'static> RunToEnd<T> {
+    fn new(call: impl Future<Output = T> + Send + 'static) -> Self {
+        RunToEnd(Some(Box::pin(std::panic::AssertUnwindSafe(call).catch_unwind())))
+    }
+}
+
+impl<T: Send + 'static> Future for RunToEnd<T> {
+    type Output = Result<T, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(call) = self.0.as_mut() else { return Poll::Ready(Err(())) };
+        let done = std::task::ready!(call.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(done.map_err(|_| ()))
+    }
+}
+
+impl<T: Send + 'static> Drop for RunToEnd<T> {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(call);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -226,6 +263,24 @@ mod tests {
 
     fn hosts(entries: &[&str]) -> AllowedHosts {
         AllowedHosts::new(&entries.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_still_runs_to_its_end_and_a_panic_is_an_error() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut run = RunToEnd::new(async move {
+            let _ = go_rx.await;
+            let _ = done_tx.send("finished");
+        });
+        // Polled once (the call starts), then dropped, as when a client hangs up mid-call.
+        assert!(futures::poll!(&mut run).is_pending());
+        drop(run);
+        go_tx.send(()).unwrap();
+        assert_eq!(tokio::time::timeout(std::time::Duration::from_secs(5), done_rx).await.unwrap(), Ok("finished"));
+
+        assert_eq!(RunToEnd::new(async { 7 }).await, Ok(7));
+        assert_eq!(RunToEnd::new(async { panic!("boom") }).await, Err::<(), ()>(()));
     }
 
     #[test]
@@ -288,6 +343,10 @@ mod tests {
         assert!(plain_call(br#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"t","_meta":{"progressToken":1}}}"#).is_some());
         for body in [
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"t"}}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
+            r#"{"id":1,"method":"tools/call","params":{"name":"t"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t"}} trailing"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/call","params":{"name":"t"}}"#,
             r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
@@ -296,5 +355,6 @@ mod tests {
         ] {
             assert!(plain_call(body.as_bytes()).is_none(), "{body}");
         }
+        assert!(plain_call(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"t\xff\"}}").is_none(), "not UTF-8");
     }
 }

@@ -158,15 +158,20 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
     let post = request.method() == axum::http::Method::POST;
     let json_ok = crate::json_reply::accepts_json(request.headers().get(header::ACCEPT));
     let mut request = if post {
-        let (parts, body) = match checked_body(request, gateway.settings.max_body_bytes).await {
-            Ok(checked) => checked,
-            Err(response) => return response,
+        let (parts, body) = request.into_parts();
+        let limit = gateway.settings.max_body_bytes;
+        let Ok(body) = axum::body::to_bytes(body, limit).await else {
+            return parse_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, format!("Invalid Request: the body is larger than {limit} bytes"));
         };
+        // A body that parses as a plain `tools/call` is a well-formed JSON-RPC request: no other check.
         if let Some(id) = &session_id
             && crate::direct_call::plain_headers(&parts.headers, &app.allowed_hosts)
             && let Some(response) = crate::direct_call::answer(gateway, id, &body).await
         {
             return response;
+        }
+        if let Some(refusal) = refuse_body(&body) {
+            return refusal;
         }
         Request::from_parts(parts, Body::from(body))
     } else {
@@ -184,46 +189,44 @@ fn parse_error(status: StatusCode, code: i64, message: String) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Reads a POST body within the size limit and checks it is one JSON-RPC object, so that malformed,
-/// oversized, non-UTF-8, too deep or batched bodies get a specific JSON-RPC error before rmcp sees them.
-async fn checked_body(request: Request, limit: usize) -> Result<(axum::http::request::Parts, bytes::Bytes), Response> {
-    let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        parse_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, format!("Invalid Request: the body is larger than {limit} bytes"))
-    })?;
-    if let Err(e) = std::str::from_utf8(&bytes) {
-        return Err(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: the body is not valid UTF-8 (byte {})", e.valid_up_to())));
+/// The refusal of a POST body that is not one JSON-RPC object, so that malformed, non-UTF-8, too deep or
+/// batched bodies get a specific JSON-RPC error before rmcp sees them; `None` for a good body.
+fn refuse_body(bytes: &[u8]) -> Option<Response> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Some(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: the body is not valid UTF-8 (byte {})", e.valid_up_to())));
     }
     // One pass that allocates only for the version string: the body is parsed in full again by rmcp.
     // serde_json refuses nesting deeper than 128 levels, which bounds the work on hostile bodies.
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => {
-            return Err(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: batch requests are not supported; send one JSON-RPC message per request".into()));
+            return Some(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: batch requests are not supported; send one JSON-RPC message per request".into()));
         }
         Some(b'{') => {}
         _ => {
             // Not an object: report a syntax error when there is one, else the shape.
-            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-                return Err(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}")));
+            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                return Some(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}")));
             }
-            return Err(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: the body must be one JSON-RPC object".into()));
+            return Some(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: the body must be one JSON-RPC object".into()));
         }
     }
-    let envelope = serde_json::from_slice::<Envelope>(&bytes)
-        .map_err(|e| parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}")))?;
+    let envelope = match serde_json::from_slice::<Envelope>(bytes) {
+        Ok(envelope) => envelope,
+        Err(e) => return Some(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}"))),
+    };
     if envelope.jsonrpc.as_ref().and_then(|v| v.as_str()) != Some("2.0")
         || (envelope.method.is_none() && envelope.result.is_none() && envelope.error.is_none())
     {
-        return Err(parse_error(
+        return Some(parse_error(
             StatusCode::BAD_REQUEST,
             -32600,
             "Invalid Request: not a JSON-RPC 2.0 message (it needs \"jsonrpc\": \"2.0\" and a method)".into(),
         ));
     }
-    Ok((parts, bytes))
+    None
 }
 
-/// The keys of a JSON-RPC message that [`checked_body`] looks at; everything else is skipped unread.
+/// The keys of a JSON-RPC message that [`refuse_body`] looks at; everything else is skipped unread.
 #[derive(serde::Deserialize)]
 struct Envelope {
     jsonrpc: Option<serde_json::Value>,
