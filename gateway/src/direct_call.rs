@@ -153,32 +153,30 @@ fn plain_call(body: &[u8]) -> Option<ToolsCall<'_>> {
     (meta_ok && call.params.input_responses.is_none() && call.params.request_state.is_none()).then_some(call)
 }
 
-/// The session, when its calls can be answered here: known, with a session id, initialized, and its
-/// calls never ask the user through elicitation.
-fn direct_session(gateway: &Gateway, id: &str) -> Option<Arc<SessionRecord>> {
-    let session = gateway.sessions.get(id)?;
+/// Whether this session's calls can be answered here: it has a session id, its client has initialized,
+/// and its calls never ask the user through elicitation.
+fn serves_directly(gateway: &Gateway, session: &SessionRecord) -> bool {
     if session.stateless {
-        return None;
+        return false;
     }
     let may_elicit = {
         let peer = session.peer.lock().unwrap_or_else(|e| e.into_inner());
         match peer.as_ref() {
-            None => return None,
+            None => return false,
             Some(peer) => crate::elicit::supported(peer),
         }
     };
-    if may_elicit && gateway.engine(&session.namespace).is_some_and(|e| crate::elicit::policies_allow_asking(&e)) {
-        return None;
-    }
-    Some(session)
+    !(may_elicit && gateway.engine(&session.namespace).is_some_and(|e| crate::elicit::policies_allow_asking(&e)))
 }
 
-/// Answers a plain `tools/call` of session `session_id`, or returns `None` to let rmcp handle the request.
-/// The caller has authenticated the request and checked that the session belongs to it.
-pub async fn answer(gateway: &Arc<Gateway>, session_id: &str, body: &Bytes) -> Option<Response> {
+/// Answers a plain `tools/call` of `session` (one the gateway knows), or returns `None` to let rmcp handle
+/// the request. The caller has authenticated the request and checked that the session belongs to it.
+pub async fn answer(gateway: &Arc<Gateway>, session: &Arc<SessionRecord>, body: &Bytes) -> Option<Response> {
     let call = plain_call(body)?;
-    let session = direct_session(gateway, session_id)?;
-    let gw = gateway.clone();
+    if !serves_directly(gateway, session) {
+        return None;
+    }
+    let (gw, session) = (gateway.clone(), session.clone());
     let ToolsCall { id, params, .. } = call;
     let run = async move { crate::call::call_tool(&gw, &session, &params.name, params.arguments, Asking::No).await };
     let reply = match RunToEnd::new(run).await {

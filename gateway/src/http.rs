@@ -146,13 +146,13 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
     if gateway.engine(&namespace).is_none() {
         return jsonrpc_error(StatusCode::NOT_FOUND, &format!("no tools are served at /mcp/{namespace}"));
     }
-    let session_id = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if let Some(id) = &session_id
-        && let Some(record) = gateway.sessions.get(id)
+    let session_id = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
+    let session = session_id.and_then(|id| gateway.sessions.get(id));
+    if let Some(record) = &session
         && (record.subject != principal.subject || record.namespace != namespace)
     {
         // Another caller's session id: answered exactly like an unknown session.
-        tracing::warn!(session = %id, subject = %principal.subject, "refused a session id that belongs to another caller");
+        tracing::warn!(session = %record.id, subject = %principal.subject, "refused a session id that belongs to another caller");
         return jsonrpc_error(StatusCode::NOT_FOUND, "Session not found");
     }
     let post = request.method() == axum::http::Method::POST;
@@ -164,9 +164,9 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
             return parse_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, format!("Invalid Request: the body is larger than {limit} bytes"));
         };
         // A body that parses as a plain `tools/call` is a well-formed JSON-RPC request: no other check.
-        if let Some(id) = &session_id
+        if let Some(session) = &session
             && crate::direct_call::plain_headers(&parts.headers, &app.allowed_hosts)
-            && let Some(response) = crate::direct_call::answer(gateway, id, &body).await
+            && let Some(response) = crate::direct_call::answer(gateway, session, &body).await
         {
             return response;
         }
