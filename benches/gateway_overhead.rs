@@ -8,10 +8,12 @@
 //!   `tools/call` requests (one MCP session per client, so each client has its own worker in both modes).
 //!
 //! Each mode runs with 1 client and with 32 concurrent clients, `BENCH_CALLS` timed calls each (default
-//! 10,000) after a warm-up. Reported: median, p90, p99 latency of both and their difference, throughput,
-//! CPU time per call (utime+stime from /proc, workers excluded) of the gateway process and of this
-//! process in direct mode, and their difference (what the gateway adds), and the gateway's memory (RSS)
-//! at idle and per idle MCP session. Targets (issue 4) are printed next to the figures.
+//! 10,000) after a warm-up. The two modes' timed calls alternate in blocks (ABBA), so both see the same
+//! moments of a shared machine. Reported: median, p90, p99 latency of both and their difference,
+//! throughput, CPU time per call (scheduler nanoseconds from /proc, workers excluded) of the gateway
+//! process and of this process in direct mode, and their difference (what the gateway adds), and the
+//! gateway's memory (RSS) at idle and per idle MCP session. Targets (issue 4) are printed next to the
+//! figures.
 //!
 //! The gateway runs with `BENCH_THREADS` threads (default 1, as in the chart's one-CPU pod), and so does
 //! this process, so both modes pay the same scheduler costs. The audit log goes to stdout (read by this
@@ -19,6 +21,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +51,11 @@ fn threads() -> u16 {
     std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).filter(|t| *t > 0).unwrap_or(1)
 }
 
+/// Alternating blocks per mode (see [`compare`]).
+fn rounds() -> usize {
+    std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|r| *r > 0).unwrap_or(10)
+}
+
 fn calls() -> usize {
     std::env::var("BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
 }
@@ -58,9 +66,14 @@ fn tool() -> ToolConfig {
     loaded.configs.iter().flat_map(|c| c.tools.iter()).find(|t| t.name == "show_text").expect("show_text").clone()
 }
 
+/// One mode's timed calls, gathered over the rounds.
+#[derive(Default)]
 struct Stats {
     latencies: Vec<Duration>,
+    /// Time the blocks took, end to end.
     wall: Duration,
+    /// CPU time of the measured process during the blocks.
+    cpu: Duration,
 }
 
 impl Stats {
@@ -72,28 +85,35 @@ impl Stats {
     fn throughput(&self) -> f64 {
         self.latencies.len() as f64 / self.wall.as_secs_f64()
     }
+
+    fn cpu_per_call(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.latencies.len() as f64
+    }
 }
 
 fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Runs `clients` loops of `per_client` timed calls (after a warm-up each) and gathers latencies.
-async fn run<F, Fut>(clients: usize, total: usize, make: impl Fn(usize) -> F) -> Stats
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let per_client = total.div_ceil(clients);
+/// One client's next call, boxed so that both modes go through the same code.
+type Call = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A way to make calls: one `Call` per client, and the process whose CPU time they cost.
+struct Mode {
+    make: Box<dyn Fn(usize) -> Call>,
+    pid: u32,
+    stats: Stats,
+}
+
+/// Runs `clients` concurrent loops of `per_client` calls each and returns their latencies and the
+/// block's wall time.
+async fn block(mode: &Mode, clients: usize, per_client: usize) -> (Vec<Duration>, Duration) {
     let barrier = Arc::new(tokio::sync::Barrier::new(clients + 1));
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let mut call = make(c);
+        let mut call = (mode.make)(c);
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
-            for _ in 0..WARMUP {
-                call().await;
-            }
             barrier.wait().await;
             let mut latencies = Vec::with_capacity(per_client);
             for _ in 0..per_client {
@@ -110,9 +130,31 @@ where
     for t in tasks {
         latencies.extend(t.await.expect("client task"));
     }
-    let wall = start.elapsed();
-    latencies.sort();
-    Stats { latencies, wall }
+    (latencies, start.elapsed())
+}
+
+/// Warms both modes up, then runs their timed calls in alternating blocks (ABBA order), so that both
+/// see the same machine: on a shared VM the neighbours' load drifts within seconds, and two runs one
+/// after the other would compare the noise of two different moments as much as the two modes.
+async fn compare(direct: &mut Mode, gateway: &mut Mode, clients: usize, total: usize) {
+    for mode in [&*direct, &*gateway] {
+        block(mode, clients, WARMUP).await;
+    }
+    let rounds = rounds();
+    let per_client = total.div_ceil(clients * rounds);
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { [&mut *direct, &mut *gateway] } else { [&mut *gateway, &mut *direct] };
+        for mode in order {
+            let cpu_before = cpu_time(mode.pid);
+            let (latencies, wall) = block(mode, clients, per_client).await;
+            mode.stats.cpu += cpu_time(mode.pid).saturating_sub(cpu_before);
+            mode.stats.latencies.extend(latencies);
+            mode.stats.wall += wall;
+        }
+    }
+    for mode in [direct, gateway] {
+        mode.stats.latencies.sort();
+    }
 }
 
 fn session(id: String) -> SessionInfo {
@@ -127,10 +169,10 @@ fn session(id: String) -> SessionInfo {
     }
 }
 
-/// Direct: the local runtime's worker calls, no MCP, no policy. Also returns this process's CPU time
-/// per call: what calling the worker costs the caller, to subtract from the gateway's.
-async fn direct(clients: usize, total: usize, state: &Path) -> (Stats, f64) {
-    let runtime = LocalRuntime::new(LocalRuntimeConfig {
+/// Direct: the local runtime in this process calls its worker over the worker protocol; no MCP, no
+/// policy. The bench process's CPU is what calling the worker costs the caller.
+fn direct_runtime(clients: usize, state: &Path) -> Arc<LocalRuntime> {
+    LocalRuntime::new(LocalRuntimeConfig {
         worker_command: vec![env!("CARGO_BIN_EXE_toolwarden").into(), "worker".into()],
         state_dir: state.join(format!("direct-{clients}")),
         unsafe_no_sandbox: std::env::var_os("BENCH_UNSAFE_NO_SANDBOX").is_some(),
@@ -139,32 +181,31 @@ async fn direct(clients: usize, total: usize, state: &Path) -> (Stats, f64) {
         metrics: Metrics::default(),
         max_concurrent_per_worker: 16,
     })
-    .expect("local runtime");
-    let tool = Arc::new(tool());
+    .expect("local runtime")
+}
+
+async fn direct_mode(runtime: &Arc<LocalRuntime>, clients: usize) -> Mode {
     for c in 0..clients {
         runtime.start_session(session(format!("s{c}"))).await.expect("session");
     }
-    let cpu_before = cpu_seconds(std::process::id());
-    let stats = run(clients, total, |c| {
+    let runtime = runtime.clone();
+    let tool = Arc::new(tool());
+    let make = move |c: usize| -> Call {
         let runtime = runtime.clone();
         let tool = tool.clone();
         let id = format!("s{c}");
-        move || {
+        Box::new(move || {
             let runtime = runtime.clone();
             let tool = tool.clone();
             let id = id.clone();
-            async move {
+            Box::pin(async move {
                 let request = CallRequest { call_id: "c".into(), arguments: json!({"text": "hello"}), preview: false };
                 let result = runtime.call(&id, &tool, request).await.expect("direct call");
                 assert!(!result.is_error && result.content.contains("hello"), "{result:?}");
-            }
-        }
-    })
-    .await;
-    let cpu = cpu_seconds(std::process::id()) - cpu_before;
-    let calls = stats.latencies.len() + clients * WARMUP;
-    runtime.shutdown().await;
-    (stats, cpu / calls as f64)
+            })
+        })
+    };
+    Mode { make: Box::new(make), pid: std::process::id(), stats: Stats::default() }
 }
 
 struct Gateway {
@@ -220,14 +261,18 @@ fn start_gateway(dir: &Path) -> Gateway {
     Gateway { child, addr }
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
-    let fields: Vec<&str> = stat.rsplit_once(") ").expect("stat format").1.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    ticks / hz
+/// CPU time of a process so far: the sum over its threads of the scheduler's nanosecond count
+/// (`/proc/PID/task/*/schedstat`), precise enough to be read around each block, where utime+stime
+/// (10 ms ticks) would not be.
+fn cpu_time(pid: u32) -> Duration {
+    let mut nanos = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc task").flatten() {
+        // A thread may exit between listing and reading; it no longer counts either way.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            nanos += stat.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(nanos)
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -310,25 +355,19 @@ fn parse_reply(bytes: &[u8]) -> Value {
         .unwrap_or_else(|| panic!("no JSON-RPC reply in {text}"))
 }
 
-async fn through_gateway(gateway: &Gateway, clients: usize, total: usize) -> (Stats, f64) {
+async fn gateway_mode(gateway: &Gateway, clients: usize) -> Mode {
     let mut connections = Vec::new();
     for _ in 0..clients {
         connections.push(Arc::new(tokio::sync::Mutex::new(McpConnection::open(&gateway.addr).await)));
     }
-    // CPU is read around the whole run (warm-up included), so count those calls too.
-    let pid = gateway.child.id();
-    let cpu_before = cpu_seconds(pid);
-    let stats = run(clients, total, |c| {
+    let make = move |c: usize| -> Call {
         let conn = connections[c].clone();
-        move || {
+        Box::new(move || {
             let conn = conn.clone();
-            async move { conn.lock().await.call().await }
-        }
-    })
-    .await;
-    let cpu = cpu_seconds(pid) - cpu_before;
-    let calls = stats.latencies.len() + clients * WARMUP;
-    (stats, cpu / calls as f64)
+            Box::pin(async move { conn.lock().await.call().await })
+        })
+    };
+    Mode { make: Box::new(make), pid: gateway.child.id(), stats: Stats::default() }
 }
 
 fn report(name: &str, direct: &Stats, gateway: &Stats) {
@@ -379,12 +418,20 @@ fn main() {
 
         let (idle, per_session) = idle_memory(dir.path()).await;
 
-        let (direct_1, direct_cpu_1) = direct(1, total, dir.path()).await;
-        let (direct_32, direct_cpu_32) = direct(32, total, dir.path()).await;
         let gateway = start_gateway(dir.path());
-        let (gateway_1, cpu_1) = through_gateway(&gateway, 1, total).await;
-        let (gateway_32, cpu_32) = through_gateway(&gateway, 32, total).await;
+        let mut results = Vec::new();
+        for clients in [1, 32] {
+            let runtime = direct_runtime(clients, dir.path());
+            let mut direct = direct_mode(&runtime, clients).await;
+            let mut through = gateway_mode(&gateway, clients).await;
+            compare(&mut direct, &mut through, clients, total).await;
+            runtime.shutdown().await;
+            results.push((direct.stats, through.stats));
+        }
         drop(gateway);
+        let [(direct_1, gateway_1), (direct_32, gateway_32)] = <[_; 2]>::try_from(results).ok().expect("two cases");
+        let (cpu_1, cpu_32) = (gateway_1.cpu_per_call(), gateway_32.cpu_per_call());
+        let (direct_cpu_1, direct_cpu_32) = (direct_1.cpu_per_call(), direct_32.cpu_per_call());
 
         report("1 client", &direct_1, &gateway_1);
         report("32 clients", &direct_32, &gateway_32);
