@@ -231,6 +231,8 @@ impl Drop for Gateway {
 
 fn start_gateway(dir: &Path) -> Gateway {
     let mut args: Vec<String> = vec!["dev".into(), "--listen".into(), "127.0.0.1:0".into(), "--worker-threads".into(), threads().to_string()];
+    // The idle-memory case opens IDLE_SESSIONS sessions of one subject.
+    args.extend(["--max-sessions-per-subject".into(), (IDLE_SESSIONS + 100).to_string()]);
     args.push("--manifests".into());
     args.push(manifests().display().to_string());
     if std::env::var_os("BENCH_AUDIT_FILE").is_some() {

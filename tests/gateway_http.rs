@@ -267,6 +267,49 @@ async fn ending_a_session_stops_its_workers() {
     assert_eq!(after.status(), 404, "an ended session is unknown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_holds_at_most_the_allowed_sessions() {
+    use rmcp::model::{ClientCapabilities, ClientConfig, Implementation, ProtocolVersion};
+    use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let dev = Dev::start_with_args(&[], &["--max-sessions-per-subject", "2"]);
+    let first = open_session(&dev, DEV_TOKEN).await;
+    let second = open_session(&dev, DEV_TOKEN).await;
+    let refused = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("developer already has 2 open sessions") && message.contains("DELETE"), "{body}");
+
+    // The open sessions still work, and another subject is not held back.
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let listed = mcp_post_in_session(&dev, Some(DEV_TOKEN), &second).json(&list).send().await.unwrap();
+    assert!(listed.text().await.unwrap().contains("write_note"));
+    open_session(&dev, APPROVER_TOKEN).await;
+
+    // A stateless (2026-07-28) client's session counts too: its first request is refused.
+    let stateless = |token: &str| {
+        let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(dev.mcp_url()).auth_header(token));
+        let info = ClientConfig::new(ClientCapabilities::default(), Implementation::new("stateless-limit", "1.0"));
+        info.serve_with_lifecycle(transport, ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] })
+    };
+    let client = stateless(DEV_TOKEN).await.expect("2026-07-28 client connects");
+    let error = client.list_all_tools().await.expect_err("a third session of developer");
+    assert!(error.to_string().contains("developer already has 2 open sessions"), "{error}");
+
+    // Ending one makes room.
+    let deleted = http().delete(dev.mcp_url()).bearer_auth(DEV_TOKEN).header("Mcp-Session-Id", &first).send().await.unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    dev.eventually("a new session is admitted once one ended", async || {
+        mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap().status() == 200
+    })
+    .await;
+    let metrics = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"toolwarden_sessions_refused_total{namespace="default",reason="subject_limit"} 2"#), "{metrics}");
+}
+
 /// A tool whose program kills the worker serving it, mid-call.
 const CRASHING: &str = r#"
 apiVersion: toolwarden.dev/v1alpha1

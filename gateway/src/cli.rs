@@ -50,6 +50,9 @@ pub struct DevArgs {
     /// limit (one thread in the chart's default gateway pod). One thread spends the least CPU per call.
     #[arg(long, env = "TOOLWARDEN_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+    /// Open sessions one subject may hold; initializing one more is refused (HTTP 429) until one ends.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_subject: u32,
 }
 
 fn dev_token(var: &str) -> String {
@@ -109,6 +112,7 @@ impl DevArgs {
         let settings = Settings {
             // A laptop server: only loopback names (DNS-rebinding guard on top of the bearer token).
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), self.listen.ip().to_string()],
+            max_sessions_per_subject: self.max_sessions_per_subject as usize,
             ..Settings::default()
         };
         let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
@@ -184,6 +188,9 @@ pub struct GatewayArgs {
     pub idle_timeout: Duration,
     #[arg(long, default_value = "8h", value_parser = parse_duration)]
     pub max_session_lifetime: Duration,
+    /// Open sessions one subject may hold; initializing one more is refused (HTTP 429) until one ends.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions_per_subject: u32,
     /// Kubernetes runtime: how long a worker pod may take to become ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub worker_start_timeout: Duration,
@@ -253,6 +260,7 @@ impl GatewayArgs {
             idle_timeout: self.idle_timeout,
             max_session_lifetime: self.max_session_lifetime,
             shutdown_grace: self.shutdown_grace,
+            max_sessions_per_subject: self.max_sessions_per_subject as usize,
             // In-cluster names vary (Service, Ingress): any Host; every request needs a bearer token.
             allowed_hosts: Vec::new(),
             ..Settings::default()

@@ -148,6 +148,7 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
     }
     let session_id = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
     let session = session_id.and_then(|id| gateway.sessions.get(id));
+    let without_session = session_id.is_none();
     if let Some(record) = &session
         && (record.subject != principal.subject || record.namespace != namespace)
     {
@@ -161,7 +162,7 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
         let (parts, body) = request.into_parts();
         let limit = gateway.settings.max_body_bytes;
         let Ok(body) = axum::body::to_bytes(body, limit).await else {
-            return parse_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, format!("Invalid Request: the body is larger than {limit} bytes"));
+            return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, format!("Invalid Request: the body is larger than {limit} bytes"));
         };
         // A body that parses as a plain `tools/call` is a well-formed JSON-RPC request: no other check.
         if let Some(session) = &session
@@ -170,8 +171,15 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
         {
             return response;
         }
-        if let Some(refusal) = refuse_body(&body) {
-            return refusal;
+        let initialize = match check_body(&body) {
+            Ok(message) => message.is_initialize(),
+            Err((status, code, message)) => return rpc_error(status, code, message),
+        };
+        if initialize
+            && without_session
+            && let Err(sentence) = gateway.admit_session(&namespace, &principal.subject)
+        {
+            return rpc_error(StatusCode::TOO_MANY_REQUESTS, -32000, sentence);
         }
         Request::from_parts(parts, Body::from(body))
     } else {
@@ -184,55 +192,63 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
     if post && json_ok { Box::pin(crate::json_reply::prefer_json(response)).await } else { response.map(Body::new) }
 }
 
-fn parse_error(status: StatusCode, code: i64, message: String) -> Response {
+fn rpc_error(status: StatusCode, code: i64, message: String) -> Response {
     let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
     (status, Json(body)).into_response()
 }
 
-/// The refusal of a POST body that is not one JSON-RPC object, so that malformed, non-UTF-8, too deep or
-/// batched bodies get a specific JSON-RPC error before rmcp sees them; `None` for a good body.
-fn refuse_body(bytes: &[u8]) -> Option<Response> {
+/// Checks that a POST body is one JSON-RPC object, so that malformed, non-UTF-8, too deep or batched
+/// bodies get a specific JSON-RPC error before rmcp sees them. Returns the keys looked at, or the
+/// status, JSON-RPC code and message of the refusal.
+fn check_body(bytes: &[u8]) -> Result<Envelope, (StatusCode, i64, String)> {
     if let Err(e) = std::str::from_utf8(bytes) {
-        return Some(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: the body is not valid UTF-8 (byte {})", e.valid_up_to())));
+        return Err((StatusCode::BAD_REQUEST, -32700, format!("Parse error: the body is not valid UTF-8 (byte {})", e.valid_up_to())));
     }
-    // One pass that allocates only for the version string: the body is parsed in full again by rmcp.
-    // serde_json refuses nesting deeper than 128 levels, which bounds the work on hostile bodies.
+    // One pass that allocates only for the version and the method name: the body is parsed in full
+    // again by rmcp. serde_json refuses nesting deeper than 128 levels, which bounds the
+    // work on hostile bodies.
     match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => {
-            return Some(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: batch requests are not supported; send one JSON-RPC message per request".into()));
+            return Err((StatusCode::BAD_REQUEST, -32600, "Invalid Request: batch requests are not supported; send one JSON-RPC message per request".into()));
         }
         Some(b'{') => {}
         _ => {
             // Not an object: report a syntax error when there is one, else the shape.
             if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                return Some(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}")));
+                return Err((StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}")));
             }
-            return Some(parse_error(StatusCode::BAD_REQUEST, -32600, "Invalid Request: the body must be one JSON-RPC object".into()));
+            return Err((StatusCode::BAD_REQUEST, -32600, "Invalid Request: the body must be one JSON-RPC object".into()));
         }
     }
     let envelope = match serde_json::from_slice::<Envelope>(bytes) {
         Ok(envelope) => envelope,
-        Err(e) => return Some(parse_error(StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}"))),
+        Err(e) => return Err((StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}"))),
     };
     if envelope.jsonrpc.as_ref().and_then(|v| v.as_str()) != Some("2.0")
         || (envelope.method.is_none() && envelope.result.is_none() && envelope.error.is_none())
     {
-        return Some(parse_error(
+        return Err((
             StatusCode::BAD_REQUEST,
             -32600,
             "Invalid Request: not a JSON-RPC 2.0 message (it needs \"jsonrpc\": \"2.0\" and a method)".into(),
         ));
     }
-    None
+    Ok(envelope)
 }
 
-/// The keys of a JSON-RPC message that [`refuse_body`] looks at; everything else is skipped unread.
+/// The keys of a JSON-RPC message that [`check_body`] looks at; everything else is skipped unread.
 #[derive(serde::Deserialize)]
 struct Envelope {
     jsonrpc: Option<serde_json::Value>,
-    method: Option<serde::de::IgnoredAny>,
+    method: Option<serde_json::Value>,
     result: Option<serde::de::IgnoredAny>,
     error: Option<serde::de::IgnoredAny>,
+}
+
+impl Envelope {
+    fn is_initialize(&self) -> bool {
+        self.method.as_ref().and_then(|m| m.as_str()) == Some("initialize")
+    }
 }
 
 async fn resource_metadata_root(State(app): State<App>, headers: HeaderMap) -> Response {

@@ -61,6 +61,9 @@ impl McpHandler {
         if let Some(record) = self.gateway.sessions.get(&id) {
             return Ok(record);
         }
+        self.gateway
+            .admit_session(&caller.namespace, &caller.principal.subject)
+            .map_err(|sentence| McpError::new(rmcp::model::ErrorCode(-32000), sentence, None))?;
         let new = NewSession {
             id,
             caller,

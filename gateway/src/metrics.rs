@@ -31,6 +31,7 @@ pub struct GatewayMetrics {
     pub config_load_failures: Family<Labels, Counter>,
     pub config_last_load: Family<Labels, Gauge<f64, AtomicU64>>,
     pub worker_calls_failed: Family<Labels, Counter>,
+    pub sessions_refused: Family<Labels, Counter>,
     /// Shared with the worker runtimes (sessions, worker starts, warm pools).
     pub runtime: crate::kubernetes::Metrics,
 }
@@ -58,6 +59,7 @@ impl GatewayMetrics {
             config_load_failures: Family::default(),
             config_last_load: Family::default(),
             worker_calls_failed: Family::default(),
+            sessions_refused: Family::default(),
             runtime,
         };
         let mut registry = Registry::default();
@@ -94,6 +96,11 @@ impl GatewayMetrics {
             "Calls that failed in the worker runtime (start failures, worker died, timeouts), by reason",
             m.worker_calls_failed.clone(),
         );
+        registry.register(
+            "toolwarden_sessions_refused",
+            "New sessions refused, by namespace and reason (subject_limit: the subject has too many open)",
+            m.sessions_refused.clone(),
+        );
         metrics.runtime.register(&mut registry);
         (metrics, registry)
     }
@@ -123,6 +130,10 @@ impl GatewayMetrics {
 
     pub fn truncation(&self, namespace: &str, tool: &str) {
         self.truncated.get_or_create(&ns_tool(namespace, tool)).inc();
+    }
+
+    pub fn session_refused(&self, namespace: &str, reason: &str) {
+        self.sessions_refused.get_or_create(&vec![("namespace", namespace.to_owned()), ("reason", reason.to_owned())]).inc();
     }
 
     pub fn worker_failed(&self, namespace: &str, tool: &str, reason: &str) {

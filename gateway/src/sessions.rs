@@ -94,6 +94,11 @@ impl Sessions {
         self.map.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
+    /// How many open sessions `subject` has, in any namespace.
+    pub fn count_of(&self, subject: &str) -> usize {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).values().filter(|s| s.subject == subject).count()
+    }
+
     /// Inserts a session; returns the existing one when the id is already known, and `false` when it was.
     pub fn insert(&self, new: NewSession) -> (Arc<SessionRecord>, bool) {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());

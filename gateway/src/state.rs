@@ -28,6 +28,8 @@ pub struct Settings {
     /// `Host` values accepted on `/mcp/...`; empty = any (a bearer token is required regardless).
     pub allowed_hosts: Vec<String>,
     pub shutdown_grace: Duration,
+    /// Open sessions one subject may hold; a new one beyond it is refused (see [`Gateway::admit_session`]).
+    pub max_sessions_per_subject: usize,
 }
 
 impl Default for Settings {
@@ -38,6 +40,7 @@ impl Default for Settings {
             max_body_bytes: 1024 * 1024,
             allowed_hosts: Vec::new(),
             shutdown_grace: Duration::from_secs(20),
+            max_sessions_per_subject: 64,
         }
     }
 }
@@ -192,6 +195,23 @@ impl Gateway {
                 client = %record.client_name, stateless = record.stateless, "session started");
         }
         record
+    }
+
+    /// Whether `subject` may open one more session: each session can start workers (pods in a cluster),
+    /// so one caller, by mistake or on purpose, must not open them without bound. The refusal says what
+    /// to do. Concurrent first requests of one subject may overshoot the limit by their number.
+    pub fn admit_session(&self, namespace: &str, subject: &str) -> Result<(), String> {
+        let limit = self.settings.max_sessions_per_subject;
+        let open = self.sessions.count_of(subject);
+        if open < limit {
+            return Ok(());
+        }
+        self.metrics.session_refused(namespace, "subject_limit");
+        tracing::warn!(subject, open, limit, "refused a new session: the subject holds the most sessions allowed");
+        Err(format!(
+            "{subject} already has {open} open sessions, the most this gateway allows per subject ({limit}); \
+             end one (HTTP DELETE with its Mcp-Session-Id) or let idle ones time out"
+        ))
     }
 
     /// Ends a session: stops its workers and forgets its state. Idempotent.

@@ -55,6 +55,11 @@ fn drain(stream: impl std::io::Read + Send + 'static, lines: Arc<Mutex<Vec<Strin
 impl Dev {
     /// `toolwarden dev` over a copy of examples/ with `extra` files (name, YAML) added.
     pub fn start(extra: &[(&str, &str)]) -> Dev {
+        Dev::start_with_args(extra, &[])
+    }
+
+    /// [`Dev::start`] with more command-line arguments for `toolwarden dev`.
+    pub fn start_with_args(extra: &[(&str, &str)], args: &[&str]) -> Dev {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("manifests");
@@ -68,6 +73,7 @@ impl Dev {
             .arg(&manifests)
             .arg("--audit-log")
             .arg(&audit)
+            .args(args)
             .env("TOOLWARDEN_DEV_TOKEN", DEV_TOKEN)
             .env("TOOLWARDEN_DEV_APPROVER_TOKEN", APPROVER_TOKEN)
             .stdout(Stdio::piped())
