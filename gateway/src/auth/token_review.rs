@@ -8,9 +8,10 @@
 //!
 //! Answers are cached by the token's SHA-256 (never the token): valid ones for [`VALID_FOR`], refusals
 //! for [`REFUSED_FOR`], so one agent does not cost an API request per call. API errors are not cached.
+//! Concurrent requests with the same new token wait for one review instead of each sending their own.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
@@ -35,11 +36,13 @@ pub struct TokenReviewer {
     audience: String,
     /// By the token's SHA-256.
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Reviews under way, by the token's SHA-256: later requests with that token wait for its answer.
+    reviewing: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl TokenReviewer {
     pub fn new(client: kube::Client, audience: String) -> TokenReviewer {
-        TokenReviewer { api: Api::all(client), audience, cache: Mutex::new(HashMap::new()) }
+        TokenReviewer { api: Api::all(client), audience, cache: Mutex::new(HashMap::new()), reviewing: Mutex::new(HashMap::new()) }
     }
 
     /// The caller behind `token`, as the API server sees it for this gateway's audience.
@@ -48,6 +51,20 @@ impl TokenReviewer {
         if let Some(cached) = self.cached(&key) {
             return cached.map_err(AuthError::Invalid);
         }
+        let turn = self.reviewing.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
+        let Ok(_reviewer) = turn.try_lock() else {
+            // Another request is reviewing this token: its answer is this one's too. When it failed (an
+            // API error, or its client left), this one fails as well instead of queueing another review.
+            let _waited = turn.lock().await;
+            let answer = self.cached(&key).unwrap_or_else(|| Err("TokenReview failed for a concurrent request with this token; retry".into()));
+            return answer.map_err(AuthError::Invalid);
+        };
+        let _under_way = UnderWay { reviewing: &self.reviewing, key };
+        self.ask(token, key).await
+    }
+
+    /// One TokenReview; its answer is cached, an API error is not.
+    async fn ask(&self, token: &str, key: [u8; 32]) -> Result<Principal, AuthError> {
         let review = TokenReview {
             spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(vec![self.audience.clone()]) },
             ..TokenReview::default()
@@ -78,6 +95,18 @@ impl TokenReviewer {
             }
         }
         cache.insert(key, (until, answer));
+    }
+}
+
+/// Takes a token's entry out of the reviews under way when its review ends, however it ends.
+struct UnderWay<'a> {
+    reviewing: &'a Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    key: [u8; 32],
+}
+
+impl Drop for UnderWay<'_> {
+    fn drop(&mut self) {
+        self.reviewing.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
     }
 }
 
@@ -194,5 +223,22 @@ mod tests {
         assert!(reason.contains("TokenReview failed") && !reason.contains("secret-token-value"), "{reason}");
         assert!(failing.review("secret-token-value").await.is_err());
         assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2, "API errors are asked again");
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_with_one_new_token_share_one_review() {
+        let valid = serde_json::to_value(status(true, &["toolwarden"])).unwrap();
+        let (reviewer, asked) = reviewer(Ok(valid));
+        let answers = futures::future::join_all((0..8).map(|_| reviewer.review("token-a"))).await;
+        assert!(answers.iter().all(|a| a.as_ref().is_ok_and(|p| p.subject == "system:serviceaccount:team-a:agent")));
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1, "one review for eight requests");
+        assert!(reviewer.reviewing.lock().unwrap().is_empty(), "nothing left under way");
+
+        let (failing, asked) = super::scripted::reviewer(Err(500));
+        let answers = futures::future::join_all((0..4).map(|_| failing.review("token-c"))).await;
+        assert!(answers.iter().all(Result::is_err), "a failed review fails the requests that waited for it");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1, "no queue of reviews behind a failing API");
+        assert!(failing.review("token-c").await.is_err());
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2, "the next request asks again");
     }
 }
