@@ -45,8 +45,8 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(command) => command.run(),
-        Command::Dev(args) => block_on(args.worker_threads, args.run()),
-        Command::Gateway(args) => block_on(args.worker_threads, args.run()),
+        Command::Dev(args) => block_on(args.serve.worker_threads, args.run()),
+        Command::Gateway(args) => block_on(args.serve.worker_threads, args.run()),
         Command::Operator(args) => block_on(None, args.run()),
         Command::Approvals(args) => block_on(Some(1), args.run()),
     };

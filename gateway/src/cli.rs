@@ -40,10 +40,18 @@ pub struct DevArgs {
     /// approver token (TOOLWARDEN_DEV_TOKEN / TOOLWARDEN_DEV_APPROVER_TOKEN when set).
     #[arg(long)]
     pub tokens: Option<PathBuf>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Flags `dev` and `gateway` share.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
     /// Also append audit lines to this file.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
-    /// Run tools without the namespace sandbox (only where the kernel refuses user namespaces).
+    /// Run tools without the namespace sandbox: local runtime only, and only where the kernel refuses
+    /// user namespaces.
     #[arg(long)]
     pub unsafe_no_sandbox: bool,
     /// Threads serving requests. Default: the CPUs this process may use, which honours a cgroup CPU
@@ -88,7 +96,7 @@ impl DevArgs {
             .canonicalize()
             .with_context(|| format!("manifests directory {} not found (give --manifests DIR)", self.manifests.display()))?;
         let loaded = crate::config_dev::load(&dir).map_err(|problems| anyhow::anyhow!("{problems}"))?;
-        if self.unsafe_no_sandbox {
+        if self.serve.unsafe_no_sandbox {
             eprintln!("WARNING: --unsafe-no-sandbox: tools run as this user with full access to this machine and its network.");
         }
 
@@ -107,12 +115,12 @@ impl DevArgs {
         let runtime_metrics = crate::kubernetes::Metrics::default();
         let (metrics, registry) = GatewayMetrics::new(runtime_metrics.clone());
         let secrets: LocalSecrets = Arc::new(std::sync::RwLock::new(BTreeMap::new()));
-        let runtime = local_runtime(Some(dir.clone()), self.unsafe_no_sandbox, secrets.clone(), runtime_metrics)?;
-        let audit = AuditLog::open(self.audit_log.as_deref(), true)?;
+        let runtime = local_runtime(Some(dir.clone()), self.serve.unsafe_no_sandbox, secrets.clone(), runtime_metrics)?;
+        let audit = AuditLog::open(self.serve.audit_log.as_deref(), true)?;
         let settings = Settings {
             // A laptop server: only loopback names (DNS-rebinding guard on top of the bearer token).
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), self.listen.ip().to_string()],
-            max_sessions_per_subject: self.max_sessions_per_subject as usize,
+            max_sessions_per_subject: self.serve.max_sessions_per_subject as usize,
             ..Settings::default()
         };
         let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
@@ -180,27 +188,17 @@ pub struct GatewayArgs {
     /// Namespaces whose ConfigMaps to serve (repeatable); all namespaces when absent.
     #[arg(long = "namespace")]
     pub namespaces: Vec<String>,
-    #[arg(long)]
-    pub audit_log: Option<PathBuf>,
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     #[arg(long, default_value = "8h", value_parser = parse_duration)]
     pub max_session_lifetime: Duration,
-    /// Open sessions one subject may hold; initializing one more is refused (HTTP 429) until one ends.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_sessions_per_subject: u32,
     /// Kubernetes runtime: how long a worker pod may take to become ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub worker_start_timeout: Duration,
-    /// Local runtime only: run tools without the namespace sandbox.
-    #[arg(long)]
-    pub unsafe_no_sandbox: bool,
-    /// Threads serving requests. Default: the CPUs this process may use, which honours a cgroup CPU
-    /// limit (one thread in the chart's default gateway pod). One thread spends the least CPU per call.
-    #[arg(long, env = "TOOLWARDEN_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub worker_threads: Option<u16>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 impl GatewayArgs {
@@ -251,16 +249,16 @@ impl GatewayArgs {
         let runtime: Arc<dyn WorkerRuntime> = match self.runtime.as_str() {
             "local" => {
                 let secrets: LocalSecrets = Arc::new(std::sync::RwLock::new(BTreeMap::new()));
-                local_runtime(None, self.unsafe_no_sandbox, secrets, runtime_metrics)?
+                local_runtime(None, self.serve.unsafe_no_sandbox, secrets, runtime_metrics)?
             }
             _ => self.kubernetes_runtime(runtime_metrics).await?,
         };
-        let audit = AuditLog::open(self.audit_log.as_deref(), true)?;
+        let audit = AuditLog::open(self.serve.audit_log.as_deref(), true)?;
         let settings = Settings {
             idle_timeout: self.idle_timeout,
             max_session_lifetime: self.max_session_lifetime,
             shutdown_grace: self.shutdown_grace,
-            max_sessions_per_subject: self.max_sessions_per_subject as usize,
+            max_sessions_per_subject: self.serve.max_sessions_per_subject as usize,
             // In-cluster names vary (Service, Ingress): any Host; every request needs a bearer token.
             allowed_hosts: Vec::new(),
             ..Settings::default()
