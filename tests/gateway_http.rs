@@ -229,6 +229,20 @@ async fn metrics_count_the_calls_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dev = Dev::start_with_args(&[], &["--header-read-timeout", "1s"]);
+    let mut slow = tokio::net::TcpStream::connect(&dev.addr).await.unwrap();
+    slow.write_all(b"POST /mcp/default HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(15), slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the gateway still holds a connection whose headers never ended");
+    // Clients that send whole requests are unaffected.
+    let response = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_gateway_cleanly() {
     let mut dev = Dev::start(&[]);
     let client = dev.client(DEV_TOKEN).await;

@@ -20,6 +20,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     toolwarden_core::duration::parse_duration(text)
 }
 
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).and_then(|d| if d.is_zero() { Err("must be longer than zero".into()) } else { Ok(d) })
+}
+
 fn init_logging() {
     // Logs go to stderr; stdout carries the audit lines (and `dev`'s connection notes).
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLWARDEN_LOG").unwrap_or_else(|_| "info,rmcp=warn".into());
@@ -61,6 +65,10 @@ pub struct ServeArgs {
     /// Open sessions one subject may hold; initializing one more is refused (HTTP 429) until one ends.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions_per_subject: u32,
+    /// How long a client may take to send a request's headers; slower connections are closed, and so
+    /// are keep-alive connections idle for this long.
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
 }
 
 fn dev_token(var: &str) -> String {
@@ -121,6 +129,7 @@ impl DevArgs {
             // A laptop server: only loopback names (DNS-rebinding guard on top of the bearer token).
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), self.listen.ip().to_string()],
             max_sessions_per_subject: self.serve.max_sessions_per_subject as usize,
+            header_read_timeout: self.serve.header_read_timeout,
             ..Settings::default()
         };
         let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
@@ -259,6 +268,7 @@ impl GatewayArgs {
             max_session_lifetime: self.max_session_lifetime,
             shutdown_grace: self.shutdown_grace,
             max_sessions_per_subject: self.serve.max_sessions_per_subject as usize,
+            header_read_timeout: self.serve.header_read_timeout,
             // In-cluster names vary (Service, Ingress): any Host; every request needs a bearer token.
             allowed_hosts: Vec::new(),
             ..Settings::default()

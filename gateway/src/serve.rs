@@ -5,7 +5,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -63,10 +66,44 @@ fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, canc
     }
 }
 
-fn no_delay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+/// Serves `app` over HTTP/1.1 on `listener` until `stop` is cancelled, then waits for open connections
+/// to finish (the caller bounds that wait).
+///
+/// A client must send each request's headers within `header_timeout`. Without it a client that trickles
+/// headers byte by byte (slowloris) holds its connection, and the memory and task behind it, for as long
+/// as it likes. hyper counts from the start of each request, and on a keep-alive connection from the end
+/// of the previous answer, so idle keep-alive connections close after it too.
+async fn serve_http(listener: TcpListener, app: axum::Router, stop: CancellationToken, header_timeout: Duration) {
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection that died in the backlog: try again soon.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        // SSE answers are written piecemeal: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
     }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// Resolves on SIGTERM or ctrl-c.
@@ -108,10 +145,7 @@ pub async fn serve(
     if let Some(listener) = metrics_listener {
         let ops = ops_router::<()>(gateway.clone(), true);
         let stop = stopping.clone();
-        tokio::spawn(async move {
-            let listener = listener.tap_io(no_delay);
-            let _ = axum::serve(listener, ops).with_graceful_shutdown(async move { stop.cancelled().await }).await;
-        });
+        tokio::spawn(serve_http(listener, ops, stop, gateway.settings.header_read_timeout));
     }
     let grace = gateway.settings.shutdown_grace;
     let (stop, gw, streams) = (stopping.clone(), gateway.clone(), cancel.clone());
@@ -126,15 +160,13 @@ pub async fn serve(
         }
         streams.cancel();
     });
-    let stop = stopping.clone();
-    // SSE answers are written piecemeal: without TCP_NODELAY, Nagle plus delayed ACKs add ~40 ms.
-    let server = axum::serve(listener.tap_io(no_delay), app).with_graceful_shutdown(async move { stop.cancelled().await });
+    let server = serve_http(listener, app, stopping.clone(), gateway.settings.header_read_timeout);
     let hard_stop = async {
         stopping.cancelled().await;
         tokio::time::sleep(grace + Duration::from_secs(2)).await;
     };
     tokio::select! {
-        result = server => result?,
+        () = server => {}
         _ = hard_stop => tracing::warn!("connections still open after the grace period; closing them"),
     }
     cancel.cancel();

@@ -30,6 +30,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Open sessions one subject may hold; a new one beyond it is refused (see [`Gateway::admit_session`]).
     pub max_sessions_per_subject: usize,
+    /// How long a client may take to send a request's headers (see [`crate::serve`]).
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -41,6 +43,7 @@ impl Default for Settings {
             allowed_hosts: Vec::new(),
             shutdown_grace: Duration::from_secs(20),
             max_sessions_per_subject: 64,
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
