@@ -134,8 +134,8 @@ async fn block(mode: &Mode, clients: usize, per_client: usize) -> (Vec<Duration>
 }
 
 /// Warms both modes up, then runs their timed calls in alternating blocks (ABBA order), so that both
-/// see the same machine: on a shared VM the neighbours' load drifts within seconds, and two runs one
-/// after the other would compare the noise of two different moments as much as the two modes.
+/// see the same machine: on a shared VM the cost of the same call drifts from minute to minute, and two
+/// runs one after the other would compare two moments of the machine as much as the two modes.
 async fn compare(direct: &mut Mode, gateway: &mut Mode, clients: usize, total: usize) {
     for mode in [&*direct, &*gateway] {
         block(mode, clients, WARMUP).await;

@@ -71,6 +71,17 @@ pub struct ServeArgs {
     pub header_read_timeout: Duration,
 }
 
+impl ServeArgs {
+    /// The settings these flags set; the rest are the defaults.
+    fn settings(&self) -> Settings {
+        Settings {
+            max_sessions_per_subject: self.max_sessions_per_subject as usize,
+            header_read_timeout: self.header_read_timeout,
+            ..Settings::default()
+        }
+    }
+}
+
 fn dev_token(var: &str) -> String {
     std::env::var(var).ok().filter(|t| !t.trim().is_empty()).unwrap_or_else(|| format!("twdev-{}", crate::approvals::random_hex(16)))
 }
@@ -128,9 +139,7 @@ impl DevArgs {
         let settings = Settings {
             // A laptop server: only loopback names (DNS-rebinding guard on top of the bearer token).
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), self.listen.ip().to_string()],
-            max_sessions_per_subject: self.serve.max_sessions_per_subject as usize,
-            header_read_timeout: self.serve.header_read_timeout,
-            ..Settings::default()
+            ..self.serve.settings()
         };
         let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
         let namespaces: Vec<String> = loaded.configs.iter().map(|c| c.namespace.clone()).collect();
@@ -267,11 +276,9 @@ impl GatewayArgs {
             idle_timeout: self.idle_timeout,
             max_session_lifetime: self.max_session_lifetime,
             shutdown_grace: self.shutdown_grace,
-            max_sessions_per_subject: self.serve.max_sessions_per_subject as usize,
-            header_read_timeout: self.serve.header_read_timeout,
             // In-cluster names vary (Service, Ingress): any Host; every request needs a bearer token.
             allowed_hosts: Vec::new(),
-            ..Settings::default()
+            ..self.serve.settings()
         };
         let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
         crate::config_kube::start(gateway.clone(), self.namespaces.clone()).await?;

@@ -132,11 +132,6 @@ pub fn unauthorized(gateway: &Gateway, headers: &HeaderMap, namespace: Option<&s
     response
 }
 
-fn jsonrpc_error(status: StatusCode, message: &str) -> Response {
-    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32600, "message": message}});
-    (status, Json(body)).into_response()
-}
-
 async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, request: Request) -> Response {
     let gateway = &app.gateway;
     let principal = match gateway.auth.authenticate(request.headers()).await {
@@ -144,7 +139,7 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
         Err(e) => return unauthorized(gateway, request.headers(), Some(&namespace), e),
     };
     if gateway.engine(&namespace).is_none() {
-        return jsonrpc_error(StatusCode::NOT_FOUND, &format!("no tools are served at /mcp/{namespace}"));
+        return rpc_error(StatusCode::NOT_FOUND, -32600, format!("no tools are served at /mcp/{namespace}"));
     }
     let session_id = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
     let session = session_id.and_then(|id| gateway.sessions.get(id));
@@ -154,7 +149,7 @@ async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, reques
     {
         // Another caller's session id: answered exactly like an unknown session.
         tracing::warn!(session = %record.id, subject = %principal.subject, "refused a session id that belongs to another caller");
-        return jsonrpc_error(StatusCode::NOT_FOUND, "Session not found");
+        return rpc_error(StatusCode::NOT_FOUND, -32600, "Session not found".into());
     }
     let post = request.method() == axum::http::Method::POST;
     let json_ok = crate::json_reply::accepts_json(request.headers().get(header::ACCEPT));
