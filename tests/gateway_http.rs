@@ -145,15 +145,28 @@ async fn bad_input_gets_specific_errors_and_the_gateway_stays_up() {
         let response = request.send().await.unwrap();
         assert_eq!(response.status().as_u16(), want, "{what}: {:?}", response.text().await);
     }
-    let unknown_namespace = http()
-        .post(dev.url("/mcp/nowhere"))
-        .bearer_auth(DEV_TOKEN)
-        .header("Accept", "application/json, text/event-stream")
-        .json(&initialize_body())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unknown_namespace.status(), 404);
+    // `/mcp/{plain label}` skips the router; any other spelling goes through the router's own route.
+    // Both give the same answers.
+    let initialize_at = |path: &str, token: Option<&str>| {
+        let request = http().post(dev.url(path)).header("Accept", "application/json, text/event-stream").json(&initialize_body());
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap_or_default())
+        }
+    };
+    let unknown = initialize_at("/mcp/nowhere", Some(DEV_TOKEN)).await;
+    assert_eq!(unknown.0, 404, "{unknown:?}");
+    assert!(unknown.1.contains("no tools are served at /mcp/nowhere"), "{unknown:?}");
+    let routed = initialize_at("/mcp/NoWhere", Some(DEV_TOKEN)).await;
+    assert_eq!(routed.0, 404, "{routed:?}");
+    assert!(routed.1.contains("no tools are served at /mcp/NoWhere"), "{routed:?}");
+    assert_eq!(initialize_at("/mcp/def%61ult", None).await.0, 401, "the routed path authenticates too");
+    assert_eq!(initialize_at("/mcp/def%61ult", Some(DEV_TOKEN)).await.0, 200, "the routed path serves MCP");
+    assert_eq!(initialize_at("/mcp/default/extra", Some(DEV_TOKEN)).await.0, 404, "no such route");
 
     let client = dev.client(DEV_TOKEN).await;
     let unknown_method = client.send_request(rmcp::model::ClientRequest::ListPromptsRequest(Default::default())).await;

@@ -1,6 +1,9 @@
 //! The HTTP edge: `/mcp/{namespace}` (authenticated, then handed to rmcp), the approvals API, the
 //! protected resource metadata, `/metrics`, `/healthz`, `/readyz`.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Json;
@@ -9,6 +12,8 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use hyper::body::Incoming;
+use hyper_util::service::TowerToHyperService;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use serde_json::json;
@@ -59,11 +64,60 @@ pub fn mcp_service(gateway: &Arc<Gateway>, cancel: tokio_util::sync::Cancellatio
     (service, manager)
 }
 
+/// What a listener serves: requests to `/mcp/{namespace}` go straight to [`mcp_entry`] when there is an
+/// MCP endpoint, everything else through the router.
+///
+/// Agents' requests are nearly all of the traffic, and skipping the router's matching, extractors and
+/// boxed handler saves each `tools/call` a few microseconds of CPU (docs/gateway.md, "Benchmark"). A
+/// path whose namespace is not a plain DNS label (percent-escapes, capitals) still goes through the
+/// router's own `/mcp/{namespace}` route, so every path gets the same answer either way.
+#[derive(Clone)]
+pub struct Front {
+    mcp: Option<App>,
+    router: TowerToHyperService<axum::Router>,
+}
+
+impl Front {
+    /// The main listener: MCP, approvals, resource metadata and (when `with_metrics`) `/metrics`.
+    pub fn main(app: App, with_metrics: bool) -> Front {
+        Front { mcp: Some(app.clone()), router: TowerToHyperService::new(router(app, with_metrics)) }
+    }
+
+    /// A listener of `router` alone (the separate metrics listener).
+    pub fn routes(router: axum::Router) -> Front {
+        Front { mcp: None, router: TowerToHyperService::new(router) }
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for Front {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        match self.mcp.as_ref().zip(mcp_namespace(request.uri().path())) {
+            Some((app, namespace)) => {
+                let (app, namespace) = (app.clone(), namespace.to_owned());
+                Box::pin(async move { Ok(mcp_entry(app, namespace, request.map(Body::new)).await) })
+            }
+            None => Box::pin(self.router.call(request)),
+        }
+    }
+}
+
+/// The namespace of an `/mcp/{namespace}` path when it is a DNS label as Kubernetes names namespaces
+/// (lowercase letters, digits, `-`), which needs no decoding.
+fn mcp_namespace(path: &str) -> Option<&str> {
+    let namespace = path.strip_prefix("/mcp/")?;
+    let label = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    (!namespace.is_empty() && namespace.len() <= 63 && namespace.bytes().all(label)).then_some(namespace)
+}
+
 /// The main listener's routes. `/metrics` is left out when a separate metrics listener serves it, so
 /// the port agents reach does not publish tool names, subjects' traffic and denial counts.
 pub fn router(app: App, with_metrics: bool) -> axum::Router {
     axum::Router::new()
-        .route("/mcp/{namespace}", any(mcp_entry))
+        .route("/mcp/{namespace}", any(mcp_route))
         .route("/.well-known/oauth-protected-resource", get(resource_metadata_root))
         .route("/.well-known/oauth-protected-resource/mcp/{namespace}", get(resource_metadata))
         .route("/approvals", get(crate::approvals_api::list))
@@ -132,7 +186,11 @@ pub fn unauthorized(gateway: &Gateway, headers: &HeaderMap, namespace: Option<&s
     response
 }
 
-async fn mcp_entry(State(app): State<App>, Path(namespace): Path<String>, request: Request) -> Response {
+async fn mcp_route(State(app): State<App>, Path(namespace): Path<String>, request: Request) -> Response {
+    mcp_entry(app, namespace, request).await
+}
+
+async fn mcp_entry(app: App, namespace: String, request: Request) -> Response {
     let gateway = &app.gateway;
     let principal = match gateway.auth.authenticate(request.headers()).await {
         Ok(p) => p,
@@ -253,4 +311,21 @@ async fn resource_metadata_root(State(app): State<App>, headers: HeaderMap) -> R
 async fn resource_metadata(State(app): State<App>, Path(namespace): Path<String>, headers: HeaderMap) -> Response {
     let resource = format!("{}/mcp/{namespace}", base_url(&headers));
     Json(app.gateway.auth.protected_resource_metadata(&resource)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mcp_namespace;
+
+    #[test]
+    fn only_plain_namespace_labels_skip_the_router() {
+        for (path, namespace) in [("/mcp/default", "default"), ("/mcp/team-a1", "team-a1"), ("/mcp/0", "0")] {
+            assert_eq!(mcp_namespace(path), Some(namespace), "{path}");
+        }
+        let long = format!("/mcp/{}", "a".repeat(64));
+        // These go to the router, whose `/mcp/{namespace}` route decodes or refuses them.
+        for path in ["/mcp/", "/mcp", "/mcp/default/", "/mcp/a/b", "/mcp/Default", "/mcp/%64efault", "/mcp/a.b", "/approvals", &long] {
+            assert_eq!(mcp_namespace(path), None, "{path}");
+        }
+    }
 }

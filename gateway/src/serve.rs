@@ -8,12 +8,11 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{App, mcp_service, ops_router, router};
+use crate::http::{App, Front, mcp_service, ops_router};
 use crate::session_manager::GatewaySessionManager;
 use crate::state::Gateway;
 
@@ -66,14 +65,14 @@ fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, canc
     }
 }
 
-/// Serves `app` over HTTP/1.1 on `listener` until `stop` is cancelled, then waits for open connections
+/// Serves `front` over HTTP/1.1 on `listener` until `stop` is cancelled, then waits for open connections
 /// to finish (the caller bounds that wait).
 ///
 /// A client must send each request's headers within `header_timeout`. Without it a client that trickles
 /// headers byte by byte (slowloris) holds its connection, and the memory and task behind it, for as long
 /// as it likes. hyper counts from the start of each request, and on a keep-alive connection from the end
 /// of the previous answer, so idle keep-alive connections close after it too.
-async fn serve_http(listener: TcpListener, app: axum::Router, stop: CancellationToken, header_timeout: Duration) {
+async fn serve_http(listener: TcpListener, front: Front, stop: CancellationToken, header_timeout: Duration) {
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
@@ -94,7 +93,7 @@ async fn serve_http(listener: TcpListener, app: axum::Router, stop: Cancellation
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let connection = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = builder.serve_connection(TokioIo::new(stream), front.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -139,11 +138,11 @@ pub async fn serve(
     let cancel = CancellationToken::new();
     let (mcp, manager) = mcp_service(&gateway, cancel.child_token());
     spawn_duties(gateway.clone(), manager.clone(), cancel.clone());
-    let app = router(App::new(gateway.clone(), mcp), metrics_listener.is_none());
+    let front = Front::main(App::new(gateway.clone(), mcp), metrics_listener.is_none());
 
     let stopping = CancellationToken::new();
     if let Some(listener) = metrics_listener {
-        let ops = ops_router::<()>(gateway.clone(), true);
+        let ops = Front::routes(ops_router::<()>(gateway.clone(), true));
         let stop = stopping.clone();
         tokio::spawn(serve_http(listener, ops, stop, gateway.settings.header_read_timeout));
     }
@@ -160,7 +159,7 @@ pub async fn serve(
         }
         streams.cancel();
     });
-    let server = serve_http(listener, app, stopping.clone(), gateway.settings.header_read_timeout);
+    let server = serve_http(listener, front, stopping.clone(), gateway.settings.header_read_timeout);
     let hard_stop = async {
         stopping.cancelled().await;
         tokio::time::sleep(grace + Duration::from_secs(2)).await;
