@@ -68,6 +68,8 @@ fn next_call_id() -> String {
 }
 
 /// Runs one call for `session`.
+/// The rare paths (confirm previews, asking the user) are boxed, which keeps this future, and every
+/// copy of it, a fraction of their size.
 /// `asking` is how its user can be asked to approve it, when a policy allows that (see [`crate::elicit`]);
 /// only then can the answer be `input_required` rather than a complete result.
 pub async fn call_tool(
@@ -159,7 +161,7 @@ pub async fn call_tool(
                             return call.refuse(refusal, label, "refused", Some(tool)).into();
                         }
                     },
-                    None => return confirm_preview(call, tool, args, binding, request.ttl, &request.reason).await.into(),
+                    None => return Box::pin(confirm_preview(call, tool, args, binding, request.ttl, &request.reason)).await.into(),
                 }
             }
             ApprovalMode::Human => {
@@ -180,7 +182,7 @@ pub async fn call_tool(
                 if let (HumanStatus::Created { id, expires_at } | HumanStatus::Pending { id, expires_at }, true) =
                     (&status, request.allow_self_approval)
                 {
-                    match crate::elicit::ask(&asking, id, &tool.name, &call.record.arguments, &request.reason).await {
+                    match Box::pin(crate::elicit::ask(&asking, id, &tool.name, &call.record.arguments, &request.reason)).await {
                         Answer::Decided(approve) => {
                             let why = if approve { "approved by the user when asked" } else { "declined by the user when asked" };
                             if gw.approvals.decide(id, &session.subject, &session.groups, approve, Some(why.to_owned())).is_ok() {

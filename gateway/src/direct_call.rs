@@ -208,7 +208,9 @@ pub async fn answer(gateway: &Arc<Gateway>, session: &Arc<SessionRecord>, body: 
 struct RunToEnd<T: Send + 'static>(Option<Pin<Box<dyn Future<Output = std::thread::Result<T>> + Send>>>);
 
 impl<T: Send + 'static> RunToEnd<T> {
+    /// Boxes `call` before wrapping it: a call's future is kilobytes, and each wrapper would copy it.
     fn new(call: impl Future<Output = T> + Send + 'static) -> Self {
+        let call: Pin<Box<dyn Future<Output = T> + Send>> = Box::pin(call);
         RunToEnd(Some(Box::pin(std::panic::AssertUnwindSafe(call).catch_unwind())))
     }
 }

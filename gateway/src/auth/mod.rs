@@ -128,10 +128,12 @@ impl Authenticator {
             return Err(AuthError::Invalid("unknown static token".into()));
         }
         // Service-account tokens are JWTs too: one no configured issuer vouches for goes to TokenReview.
-        let from_issuer = if self.issuers.is_empty() { None } else { Some(jwt::authenticate(&self.issuers, token).await) };
+        // Both are boxed: their futures are kilobytes, and a static token's request would otherwise
+        // carry (and copy) that space too.
+        let from_issuer = if self.issuers.is_empty() { None } else { Some(Box::pin(jwt::authenticate(&self.issuers, token)).await) };
         match (from_issuer, &self.reviewer) {
             (Some(Ok(principal)), _) => Ok(principal),
-            (_, Some(reviewer)) => reviewer.review(token).await,
+            (_, Some(reviewer)) => Box::pin(reviewer.review(token)).await,
             (Some(Err(e)), None) => Err(e),
             (None, None) => Err(AuthError::Invalid("unknown static token".into())),
         }
