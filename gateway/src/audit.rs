@@ -2,6 +2,7 @@
 //! file. The record type and argument sanitising live in core (`toolwarden_core::audit`).
 
 use std::fs::{File, OpenOptions};
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
@@ -109,15 +110,44 @@ impl Drop for AuditLog {
     }
 }
 
+/// Serialises `record` straight into the buffer (it keeps its capacity between writes): no string per line.
 fn push_line(buffer: &mut Vec<u8>, record: &AuditRecord) {
-    buffer.extend_from_slice(record.to_json_line().as_bytes());
-    buffer.push(b'\n');
+    let start = buffer.len();
+    match serde_json::to_writer(&mut *buffer, record) {
+        Ok(()) => buffer.push(b'\n'),
+        Err(e) => {
+            // Unreachable with serde_json's own values; never half a line.
+            buffer.truncate(start);
+            tracing::error!(error = %e, call_id = %record.call_id, "cannot serialise an audit record");
+        }
+    }
 }
 
-/// RFC 3339 with milliseconds, UTC.
+/// Now, in RFC 3339 with milliseconds, UTC.
 pub fn timestamp() -> String {
-    let now = jiff::Timestamp::now();
-    format!("{now:.3}")
+    thread_local! {
+        /// The last second formatted, and its text up to the fraction: every audit line needs a
+        /// timestamp, and only the milliseconds change from one call to the next.
+        static SECOND: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    SECOND.with_borrow_mut(|cache| format_millis(jiff::Timestamp::now(), cache))
+}
+
+/// `time` as `format!("{time:.3}")` writes it, reusing `cache` (a second and its text without the
+/// fraction) when `time` falls in the same second.
+fn format_millis(time: jiff::Timestamp, cache: &mut (i64, String)) -> String {
+    let millis = time.as_millisecond();
+    let (second, fraction) = (millis.div_euclid(1000), millis.rem_euclid(1000));
+    if cache.0 != second || cache.1.is_empty() {
+        let Ok(whole) = jiff::Timestamp::from_second(second) else { return format!("{time:.3}") };
+        let mut text = format!("{whole:.0}");
+        text.pop(); // the `Z`
+        *cache = (second, text);
+    }
+    let mut out = String::with_capacity(cache.1.len() + 5);
+    out.push_str(&cache.1);
+    let _ = write!(out, ".{fraction:03}Z");
+    out
 }
 
 pub fn rfc3339(time: std::time::SystemTime) -> String {
@@ -143,6 +173,16 @@ mod tests {
             .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap())
             .map(|r| (r.call_id, r.event))
             .collect()
+    }
+
+    #[test]
+    fn timestamps_match_rfc3339_with_milliseconds_whatever_the_cache_holds() {
+        let mut cache = (i64::MIN, String::new());
+        for millis in [1_764_000_000_000_i64, 1_764_000_000_001, 1_764_000_000_999, 1_764_000_001_000, 1_764_000_000_500, 0, -1, 86_399_999] {
+            let time = jiff::Timestamp::from_millisecond(millis).unwrap();
+            assert_eq!(format_millis(time, &mut cache), format!("{time:.3}"), "{millis} ms");
+        }
+        assert_eq!(timestamp().len(), "2026-11-25T13:29:50.123Z".len());
     }
 
     #[test]

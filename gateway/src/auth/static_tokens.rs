@@ -31,6 +31,15 @@ struct Entry {
     hash: [u8; 32],
     subject: String,
     groups: Vec<String>,
+    /// The hash's first 16 hex digits, computed once: it names the credential in audit records.
+    credential_id: String,
+}
+
+impl Entry {
+    fn new(hash: [u8; 32], subject: String, groups: Vec<String>) -> Entry {
+        let credential_id = hex(&hash)[..16].to_owned();
+        Entry { hash, subject, groups, credential_id }
+    }
 }
 
 #[derive(Deserialize)]
@@ -75,7 +84,7 @@ impl StaticTokens {
                 if t.token.is_empty() || t.subject.is_empty() {
                     anyhow::bail!("static token {i}: token and subject must not be empty");
                 }
-                Ok(Entry { hash: sha256(t.token.as_bytes()), subject: t.subject.clone(), groups: t.groups.clone() })
+                Ok(Entry::new(sha256(t.token.as_bytes()), t.subject.clone(), t.groups.clone()))
             })
             .collect::<anyhow::Result<_>>()?;
         let (mut entries, stamp) = (inline.clone(), file.as_deref().map(stamp_of).unwrap_or(None));
@@ -114,7 +123,7 @@ impl StaticTokens {
         found.map(|e| Principal {
             subject: e.subject.clone(),
             groups: e.groups.clone(),
-            credential_id: hex(&e.hash)[..16].to_owned(),
+            credential_id: e.credential_id.clone(),
         })
     }
 
@@ -182,7 +191,7 @@ fn parse_tokens_file(text: &str) -> anyhow::Result<Vec<Entry>> {
         if let Some(g) = t.groups.iter().find(|g| g.trim().is_empty()) {
             anyhow::bail!("tokens[{i}] ({}): group {g:?} is empty", t.subject);
         }
-        entries.push(Entry { hash, subject: t.subject, groups: t.groups });
+        entries.push(Entry::new(hash, t.subject, t.groups));
     }
     Ok(entries)
 }
