@@ -67,9 +67,8 @@ pub fn mcp_service(gateway: &Arc<Gateway>, cancel: tokio_util::sync::Cancellatio
 /// What a listener serves: requests to `/mcp/{namespace}` go straight to [`mcp_entry`] when there is an
 /// MCP endpoint, everything else through the router.
 ///
-/// Agents' requests are nearly all of the traffic, and skipping the router's matching, extractors and
-/// boxed handler saves each `tools/call` a few microseconds of CPU (docs/gateway.md, "Benchmark"). A
-/// path whose namespace is not a plain DNS label (percent-escapes, capitals) still goes through the
+/// Agents' requests are nearly all of the traffic, so they skip the router's matching, extractors and
+/// boxed handler (docs/gateway.md, "Benchmark"). A path whose namespace is not a plain DNS label (percent-escapes, capitals) still goes through the
 /// router's own `/mcp/{namespace}` route, so every path gets the same answer either way.
 #[derive(Clone)]
 pub struct Front {
