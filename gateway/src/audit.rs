@@ -29,6 +29,8 @@ struct Sinks {
     stdout: bool,
     /// Result lines not written yet, in order.
     pending: Vec<u8>,
+    /// When the oldest of them was queued.
+    oldest: Option<tokio::time::Instant>,
 }
 
 impl Sinks {
@@ -49,6 +51,7 @@ impl Sinks {
             tracing::error!(error = %e, "cannot write the audit log file");
         }
         self.pending.clear();
+        self.oldest = None;
     }
 }
 
@@ -65,7 +68,7 @@ impl AuditLog {
             }
             None => None,
         };
-        Ok(AuditLog { sinks: Mutex::new(Sinks { file, stdout, pending: Vec::new() }), waiting: tokio::sync::Notify::new() })
+        Ok(AuditLog { sinks: Mutex::new(Sinks { file, stdout, pending: Vec::new(), oldest: None }), waiting: tokio::sync::Notify::new() })
     }
 
     /// Writes a decision line now, after any result lines still waiting: the call acts only after this.
@@ -84,6 +87,7 @@ impl AuditLog {
         if sinks.pending.len() > MAX_PENDING {
             sinks.write_pending();
         } else if first {
+            sinks.oldest = Some(tokio::time::Instant::now());
             self.waiting.notify_one();
         }
     }
@@ -94,12 +98,20 @@ impl AuditLog {
     }
 
     /// Runs until dropped: writes result lines that waited [`RESULT_DELAY`] without a decision line to
-    /// carry them. Idle gateways do not wake for it.
+    /// carry them. Lines a decision line carried meanwhile restart the wait from the next waiting line,
+    /// so a busy gateway makes no extra writes for it. Idle gateways do not wake for it.
     pub async fn flush_waiting(&self) {
         loop {
             self.waiting.notified().await;
-            tokio::time::sleep(RESULT_DELAY).await;
-            self.flush();
+            loop {
+                let oldest = self.sinks.lock().unwrap_or_else(|e| e.into_inner()).oldest;
+                let Some(due) = oldest.map(|queued| queued + RESULT_DELAY) else { break };
+                if due <= tokio::time::Instant::now() {
+                    self.flush();
+                    break;
+                }
+                tokio::time::sleep_until(due).await;
+            }
         }
     }
 }
@@ -217,6 +229,28 @@ mod tests {
         assert_eq!(lines(&path).len(), 1);
         tokio::time::sleep(RESULT_DELAY).await;
         assert_eq!(lines(&path).len(), 2, "written by the flusher");
+        flusher.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn results_that_a_decision_carried_do_not_make_the_flusher_write_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = std::sync::Arc::new(AuditLog::open(Some(&path), false).unwrap());
+        let flusher = tokio::spawn({
+            let log = log.clone();
+            async move { log.flush_waiting().await }
+        });
+        log.write(&record("c1", AuditEvent::Decision));
+        log.write_result(&record("c1", AuditEvent::Result));
+        tokio::time::sleep(RESULT_DELAY * 3 / 4).await;
+        // A busy gateway: the next call's decision carries c1's result, and c2's result waits.
+        log.write(&record("c2", AuditEvent::Decision));
+        log.write_result(&record("c2", AuditEvent::Result));
+        tokio::time::sleep(RESULT_DELAY / 2).await;
+        assert_eq!(lines(&path).len(), 3, "c2's result has waited less than the delay: it still waits");
+        tokio::time::sleep(RESULT_DELAY).await;
+        assert_eq!(lines(&path).len(), 4, "and is written once it has waited the delay");
         flusher.abort();
     }
 
