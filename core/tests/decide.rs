@@ -103,6 +103,12 @@ fn human_approval_names_the_approvers() {
     assert_eq!(a.policy, "devs-delete");
     assert_eq!(a.approvers.users, vec!["lead".to_string()]);
     assert!(a.reason.contains("destructive"), "{}", a.reason);
+    assert_eq!(a.reason, "delete_file (destructive tool) needs human approval under policy devs-delete");
+    let tainted = Session { tainted: true, ..Session::default() };
+    let Decision::NeedsApproval(a) = decide(&engine, &Subject::new("ann", &["devs"]), &tainted, "write_file", &json!({"path": "a"})) else {
+        panic!()
+    };
+    assert!(a.reason.starts_with("write_file needs human approval: this session has read untrusted output"), "{}", a.reason);
 }
 
 #[test]

@@ -203,7 +203,10 @@ pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: 
     if !args.is_object() {
         return deny(DenialCode::InvalidArguments, None, None, format!("{tool_name}: arguments must be a JSON object"));
     }
-    if let Some(error) = compiled.validator.iter_errors(args).next() {
+    // `is_valid` first: it allocates nothing, and almost every call is valid.
+    if !compiled.validator.is_valid(args)
+        && let Some(error) = compiled.validator.iter_errors(args).next()
+    {
         let at = error.instance_path().to_string();
         let place = if at.is_empty() { "arguments".to_string() } else { format!("argument `{at}`") };
         return deny(DenialCode::InvalidArguments, None, None, format!("{tool_name}: {place}: {error}"));
@@ -270,7 +273,8 @@ pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: 
             asking = policy;
         }
     }
-    let mut reason = format!("{tool_name} ({} tool) needs {} approval under policy {}", tool.effect, mode.as_str(), asking.name);
+    // Only calls that need an approval have a reason, so it is written at the end.
+    let mut reason = None;
     if session.tainted {
         let strictest = policies.iter().map(|p| (tainted_handling(p, tool), *p)).max_by_key(|(t, _)| *t);
         if let Some((handling, policy)) = strictest {
@@ -293,10 +297,10 @@ pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: 
                     if mode < ApprovalMode::Human {
                         mode = ApprovalMode::Human;
                         asking = policy;
-                        reason = format!(
+                        reason = Some(format!(
                             "{tool_name} needs human approval: this session has read untrusted output (policy {})",
                             policy.name
-                        );
+                        ));
                     }
                 }
             }
@@ -328,7 +332,7 @@ pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: 
         ttl: Duration::from_millis(ttl_ms.unwrap_or(default_ttl)),
         approvers,
         allow_self_approval,
-        reason,
+        reason: reason.unwrap_or_else(|| format!("{tool_name} ({} tool) needs {} approval under policy {}", tool.effect, mode.as_str(), asking.name)),
         rate_limits,
     })
 }
