@@ -214,8 +214,8 @@ mod tests {
         assert_eq!(lines(&path).len(), 4, "nothing is lost when the log closes");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_lone_result_is_written_within_the_delay() {
+    /// A log writing to a file in a new directory (kept alive by the first value), with its flusher running.
+    fn log_with_flusher() -> (tempfile::TempDir, std::path::PathBuf, std::sync::Arc<AuditLog>, tokio::task::JoinHandle<()>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let log = std::sync::Arc::new(AuditLog::open(Some(&path), false).unwrap());
@@ -223,6 +223,12 @@ mod tests {
             let log = log.clone();
             async move { log.flush_waiting().await }
         });
+        (dir, path, log, flusher)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_result_is_written_within_the_delay() {
+        let (_dir, path, log, flusher) = log_with_flusher();
         log.write(&record("c1", AuditEvent::Decision));
         log.write_result(&record("c1", AuditEvent::Result));
         tokio::time::sleep(RESULT_DELAY / 2).await;
@@ -234,13 +240,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn results_that_a_decision_carried_do_not_make_the_flusher_write_early() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = std::sync::Arc::new(AuditLog::open(Some(&path), false).unwrap());
-        let flusher = tokio::spawn({
-            let log = log.clone();
-            async move { log.flush_waiting().await }
-        });
+        let (_dir, path, log, flusher) = log_with_flusher();
         log.write(&record("c1", AuditEvent::Decision));
         log.write_result(&record("c1", AuditEvent::Result));
         tokio::time::sleep(RESULT_DELAY * 3 / 4).await;
