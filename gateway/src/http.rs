@@ -68,8 +68,9 @@ pub fn mcp_service(gateway: &Arc<Gateway>, cancel: tokio_util::sync::Cancellatio
 /// MCP endpoint, everything else through the router.
 ///
 /// Agents' requests are nearly all of the traffic, so they skip the router's matching, extractors and
-/// boxed handler (docs/gateway.md, "Benchmark"). A path whose namespace is not a plain DNS label (percent-escapes, capitals) still goes through the
-/// router's own `/mcp/{namespace}` route, so every path gets the same answer either way.
+/// boxed handler (docs/gateway.md, "Benchmark"). A path whose namespace is not a plain DNS label
+/// (percent-escapes, capitals) still goes through the router's own `/mcp/{namespace}` route, so every
+/// path gets the same answer either way.
 #[derive(Clone)]
 pub struct Front {
     mcp: Option<App>,
