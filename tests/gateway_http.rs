@@ -258,12 +258,35 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_gateway_cleanly() {
     let mut dev = Dev::start(&[]);
+    // The workers' directories live under the local runtime's state directory.
+    let state_dir = std::env::temp_dir().join(format!("toolwarden-{}", dev.pid()));
+    // Sessions with a worker each, their clients still connected at SIGTERM: one with an open stream
+    // (rmcp's client), two on idle keep-alive connections (one HTTP client that keeps them).
     let client = dev.client(DEV_TOKEN).await;
     ok(&call(&client, "write_note", json!({"path": "a.md", "content": "x"})).await);
+    let keep_alive = http();
+    let post = |session: Option<&str>, body: Value| {
+        let request = keep_alive.post(dev.mcp_url()).bearer_auth(DEV_TOKEN).header("Accept", "application/json, text/event-stream");
+        let request = match session {
+            Some(id) => request.header("Mcp-Session-Id", id).header("MCP-Protocol-Version", "2025-06-18"),
+            None => request,
+        };
+        request.json(&body).send()
+    };
+    for _ in 0..2 {
+        let response = post(None, initialize_body()).await.unwrap();
+        let id = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        drop(response.text().await);
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "write_note", "arguments": {"path": "a.md", "content": "x"}}});
+        assert!(post(Some(&id), call).await.unwrap().text().await.unwrap().contains("wrote a.md"));
+    }
+    assert_eq!(std::fs::read_dir(&state_dir).unwrap().count(), 3, "one worker directory per session");
     let status = dev.terminate();
     assert!(status.success(), "exit status {status}");
     let stderr = dev.stderr.lock().unwrap().join("\n");
     assert!(stderr.contains("gateway stopped"), "{stderr}");
+    assert_eq!(stderr.matches("session ended").count(), 3, "each session is ended before the exit: {stderr}");
+    assert!(!state_dir.exists(), "the workers' directories and their parent are removed: {:?}", std::fs::read_dir(&state_dir).map(|d| d.count()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

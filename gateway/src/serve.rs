@@ -16,6 +16,9 @@ use crate::http::{App, Front, mcp_service, ops_router};
 use crate::session_manager::GatewaySessionManager;
 use crate::state::Gateway;
 
+/// How long shutdown waits for session ends under way (stopping workers, deleting pods).
+const SESSION_END_WAIT: Duration = Duration::from_secs(5);
+
 /// Ends a session everywhere: the gateway's record and workers, and rmcp's session (its stream closes).
 async fn end(gateway: &Gateway, manager: &GatewaySessionManager, id: &str, reason: &'static str) {
     let stateless = gateway.sessions.get(id).is_some_and(|s| s.stateless);
@@ -171,6 +174,11 @@ pub async fn serve(
     cancel.cancel();
     for session in gateway.sessions.all() {
         gateway.end_session(&session.id, "shutdown").await;
+    }
+    // Sessions whose clients were still connected are ended by rmcp's close hooks, concurrently. The wait
+    // is short so that grace + 2 s + this stays under the chart's 30 s termination grace period.
+    if !gateway.sessions_ended(SESSION_END_WAIT.min(grace)).await {
+        tracing::warn!("sessions still ending after {SESSION_END_WAIT:?}; stopping the rest of the workers");
     }
     gateway.runtime.shutdown().await;
     gateway.audit.flush();

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::registry::Registry;
+use tokio_util::task::TaskTracker;
 use toolwarden_core::config::GatewayConfig;
 use toolwarden_core::policy::Engine;
 
@@ -61,6 +62,9 @@ pub struct Gateway {
     pub limits: RateLimits,
     ready: AtomicBool,
     in_flight: AtomicUsize,
+    /// Session ends under way (workers stopping, pods being deleted): shutdown waits for them, or the
+    /// process would exit halfway through and leave workers' directories or pods behind.
+    ending: TaskTracker,
 }
 
 /// Counts a call in flight until dropped (graceful shutdown waits for these).
@@ -98,6 +102,7 @@ impl Gateway {
             limits: RateLimits::default(),
             ready: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            ending: TaskTracker::new(),
         }
     }
 
@@ -219,6 +224,8 @@ impl Gateway {
 
     /// Ends a session: stops its workers and forgets its state. Idempotent.
     pub async fn end_session(&self, id: &str, reason: &'static str) {
+        // Counted before the record goes, so shutdown sees every session either still listed or ending.
+        let _ending = self.ending.token();
         let Some(record) = self.sessions.remove(id) else { return };
         self.limits.end_session(id);
         self.runtime.end_session(id, reason).await;
@@ -232,6 +239,12 @@ impl Gateway {
             let (count, oldest) = pending.get(&namespace).copied().unwrap_or_default();
             self.metrics.approvals(&namespace, count, oldest);
         }
+    }
+
+    /// Waits, up to `limit`, for the session ends under way to finish (shutdown). Returns whether they did.
+    pub async fn sessions_ended(&self, limit: Duration) -> bool {
+        self.ending.close();
+        tokio::time::timeout(limit, self.ending.wait()).await.is_ok()
     }
 
     /// Tells the runtime about a session's pending approvals and refreshes the gauges.

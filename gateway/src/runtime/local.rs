@@ -45,7 +45,7 @@ const MAX_SOCKET_PATH: usize = 100;
 pub struct LocalRuntimeConfig {
     /// The worker program and its leading arguments, such as `[/path/to/toolwarden, worker]`.
     pub worker_command: Vec<OsString>,
-    /// Parent of the per-worker directories; created 0700.
+    /// Parent of the per-worker directories; created 0700, removed at shutdown once empty.
     pub state_dir: PathBuf,
     /// Run workers without namespaces (loudly logged); only where the kernel refuses them.
     pub unsafe_no_sandbox: bool,
@@ -493,6 +493,12 @@ impl WorkerRuntime for LocalRuntime {
                 self.config.metrics.sessions_active.dec();
             }
             self.stop_slots(sessions.into_iter().flat_map(|s| s.workers.into_values()).collect()).await;
+            // Only an empty directory goes: one with something left in it is kept for a look.
+            if let Err(e) = std::fs::remove_dir(&self.config.state_dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %self.config.state_dir.display(), "state directory not removed: {e}");
+            }
         })
     }
 }
