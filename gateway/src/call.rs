@@ -24,7 +24,8 @@ use crate::runtime::RuntimeError;
 use crate::sessions::SessionRecord;
 use crate::state::Gateway;
 
-/// Extra time past the tool's own timeout before the gateway gives up on the worker.
+/// Extra time past the runtime's own bounds (worker start, tool timeout) before the gateway gives up on
+/// a call: a last resort against a runtime that fails to bound them.
 const WORKER_GRACE: Duration = Duration::from_secs(10);
 
 struct Call<'a> {
@@ -251,9 +252,11 @@ fn check_limits(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, limits
     gw.limits.check(&session.namespace, &tool.name, &session.subject, &session.id, limits)
 }
 
-/// Sends the call to the session's worker, bounded by the tool's timeout plus a grace.
+/// Sends the call to the session's worker. The bound leaves room for the worker's start (a first call
+/// waits for it) as well as the tool's timeout: cut short, a start would fail with the wrong sentence and
+/// leave its half-started worker (or pod) behind.
 async fn dispatch(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, request: CallRequest) -> Result<CallResult, RuntimeError> {
-    let limit = Duration::from_millis(tool.timeout_ms) + WORKER_GRACE;
+    let limit = gw.runtime.start_timeout() + Duration::from_millis(tool.timeout_ms) + WORKER_GRACE;
     match tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request)).await {
         Ok(result) => result,
         Err(_) => Err(RuntimeError::new(
@@ -409,3 +412,7 @@ async fn confirm_preview(mut call: Call<'_>, tool: &ToolConfig, args: Value, bin
         .detail("preview", json!(preview));
     call.refuse(refusal, "confirm", "pending", Some(tool))
 }
+
+#[cfg(test)]
+#[path = "call_tests.rs"]
+mod tests;

@@ -26,6 +26,9 @@ impl WorkerRuntime for NoRuntime {
     fn call<'a>(&'a self, _: &'a str, _: &'a toolwarden_core::config::ToolConfig, _: CallRequest) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
         Box::pin(async { Err(RuntimeError::new("worker_start_failed", "no runtime in this test")) })
     }
+    fn start_timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
     fn end_session<'a>(&'a self, _: &'a str, _: &'static str) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }

@@ -127,6 +127,10 @@ impl WorkerRuntime for KubernetesWorkerRuntime {
         })
     }
 
+    fn start_timeout(&self) -> Duration {
+        self.inner.config().start_timeout
+    }
+
     fn end_session<'a>(&'a self, session_id: &'a str, reason: &'static str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             self.forget_session(session_id);

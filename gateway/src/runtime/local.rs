@@ -485,6 +485,10 @@ impl WorkerRuntime for LocalRuntime {
         })
     }
 
+    fn start_timeout(&self) -> Duration {
+        START_TIMEOUT
+    }
+
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.closed.store(true, Ordering::SeqCst);

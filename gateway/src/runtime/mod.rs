@@ -1,6 +1,8 @@
 //! Worker runtimes: where a session's tool calls run. `local` starts sandboxed worker processes on this
 //! machine; `kubernetes` (see `crate::kubernetes`) starts worker pods. The gateway only sees this trait.
 
+use std::time::Duration;
+
 use futures::future::BoxFuture;
 use toolwarden_core::config::ToolConfig;
 use toolwarden_core::resources::PendingApproval;
@@ -48,13 +50,17 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// A session began (the kubernetes runtime writes its McpSession here).
     fn start_session(&self, session: SessionInfo) -> BoxFuture<'_, Result<(), RuntimeError>>;
-    /// Runs one call on this session's worker for `tool`, starting the worker if needed.
+    /// Runs one call on this session's worker for `tool`, starting the worker if needed. Implementations
+    /// bound both steps themselves: the start by [`WorkerRuntime::start_timeout`], the call by the tool's
+    /// timeout plus a margin; each with its own error code (`start_timeout`, `worker_timeout`).
     fn call<'a>(
         &'a self,
         session_id: &'a str,
         tool: &'a ToolConfig,
         request: CallRequest,
     ) -> BoxFuture<'a, Result<CallResult, RuntimeError>>;
+    /// Longest a worker may take to start; a tool's first call in a session may wait that long first.
+    fn start_timeout(&self) -> Duration;
     /// Ends a session and stops its workers. Idempotent.
     fn end_session<'a>(&'a self, session_id: &'a str, reason: &'static str) -> BoxFuture<'a, ()>;
     /// Stops every worker (gateway shutdown).
