@@ -132,6 +132,10 @@ async fn first_call_starts_a_private_worker_with_its_credentials_and_nothing_els
     assert!(!argv.contains(&format!("--hide {}", f.state.path().join("state").display())), "{argv}");
     assert!(argv.contains(&format!("-- serve --listen unix:{}/worker.sock --token-sha256 ", dirs[0].display())), "{argv}");
 
+    // Batch scheduling: waking the worker with a call does not preempt the gateway.
+    // SAFETY: sched_getscheduler(2) reads the policy of a process by pid.
+    assert_eq!(unsafe { libc::sched_getscheduler(seen["pid"].as_i64().unwrap() as i32) }, libc::SCHED_BATCH);
+
     // The next call reuses the worker and its connection.
     let again = call(&f, "s1", &t, json!({})).await;
     assert_eq!(again["pid"], seen["pid"]);
