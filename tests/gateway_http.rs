@@ -258,8 +258,7 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_gateway_cleanly() {
     let mut dev = Dev::start(&[]);
-    // The workers' directories live under the local runtime's state directory.
-    let state_dir = std::env::temp_dir().join(format!("toolwarden-{}", dev.pid()));
+    let state_dir = dev.state_dir();
     // Sessions with a worker each, their clients still connected at SIGTERM: one with an open stream
     // (rmcp's client), two on idle keep-alive connections (one HTTP client that keeps them).
     let client = dev.client(DEV_TOKEN).await;

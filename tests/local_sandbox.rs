@@ -158,10 +158,13 @@ async fn workers_die_with_a_gateway_that_is_killed() {
             let _ = self.0.wait();
         }
     }
+    // The killed gateway cannot remove its state directory: it goes with this one.
+    let tmp = tempfile::Builder::new().prefix("twk").tempdir_in("/tmp").unwrap();
     let mut dev = std::process::Command::new(env!("CARGO_BIN_EXE_toolwarden"))
         .args(["dev", "--listen", "127.0.0.1:0", "--manifests"])
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/manifests"))
         .env("TOOLWARDEN_DEV_TOKEN", "sandbox-test-token-0123456789")
+        .env("TMPDIR", tmp.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -50,6 +50,8 @@ fn start_dev(manifests: &Path) -> Dev {
         .arg("--audit-log")
         .arg(dir.path().join("audit.jsonl"))
         .env("TOOLWARDEN_DEV_TOKEN", TOKEN)
+        // Killed on drop: the state directory it leaves goes with `dir`.
+        .env("TMPDIR", dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -20,7 +20,8 @@ pub const APPROVER_TOKEN: &str = "test-approver-token-0123456789";
 
 pub type Client = RunningService<RoleClient, ClientConfig>;
 
-/// A running `toolwarden dev`, killed on drop.
+/// A running `toolwarden dev`, killed on drop. Its `TMPDIR` is `dir`, so the state directory it
+/// leaves when killed goes with `dir`.
 pub struct Dev {
     child: Child,
     pub addr: String,
@@ -76,6 +77,7 @@ impl Dev {
             .args(args)
             .env("TOOLWARDEN_DEV_TOKEN", DEV_TOKEN)
             .env("TOOLWARDEN_DEV_APPROVER_TOKEN", APPROVER_TOKEN)
+            .env("TMPDIR", dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -149,8 +151,9 @@ impl Dev {
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// The local runtime's state directory (parent of the workers' directories).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join(format!("toolwarden-{}", self.child.id()))
     }
 
     pub fn is_running(&mut self) -> bool {
