@@ -177,8 +177,9 @@ pub async fn serve(
     }
     // Sessions whose clients were still connected are ended by rmcp's close hooks, concurrently. The wait
     // is short so that grace + 2 s + this stays under the chart's 30 s termination grace period.
-    if !gateway.sessions_ended(SESSION_END_WAIT.min(grace)).await {
-        tracing::warn!("sessions still ending after {SESSION_END_WAIT:?}; stopping the rest of the workers");
+    let wait = SESSION_END_WAIT.min(grace);
+    if !gateway.sessions_ended(wait).await {
+        tracing::warn!("sessions still ending after {wait:?}; stopping the rest of the workers");
     }
     gateway.runtime.shutdown().await;
     gateway.audit.flush();
