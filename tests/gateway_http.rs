@@ -264,20 +264,11 @@ async fn sigterm_stops_the_gateway_cleanly() {
     let client = dev.client(DEV_TOKEN).await;
     ok(&call(&client, "write_note", json!({"path": "a.md", "content": "x"})).await);
     let keep_alive = http();
-    let post = |session: Option<&str>, body: Value| {
-        let request = keep_alive.post(dev.mcp_url()).bearer_auth(DEV_TOKEN).header("Accept", "application/json, text/event-stream");
-        let request = match session {
-            Some(id) => request.header("Mcp-Session-Id", id).header("MCP-Protocol-Version", "2025-06-18"),
-            None => request,
-        };
-        request.json(&body).send()
-    };
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "write_note", "arguments": {"path": "a.md", "content": "x"}}});
     for _ in 0..2 {
-        let response = post(None, initialize_body()).await.unwrap();
-        let id = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-        drop(response.text().await);
-        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "write_note", "arguments": {"path": "a.md", "content": "x"}}});
-        assert!(post(Some(&id), call).await.unwrap().text().await.unwrap().contains("wrote a.md"));
+        let id = open_session_via(&keep_alive, &dev, DEV_TOKEN).await;
+        let answer = in_session(mcp_post_via(&keep_alive, &dev, Some(DEV_TOKEN)), &id).json(&call).send().await.unwrap();
+        assert!(answer.text().await.unwrap().contains("wrote a.md"));
     }
     assert_eq!(std::fs::read_dir(&state_dir).unwrap().count(), 3, "one worker directory per session");
     let status = dev.terminate();

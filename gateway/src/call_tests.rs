@@ -11,7 +11,7 @@ use toolwarden_worker::protocol::{CallRequest, CallResult};
 use crate::auth::Principal;
 use crate::runtime::{RuntimeError, SessionInfo, WorkerRuntime};
 use crate::sessions::{Caller, NewSession};
-use crate::state::{Gateway, Settings};
+use crate::state::Gateway;
 
 /// Answers every call after `delay` (`None`: never), and allows `start` for a worker to start.
 struct SlowRuntime {
@@ -46,14 +46,6 @@ impl WorkerRuntime for SlowRuntime {
     }
 }
 
-async fn gateway(runtime: SlowRuntime) -> Arc<Gateway> {
-    let token = crate::auth::StaticToken { token: "t".repeat(32), subject: "developer".into(), groups: vec![] };
-    let auth = crate::auth::Authenticator::new(crate::auth::AuthConfig { static_tokens: vec![token], ..Default::default() }).await.unwrap();
-    let (metrics, registry) = crate::metrics::GatewayMetrics::new(crate::kubernetes::Metrics::default());
-    let audit = crate::audit::AuditLog::open(None, false).unwrap();
-    Arc::new(Gateway::new(Settings::default(), auth, Arc::new(runtime), audit, metrics, registry))
-}
-
 /// A tool with a 5 s timeout.
 fn tool() -> ToolConfig {
     serde_json::from_value(json!({
@@ -66,7 +58,7 @@ fn tool() -> ToolConfig {
 }
 
 async fn dispatch_on(runtime: SlowRuntime) -> Result<CallResult, RuntimeError> {
-    let gw = gateway(runtime).await;
+    let gw = Gateway::for_tests(Arc::new(runtime)).await;
     let caller = Caller {
         namespace: "default".into(),
         principal: Principal { subject: "developer".into(), groups: vec![], credential_id: "c".into() },

@@ -12,7 +12,7 @@ use toolwarden_core::config::{CONFIG_FORMAT, CONFIG_MAP_KEY, CONFIG_MAP_NAME, Ga
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
 use crate::runtime::{RuntimeError, SessionInfo, WorkerRuntime};
-use crate::state::{Gateway, Settings};
+use crate::state::Gateway;
 
 struct NoRuntime;
 
@@ -48,16 +48,7 @@ fn config_map(generation: u64, text: Option<String>) -> Value {
 }
 
 async fn gateway() -> Arc<Gateway> {
-    let auth = crate::auth::Authenticator::new(crate::auth::AuthConfig {
-        tokens_file: None,
-        static_tokens: vec![crate::auth::StaticToken { token: "t".repeat(32), subject: "s".into(), groups: vec![] }],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let (metrics, registry) = crate::metrics::GatewayMetrics::new(crate::kubernetes::Metrics::default());
-    let audit = crate::audit::AuditLog::open(None, false).unwrap();
-    Arc::new(Gateway::new(Settings::default(), auth, Arc::new(NoRuntime), audit, metrics, registry))
+    Gateway::for_tests(Arc::new(NoRuntime)).await
 }
 
 fn respond(send: tower_test::mock::SendResponse<Response<Body>>, text: String) {

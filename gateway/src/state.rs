@@ -253,3 +253,16 @@ impl Gateway {
         self.refresh_approval_metrics();
     }
 }
+
+#[cfg(test)]
+impl Gateway {
+    /// A gateway over `runtime` for unit tests: default settings, one static token (`t` × 32, subject
+    /// `s`), no audit sink.
+    pub(crate) async fn for_tests(runtime: Arc<dyn WorkerRuntime>) -> Arc<Gateway> {
+        let token = crate::auth::StaticToken { token: "t".repeat(32), subject: "s".into(), groups: vec![] };
+        let auth = Authenticator::new(crate::auth::AuthConfig { static_tokens: vec![token], ..Default::default() }).await.unwrap();
+        let (metrics, registry) = GatewayMetrics::new(crate::kubernetes::Metrics::default());
+        let audit = AuditLog::open(None, false).unwrap();
+        Arc::new(Gateway::new(Settings::default(), auth, runtime, audit, metrics, registry))
+    }
+}

@@ -215,9 +215,14 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().build().unwrap()
 }
 
-/// A raw JSON-RPC POST to `/mcp/default` with the headers MCP requires.
+/// A raw JSON-RPC POST to `/mcp/default` with the headers MCP requires, on a new connection.
 pub fn mcp_post(dev: &Dev, token: Option<&str>) -> reqwest::RequestBuilder {
-    let mut req = http()
+    mcp_post_via(&http(), dev, token)
+}
+
+/// [`mcp_post`] through `client`, which keeps its connections open between requests.
+pub fn mcp_post_via(client: &reqwest::Client, dev: &Dev, token: Option<&str>) -> reqwest::RequestBuilder {
+    let mut req = client
         .post(dev.mcp_url())
         .header("Accept", "application/json, text/event-stream")
         .header("Content-Type", "application/json");
@@ -229,12 +234,22 @@ pub fn mcp_post(dev: &Dev, token: Option<&str>) -> reqwest::RequestBuilder {
 
 /// [`mcp_post`] inside an initialized session (protocol 2025-06-18, as [`initialize_body`] asks).
 pub fn mcp_post_in_session(dev: &Dev, token: Option<&str>, session: &str) -> reqwest::RequestBuilder {
-    mcp_post(dev, token).header("Mcp-Session-Id", session).header("MCP-Protocol-Version", "2025-06-18")
+    in_session(mcp_post(dev, token), session)
+}
+
+/// Adds the headers of an initialized session (protocol 2025-06-18, as [`initialize_body`] asks).
+pub fn in_session(request: reqwest::RequestBuilder, session: &str) -> reqwest::RequestBuilder {
+    request.header("Mcp-Session-Id", session).header("MCP-Protocol-Version", "2025-06-18")
 }
 
 /// Initializes a session over raw HTTP (protocol 2025-06-18) and returns its `Mcp-Session-Id`.
 pub async fn open_session(dev: &Dev, token: &str) -> String {
-    let response = mcp_post(dev, Some(token)).json(&initialize_body()).send().await.unwrap();
+    open_session_via(&http(), dev, token).await
+}
+
+/// [`open_session`] through `client`.
+pub async fn open_session_via(client: &reqwest::Client, dev: &Dev, token: &str) -> String {
+    let response = mcp_post_via(client, dev, Some(token)).json(&initialize_body()).send().await.unwrap();
     assert_eq!(response.status(), 200, "initialize");
     let id = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
     drop(response.text().await);
