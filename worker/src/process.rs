@@ -143,7 +143,8 @@ pub fn credential_env(spec: &ToolSpec) -> Result<BTreeMap<String, String>, Strin
 /// Process groups of calls still running, so a stopping worker can take them all down.
 static GROUPS: std::sync::Mutex<std::collections::BTreeSet<u32>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-/// Keeps a call's process group in the registry while it runs.
+/// Keeps a call's process group in the registry while it runs, and takes the group down when it goes:
+/// a call whose future is dropped (the gateway hung up or cancelled it) leaves nothing running.
 pub struct GroupGuard(u32);
 
 impl GroupGuard {
@@ -151,11 +152,19 @@ impl GroupGuard {
         GROUPS.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
         GroupGuard(pid)
     }
+
+    /// Kills the group now (the call is over) and forgets it.
+    pub fn stop(self) {
+        drop(self);
+    }
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        GROUPS.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
+        // Still registered means the group may still run: only this guard removes it.
+        if GROUPS.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0) {
+            kill_group_id(self.0);
+        }
     }
 }
 

@@ -40,6 +40,35 @@ fn a_call_past_its_timeout_is_killed_with_the_child_it_forked() {
 }
 
 #[test]
+fn a_call_whose_caller_hangs_up_is_stopped_with_the_child_it_forked() {
+    // How the gateway cancels a call: it drops the connection. Nothing the call started may keep running.
+    let secs = 200_000 + std::process::id() % 100_000;
+    let script = "/bin/sleep \"$1\" & /bin/sleep \"$1\"; echo never";
+    let worker = Worker::serve(&exec_spec(&["/bin/sh", "-c", script, "sh"], &["{{secs}}"]), &[]);
+    let marker = format!("/bin/sleep {secs}");
+    let connection = worker.start_call(json!({"secs": secs}));
+    let started = wait_for(|| live_processes_with(&marker).len() == 2);
+    assert!(started, "the call's two sleeps never ran: {:?}\n{}", live_processes_with(&marker), worker.log());
+    drop(connection);
+    let stopped = wait_for(|| live_processes_with(&marker).is_empty());
+    assert!(stopped, "processes left behind after the caller hung up: {:?}", live_processes_with(&marker));
+    assert!(worker.healthy(), "the worker stays up");
+    assert_eq!(worker.ran(json!({"secs": "0"}))["isError"], false, "and serves the next call");
+}
+
+/// Polls `check` for up to 10 s.
+fn wait_for(check: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
 fn ten_megabytes_of_output_are_capped_and_marked_truncated_with_bounded_worker_memory() {
     let mut spec = exec_spec(&["/usr/bin/python3", "-c", "import sys; sys.stdout.write('x' * (10 * 1024 * 1024))"], &[]);
     spec["maxOutputBytes"] = json!(65_536);

@@ -54,7 +54,7 @@ async fn run(
         Err(e) => return Ok(failure("spawn_failed", format!("cannot start `{}`: {e}", argv[0]))),
     };
     let pid = child.id().unwrap_or(0);
-    let _group = process::GroupGuard::new(pid);
+    let group = process::GroupGuard::new(pid);
     let input = serde_json::to_vec(&request.arguments).unwrap_or_default();
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let stdin_task = tokio::spawn(async move {
@@ -65,8 +65,9 @@ async fn run(
     let stderr = tokio::spawn(read_tail(child.stderr.take().expect("stderr is piped"), STDERR_TAIL_BYTES));
 
     let waited = tokio::time::timeout(tool.timeout(), child.wait()).await;
-    // Nothing a call started outlives it: the group goes, whether the leader exited or timed out.
-    process::kill_group_id(pid);
+    // Nothing a call started outlives it: the group goes, whether the leader exited or timed out (or,
+    // through the guard's drop, the call was abandoned).
+    group.stop();
     if waited.is_err() {
         let _ = child.kill().await;
     }

@@ -27,8 +27,8 @@ pub struct Upstream {
 
 struct Session {
     child: Child,
-    pid: u32,
-    _group: process::GroupGuard,
+    /// Takes the server's process group down when the session goes; `None` once killed.
+    group: Option<process::GroupGuard>,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     stderr: Arc<SyncMutex<VecDeque<u8>>>,
@@ -110,8 +110,7 @@ impl Session {
             stdin: child.stdin.take().expect("stdin is piped"),
             stdout: BufReader::new(child.stdout.take().expect("stdout is piped")),
             child,
-            pid,
-            _group: group,
+            group: Some(group),
             stderr,
             next_id: 1,
         };
@@ -201,7 +200,9 @@ impl Session {
     }
 
     async fn kill(&mut self) {
-        process::kill_group_id(self.pid);
+        if let Some(group) = self.group.take() {
+            group.stop();
+        }
         let _ = self.child.kill().await;
     }
 }

@@ -149,6 +149,21 @@ impl Worker {
         Answer { status, body: serde_json::from_str(body).unwrap_or(Value::String(body.to_string())) }
     }
 
+    /// Sends a call and leaves its connection open, unread: dropping the stream hangs up mid-call.
+    pub fn start_call(&self, arguments: Value) -> Box<dyn Write> {
+        let body = json!({"callId": "hung-up", "arguments": arguments}).to_string();
+        let request = format!(
+            "POST /v1/call HTTP/1.1\r\nHost: worker\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut stream: Box<dyn Write> = match &self.addr {
+            Addr::Tcp(addr) => Box::new(std::net::TcpStream::connect(addr).unwrap()),
+            Addr::Unix(path) => Box::new(UnixStream::connect(path).unwrap()),
+        };
+        stream.write_all(request.as_bytes()).unwrap();
+        stream
+    }
+
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: worker\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
         for (k, v) in headers {
