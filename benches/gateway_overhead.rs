@@ -34,7 +34,7 @@ use serde_json::{Value, json};
 use toolwarden_core::config::ToolConfig;
 use toolwarden_gateway::kubernetes::Metrics;
 use toolwarden_gateway::runtime::local::{LocalRuntime, LocalRuntimeConfig};
-use toolwarden_gateway::runtime::{SessionInfo, WorkerRuntime};
+use toolwarden_gateway::runtime::{CancellationToken, SessionInfo, WorkerRuntime};
 use toolwarden_worker::protocol::CallRequest;
 
 const TOKEN: &str = "bench-developer-token-0123456789";
@@ -194,13 +194,16 @@ async fn direct_mode(runtime: &Arc<LocalRuntime>, clients: usize) -> Mode {
         let runtime = runtime.clone();
         let tool = tool.clone();
         let id = format!("s{c}");
+        // A caller that never cancels: one token for all its calls.
+        let never = CancellationToken::new();
         Box::new(move || {
             let runtime = runtime.clone();
             let tool = tool.clone();
             let id = id.clone();
+            let never = never.clone();
             Box::pin(async move {
                 let request = CallRequest { call_id: "c".into(), arguments: json!({"text": "hello"}), preview: false };
-                let result = runtime.call(&id, &tool, request).await.expect("direct call");
+                let result = runtime.call(&id, &tool, request, &never).await.expect("direct call");
                 assert!(!result.is_error && result.content.contains("hello"), "{result:?}");
             })
         })

@@ -3,7 +3,7 @@
 mod gateway_support;
 
 use gateway_support::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// An untrusted read tool (its output taints the session) and a test policy with a tight rate limit.
 const EXTRA: &str = r#"
@@ -248,4 +248,74 @@ async fn listening_clients_are_told_when_the_tool_list_changes() {
     std::fs::write(&policies, text.replacen("subjects: {groups: [developers]}\n  tools: {names: [fetch-url]}", "subjects: {groups: [nobody]}\n  tools: {names: [fetch-url]}", 1)).unwrap();
     dev.eventually("a tools/list_changed notification arrives", async || listener.0.load(std::sync::atomic::Ordering::SeqCst) > 0).await;
     assert!(!names(&client.list_all_tools().await.unwrap()).contains(&"fetch_url".to_owned()));
+}
+
+/// A tool that waits `secs` seconds, with a second wait in the background (a process it forked).
+const WAIT: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: check-after}
+spec:
+  description: Waits the given number of seconds.
+  effect: read
+  inputSchema: {type: object, properties: {secs: {type: integer}}, required: [secs], additionalProperties: false}
+  runtime:
+    exec:
+      image: busybox:1.36
+      command: [/bin/sh, -c, 'sleep "$1" & sleep "$1"; echo woke', sh]
+      args: ["{{secs}}"]
+  limits: {timeout: 10m}
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: developers-check-after}
+spec:
+  subjects: {groups: [developers]}
+  tools: {names: [check-after]}
+  decision: allow
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_stops_its_processes_on_both_paths_and_is_audited_as_cancelled() {
+    let dev = Dev::start(&[("wait.yaml", WAIT)]);
+    let session = open_session(&dev, DEV_TOKEN).await;
+    let post = |body: Value| in_session(mcp_post(&dev, Some(DEV_TOKEN)), &session).json(&body);
+    assert_eq!(post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.unwrap().status(), 202);
+    // A plain call is answered by the gateway itself; an `Mcp-Method` header routes the same call through rmcp.
+    for (id, through_rmcp) in [(11, false), (12, true)] {
+        let secs = 300_000 + std::process::id() % 100_000 + id;
+        let marker = format!("sleep {secs}");
+        let mut call = post(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "check_after", "arguments": {"secs": secs}}}));
+        if through_rmcp {
+            call = call.header("Mcp-Method", "tools/call");
+        }
+        let pending = tokio::spawn(async move { call.send().await.unwrap().text().await.unwrap() });
+        dev.eventually("the call's two sleeps run", async || live_processes_with(&marker).len() == 2).await;
+
+        let cancelled = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "the user pressed Esc"}});
+        assert_eq!(post(cancelled).send().await.unwrap().status(), 202);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(20), pending).await.expect("the call ends when cancelled").unwrap();
+        // No response for a cancelled request, as the specification asks: the reply's stream just ends.
+        assert!(!answer.contains("\"result\"") && !answer.contains("\"error\""), "through rmcp: {through_rmcp}: {answer}");
+        dev.eventually("the call's processes are gone", async || live_processes_with(&marker).is_empty()).await;
+
+        let result = dev.audit_lines().into_iter().find(|l| l["event"] == "result" && l["arguments"]["secs"] == json!(secs));
+        let result = result.unwrap_or_else(|| panic!("no result line for call {id}"));
+        assert_eq!((result["status"].as_str(), result["code"].as_str()), (Some("cancelled"), Some("cancelled")), "{result}");
+    }
+    // Cancelling an unknown or finished request changes nothing, and the session goes on.
+    let stale = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 11}});
+    assert_eq!(post(stale).send().await.unwrap().status(), 202);
+    let again: Value = post(json!({"jsonrpc": "2.0", "id": 13, "method": "tools/call", "params": {"name": "check_after", "arguments": {"secs": 0}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["result"]["content"][0]["text"].as_str().map(str::trim), Some("woke"), "{again}");
+    let metrics = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let cancelled = r#"toolwarden_tool_calls_total{namespace="default",tool="check_after",decision="allow",status="cancelled"} 2"#;
+    assert!(metrics.contains(cancelled), "{cancelled} missing from:\n{metrics}");
+    assert!(!metrics.contains("toolwarden_worker_calls_failed_total{"), "a cancelled call is no worker failure:\n{metrics}");
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use toolwarden_core::config::ToolConfig;
 use toolwarden_gateway::kubernetes::Metrics;
 use toolwarden_gateway::runtime::local::{LocalRuntime, LocalRuntimeConfig, LocalSecrets};
-use toolwarden_gateway::runtime::{SessionInfo, WorkerRuntime};
+use toolwarden_gateway::runtime::{CancellationToken, SessionInfo, WorkerRuntime};
 use toolwarden_worker::protocol::CallRequest;
 
 fn tool(name: &str, command: Value, extra: Value) -> ToolConfig {
@@ -71,7 +71,7 @@ async fn a_sandboxed_worker_runs_the_tool_with_its_credentials_and_nothing_of_th
     runtime.start_session(session("s1")).await.unwrap();
 
     let echo = tool("echo_args", json!(["cat"]), json!({}));
-    let result = match runtime.call("s1", &echo, request(json!({"path": "a.md"}))).await {
+    let result = match runtime.call("s1", &echo, request(json!({"path": "a.md"})), &CancellationToken::new()).await {
         Ok(result) => result,
         Err(e) if e.code == "sandbox_unavailable" => {
             // The runtime reported the kernel's refusal with the sandbox's own sentence.
@@ -87,7 +87,7 @@ async fn a_sandboxed_worker_runs_the_tool_with_its_credentials_and_nothing_of_th
 
     // Another session's worker, whose directory this one must not see.
     runtime.start_session(session("s2")).await.unwrap();
-    runtime.call("s2", &echo, request(json!({}))).await.unwrap();
+    runtime.call("s2", &echo, request(json!({})), &CancellationToken::new()).await.unwrap();
     assert_eq!(std::fs::read_dir(&state).unwrap().count(), 2);
     let script = format!(
         "cat \"$TOOLWARDEN_CREDENTIALS_DIR/token.txt\"; echo; echo \"env=$CRED_GH\"; cat {}; echo; \
@@ -105,7 +105,7 @@ async fn a_sandboxed_worker_runs_the_tool_with_its_credentials_and_nothing_of_th
             {"secretRef": {"name": "gh", "key": "token"}, "env": "CRED_GH"}
         ]}),
     );
-    let result = runtime.call("s1", &probe, request(json!({}))).await.unwrap();
+    let result = runtime.call("s1", &probe, request(json!({})), &CancellationToken::new()).await.unwrap();
     assert!(!result.is_error, "{result:?}");
     let out = result.content;
     assert!(out.starts_with("gh-s3cret\nenv=gh-s3cret\nfrom the manifests dir\n"), "{out}");
@@ -127,7 +127,7 @@ async fn workers_of_a_session_are_gone_after_it_ends() {
     let (runtime, metrics) = runtime(&state, manifests.path());
     runtime.start_session(session("s1")).await.unwrap();
     let pid_tool = tool("print_pid", json!(["sh", "-c", "echo $PPID"]), json!({}));
-    match runtime.call("s1", &pid_tool, request(json!({}))).await {
+    match runtime.call("s1", &pid_tool, request(json!({})), &CancellationToken::new()).await {
         Ok(r) => assert!(!r.is_error, "{r:?}"),
         Err(e) if e.code == "sandbox_unavailable" => return,
         Err(e) => panic!("{e:?}"),

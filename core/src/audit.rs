@@ -41,7 +41,7 @@ pub struct AuditRecord {
     pub code: Option<String>,
     /// `none`, `pending`, `confirmed`, `approved`, `denied`, `expired`.
     pub approval: String,
-    /// Result: `ok`, `error`, `timeout`, `refused`, `worker_failed`…
+    /// Result: `ok`, `error`, `timeout`, `refused`, `worker_failed`, `cancelled`…
     pub status: Option<String>,
     pub duration_ms: Option<u64>,
     pub output_bytes: Option<u64>,

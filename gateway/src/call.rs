@@ -13,6 +13,7 @@ use toolwarden_core::canonical::arguments_hash;
 use toolwarden_core::config::ToolConfig;
 use toolwarden_core::policy::{ApprovalRequest, Decision, DenialCode, RateLimit, Session, Subject, decide};
 use toolwarden_core::resources::{ApprovalMode, OutputTrust};
+use tokio_util::sync::CancellationToken;
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
 use crate::approvals::{HumanRequest, HumanStatus, random_hex};
@@ -20,7 +21,7 @@ use crate::audit::{rfc3339, timestamp};
 use crate::catalog::CONFIRM_TOKEN_ARG;
 use crate::elicit::{Answer, Asking};
 use crate::refusal::Refusal;
-use crate::runtime::RuntimeError;
+use crate::runtime::{CANCELLED, RuntimeError};
 use crate::sessions::SessionRecord;
 use crate::state::Gateway;
 
@@ -79,6 +80,7 @@ pub async fn call_tool(
     name: &str,
     arguments: Option<JsonObject>,
     asking: Asking<'_>,
+    cancel: &CancellationToken,
 ) -> CallToolResponse {
     let _in_flight = gw.call_started();
     session.touch();
@@ -162,7 +164,7 @@ pub async fn call_tool(
                             return call.refuse(refusal, label, "refused", Some(tool)).into();
                         }
                     },
-                    None => return Box::pin(confirm_preview(call, tool, args, binding, request.ttl, &request.reason)).await.into(),
+                    None => return Box::pin(confirm_preview(call, tool, args, binding, request.ttl, &request.reason, cancel)).await.into(),
                 }
             }
             ApprovalMode::Human => {
@@ -230,7 +232,7 @@ pub async fn call_tool(
             ApprovalMode::None => call.record.approval = "none".to_owned(),
         }
     }
-    run(call, tool, args, label).await.into()
+    run(call, tool, args, label, cancel).await.into()
 }
 
 fn pending_refusal(request: &ApprovalRequest, id: &str, expires_at: SystemTime) -> Refusal {
@@ -255,9 +257,15 @@ fn check_limits(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, limits
 /// Sends the call to the session's worker. The bound leaves room for the worker's start (a first call
 /// waits for it) as well as the tool's timeout: cut short, a start would fail with the wrong sentence and
 /// leave its half-started worker (or pod) behind.
-async fn dispatch(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, request: CallRequest) -> Result<CallResult, RuntimeError> {
+async fn dispatch(
+    gw: &Gateway,
+    session: &SessionRecord,
+    tool: &ToolConfig,
+    request: CallRequest,
+    cancel: &CancellationToken,
+) -> Result<CallResult, RuntimeError> {
     let limit = gw.runtime.start_timeout() + Duration::from_millis(tool.timeout_ms) + WORKER_GRACE;
-    match tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request)).await {
+    match tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request, cancel)).await {
         Ok(result) => result,
         Err(_) => Err(RuntimeError::new(
             "worker_timeout",
@@ -296,6 +304,11 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
                 }
             }
         }
+        Err(e) if e.code == CANCELLED => {
+            result.code = Some(CANCELLED.to_owned());
+            result.message = Some("cancelled by the client".to_owned());
+            "cancelled"
+        }
         Err(e) => {
             result.code = Some(e.code.to_owned());
             result.message = Some(e.message.clone());
@@ -309,7 +322,11 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
     result.status = Some(status.to_owned());
     gw.audit.write_result(result);
     gw.metrics.duration(ns, &tool.name, started.elapsed().as_secs_f64());
-    gw.metrics.call(ns, &tool.name, decision, if status == "ok" { "ok" } else { "error" });
+    let label = match status {
+        "ok" | "cancelled" => status,
+        _ => "error",
+    };
+    gw.metrics.call(ns, &tool.name, decision, label);
     status
 }
 
@@ -324,19 +341,25 @@ fn taint(session: &SessionRecord, tool: &ToolConfig, output: &CallResult) -> Opt
     Some(tool.name.clone())
 }
 
-async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str) -> CallToolResult {
+async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str, cancel: &CancellationToken) -> CallToolResult {
     let gw = call.gw;
     let session = call.session;
     gw.audit.write(&call.record);
     let started = Instant::now();
     let request = CallRequest { call_id: call.record.call_id.clone(), arguments: args, preview: false };
-    let outcome = dispatch(gw, session, tool, request).await;
+    let outcome = dispatch(gw, session, tool, request, cancel).await;
     let status = account(&mut call, tool, &outcome, started, decision);
     match outcome {
         Ok(output) => {
             let tainted_by = taint(session, tool, &output);
             gw.runtime.record_call(&session.id, false, tainted_by.as_deref());
             tool_result(&call.record.call_id, tool, output, session.tainted())
+        }
+        Err(e) if e.code == CANCELLED => {
+            gw.runtime.record_call(&session.id, false, None);
+            // The client no longer waits for this answer; it says what happened to anyone who reads it.
+            let message = format!("{} was cancelled by the client before it finished; its worker stopped it", tool.name);
+            Refusal::new(CANCELLED, message).into_result(tool.output_schema.is_some())
         }
         Err(e) => {
             gw.runtime.record_call(&session.id, false, None);
@@ -373,7 +396,15 @@ fn tool_result(call_id: &str, tool: &ToolConfig, output: CallResult, tainted: bo
 }
 
 /// First call of a tool needing confirmation: run its preview (when it has one) and hand out a token.
-async fn confirm_preview(mut call: Call<'_>, tool: &ToolConfig, args: Value, binding: TokenBinding<'_>, ttl: Duration, reason: &str) -> CallToolResult {
+async fn confirm_preview(
+    mut call: Call<'_>,
+    tool: &ToolConfig,
+    args: Value,
+    binding: TokenBinding<'_>,
+    ttl: Duration,
+    reason: &str,
+    cancel: &CancellationToken,
+) -> CallToolResult {
     let gw = call.gw;
     let (token, expires_at) = gw.approvals.issue_confirm(binding, ttl);
     let preview = if tool.preview.is_some() {
@@ -383,7 +414,7 @@ async fn confirm_preview(mut call: Call<'_>, tool: &ToolConfig, args: Value, bin
         call.record.status = None;
         let started = Instant::now();
         let request = CallRequest { call_id: call.record.call_id.clone(), arguments: args.clone(), preview: true };
-        let outcome = dispatch(gw, call.session, tool, request).await;
+        let outcome = dispatch(gw, call.session, tool, request, cancel).await;
         let mut result = call.record.clone();
         result.timestamp = timestamp();
         result.event = Some(AuditEvent::Result);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use toolwarden_core::config::ToolConfig;
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
@@ -26,7 +27,7 @@ impl WorkerRuntime for SlowRuntime {
     fn start_session(&self, _: SessionInfo) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async { Ok(()) })
     }
-    fn call<'a>(&'a self, _: &'a str, _: &'a ToolConfig, _: CallRequest) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
+    fn call<'a>(&'a self, _: &'a str, _: &'a ToolConfig, _: CallRequest, _: &'a CancellationToken) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
         Box::pin(async move {
             match self.delay {
                 Some(delay) => tokio::time::sleep(delay).await,
@@ -66,7 +67,7 @@ async fn dispatch_on(runtime: SlowRuntime) -> Result<CallResult, RuntimeError> {
     let new = NewSession { id: "s1".into(), caller, client_name: "t".into(), client_version: "1".into(), protocol_version: None, stateless: false };
     let session = gw.start_session(new).await;
     let request = CallRequest { call_id: "c-1".into(), arguments: json!({}), preview: false };
-    super::dispatch(&gw, &session, &tool(), request).await
+    super::dispatch(&gw, &session, &tool(), request, &CancellationToken::new()).await
 }
 
 #[tokio::test(start_paused = true)]

@@ -23,7 +23,13 @@ impl WorkerRuntime for NoRuntime {
     fn start_session(&self, _: SessionInfo) -> BoxFuture<'_, Result<(), RuntimeError>> {
         Box::pin(async { Ok(()) })
     }
-    fn call<'a>(&'a self, _: &'a str, _: &'a toolwarden_core::config::ToolConfig, _: CallRequest) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
+    fn call<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a toolwarden_core::config::ToolConfig,
+        _: CallRequest,
+        _: &'a tokio_util::sync::CancellationToken,
+    ) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
         Box::pin(async { Err(RuntimeError::new("worker_start_failed", "no runtime in this test")) })
     }
     fn start_timeout(&self) -> Duration {

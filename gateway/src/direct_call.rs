@@ -22,7 +22,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -32,6 +32,7 @@ use futures::FutureExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use rmcp::model::{CallToolRequestParams, RequestId, ServerJsonRpcMessage, ServerResult};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::elicit::Asking;
 use crate::sessions::SessionRecord;
@@ -178,9 +179,21 @@ pub async fn answer(gateway: &Arc<Gateway>, session: &Arc<SessionRecord>, body: 
     }
     let (gw, session) = (gateway.clone(), session.clone());
     let ToolsCall { id, params, .. } = call;
-    let run = async move { crate::call::call_tool(&gw, &session, &params.name, params.arguments, Asking::No).await };
+    let request_id = id.clone();
+    let run = async move {
+        // Registered for as long as the call runs, in this task or (after a hang-up) its own.
+        let running = session.direct_calls.start(request_id);
+        let response = crate::call::call_tool(&gw, &session, &params.name, params.arguments, Asking::No, &running.cancel).await;
+        (response, running.cancel.is_cancelled())
+    };
     let reply = match RunToEnd::new(run).await {
-        Ok(response) => {
+        // The client cancelled it: no response, as the specification asks (and as rmcp does, whose
+        // stream for a cancelled request ends without one). An empty event stream says just that.
+        Ok((_, true)) => {
+            let empty = Response::builder().status(StatusCode::OK).header(header::CONTENT_TYPE, "text/event-stream").body(Body::empty());
+            return Some(empty.unwrap_or_else(|_| Response::new(Body::empty())));
+        }
+        Ok((response, false)) => {
             let mut result = ServerResult::from(response);
             // Sessions are legacy protocol versions, which have no `resultType`.
             result.strip_result_type_for_legacy_peer();
@@ -200,6 +213,67 @@ pub async fn answer(gateway: &Arc<Gateway>, session: &Arc<SessionRecord>, body: 
         }
     };
     Some(response.unwrap_or_else(|_| Response::new(Body::empty())))
+}
+
+/// The `tools/call`s of a session answered here and still running, so that the client's
+/// `notifications/cancelled` reaches them: rmcp cancels only the requests it routed itself.
+#[derive(Default)]
+pub struct InFlight(Mutex<Vec<(RequestId, CancellationToken)>>);
+
+/// A call's entry in [`InFlight`], removed when the call ends however it ends.
+pub struct Running<'a> {
+    calls: &'a InFlight,
+    id: RequestId,
+    pub cancel: CancellationToken,
+}
+
+impl InFlight {
+    pub fn start(&self, id: RequestId) -> Running<'_> {
+        let cancel = CancellationToken::new();
+        self.lock().push((id.clone(), cancel.clone()));
+        Running { calls: self, id, cancel }
+    }
+
+    /// Cancels the running calls with this id (one, unless the client reused an id); whether any ran.
+    pub fn cancel(&self, id: &RequestId) -> bool {
+        let calls = self.lock();
+        let mut found = false;
+        for (_, cancel) in calls.iter().filter(|(running, _)| running == id) {
+            cancel.cancel();
+            found = true;
+        }
+        found
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(RequestId, CancellationToken)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut calls = self.calls.lock();
+        if let Some(at) = calls.iter().position(|(id, _)| *id == self.id) {
+            calls.swap_remove(at);
+        }
+    }
+}
+
+/// `notifications/cancelled` from the client of `session`: cancels the call it names if this module
+/// runs it (and returns `true`). The notification goes on to rmcp either way, for the calls rmcp runs.
+pub fn cancel(session: &SessionRecord, body: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Cancelled {
+        params: rmcp::model::CancelledNotificationParam,
+    }
+    let Ok(Cancelled { params: rmcp::model::CancelledNotificationParam { request_id: Some(id), .. } }) = serde_json::from_slice(body) else {
+        return false;
+    };
+    let found = session.direct_calls.cancel(&id);
+    if found {
+        tracing::info!(session = %session.id, request = %id, "the client cancelled a call");
+    }
+    found
 }
 
 /// Runs a call in the request's own task (no task of its own to schedule), and still to its end, as
@@ -281,6 +355,21 @@ mod tests {
 
         assert_eq!(RunToEnd::new(async { 7 }).await, Ok(7));
         assert_eq!(RunToEnd::new(async { panic!("boom") }).await, Err::<(), ()>(()));
+    }
+
+    #[test]
+    fn a_cancellation_reaches_the_running_call_with_its_id_only_while_it_runs() {
+        let calls = InFlight::default();
+        let seven = calls.start(RequestId::Number(7));
+        let named = calls.start(RequestId::String("seven".into()));
+        assert!(!calls.cancel(&RequestId::Number(8)), "no such call");
+        assert!(calls.cancel(&RequestId::Number(7)));
+        assert!(seven.cancel.is_cancelled() && !named.cancel.is_cancelled());
+        drop(seven);
+        assert!(!calls.cancel(&RequestId::Number(7)), "a finished call is forgotten");
+        assert!(calls.cancel(&RequestId::String("seven".into())));
+        drop(named);
+        assert!(calls.lock().is_empty());
     }
 
     #[test]

@@ -224,10 +224,16 @@ async fn mcp_entry(app: App, namespace: String, request: Request) -> Response {
         {
             return response;
         }
-        let initialize = match check_body(&body) {
-            Ok(message) => message.is_initialize(),
+        let message = match check_body(&body) {
+            Ok(message) => message,
             Err((status, code, message)) => return rpc_error(status, code, message),
         };
+        if message.is_method("notifications/cancelled")
+            && let Some(session) = &session
+        {
+            crate::direct_call::cancel(session, &body);
+        }
+        let initialize = message.is_method("initialize");
         if initialize
             && without_session
             && let Err(sentence) = gateway.admit_session(&namespace, &principal.subject)
@@ -299,8 +305,8 @@ struct Envelope {
 }
 
 impl Envelope {
-    fn is_initialize(&self) -> bool {
-        self.method.as_ref().and_then(|m| m.as_str()) == Some("initialize")
+    fn is_method(&self, method: &str) -> bool {
+        self.method.as_ref().and_then(|m| m.as_str()) == Some(method)
     }
 }
 

@@ -130,7 +130,8 @@ impl ServerHandler for McpHandler {
         } else {
             Asking::No
         };
-        Ok(crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments, asking).await)
+        // rmcp cancels `context.ct` when the client sends `notifications/cancelled` for this request.
+        Ok(crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments, asking, &context.ct).await)
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

@@ -45,6 +45,8 @@ pub struct SessionRecord {
     pub taint: Mutex<Taint>,
     /// Where `notifications/tools/list_changed` go (sessions with a stream only).
     pub peer: Mutex<Option<Peer<RoleServer>>>,
+    /// Its `tools/call`s the gateway answers itself, while they run (for `notifications/cancelled`).
+    pub direct_calls: crate::direct_call::InFlight,
     ended: AtomicBool,
 }
 
@@ -118,6 +120,7 @@ impl Sessions {
             last_used: Mutex::new(Instant::now()),
             taint: Mutex::new(Taint::default()),
             peer: Mutex::new(None),
+            direct_calls: Default::default(),
             ended: AtomicBool::new(false),
         });
         map.insert(new.id, record.clone());

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use toolwarden_core::config::ToolConfig;
 use toolwarden_gateway::kubernetes::Metrics;
 use toolwarden_gateway::runtime::local::{LocalRuntime, LocalRuntimeConfig, LocalSecrets};
-use toolwarden_gateway::runtime::{SessionInfo, WorkerRuntime};
+use toolwarden_gateway::runtime::{CancellationToken, SessionInfo, WorkerRuntime};
 use toolwarden_worker::protocol::CallRequest;
 
 fn python() -> PathBuf {
@@ -79,7 +79,7 @@ fn request(arguments: Value) -> CallRequest {
 
 /// What the fake worker reported about itself.
 async fn call(f: &Fixture, session: &str, tool: &ToolConfig, arguments: Value) -> Value {
-    let result = f.runtime.call(session, tool, request(arguments)).await.unwrap();
+    let result = f.runtime.call(session, tool, request(arguments), &CancellationToken::new()).await.unwrap();
     serde_json::from_str(&result.content).unwrap()
 }
 
@@ -145,6 +145,26 @@ async fn first_call_starts_a_private_worker_with_its_credentials_and_nothing_els
 }
 
 #[tokio::test]
+async fn a_cancelled_call_ends_at_once_and_its_worker_serves_the_next_call() {
+    let f = fixture();
+    f.runtime.start_session(session("s1")).await.unwrap();
+    let t = tool("read_note", json!({}));
+    let first = call(&f, "s1", &t, json!({})).await;
+    let cancel = CancellationToken::new();
+    let slow = f.runtime.call("s1", &t, request(json!({"sleep": 60})), &cancel);
+    let client = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        cancel.cancel();
+    };
+    let (ended, ()) = tokio::join!(tokio::time::timeout(std::time::Duration::from_secs(20), slow), client);
+    let err = ended.expect("a cancelled call ends without waiting for the tool").unwrap_err();
+    assert_eq!(err.code, "cancelled", "{err}");
+    // Cancelling is not a failure of the worker: it is kept, not replaced.
+    assert_eq!(call(&f, "s1", &t, json!({})).await["pid"], first["pid"]);
+    f.runtime.shutdown().await;
+}
+
+#[tokio::test]
 async fn concurrent_first_calls_of_one_tool_share_one_worker() {
     let f = fixture();
     f.runtime.start_session(session("s1")).await.unwrap();
@@ -167,7 +187,7 @@ async fn a_worker_that_dies_mid_call_fails_that_call_and_the_next_call_starts_a_
     let f = fixture();
     f.runtime.start_session(session("s1")).await.unwrap();
     let dying = tool("read_note", json!({"labels": {"fake": "die"}}));
-    let err = f.runtime.call("s1", &dying, request(json!({}))).await.unwrap_err();
+    let err = f.runtime.call("s1", &dying, request(json!({})), &CancellationToken::new()).await.unwrap_err();
     assert_eq!(err.code, "worker_died", "{err:?}");
     // The same tool, now healthy (a manifest edit): a fresh worker answers.
     let healthy = tool("read_note", json!({}));
@@ -197,7 +217,7 @@ async fn a_changed_tool_gets_a_new_worker_and_the_old_one_is_stopped() {
 async fn a_sandbox_refused_by_the_kernel_is_sandbox_unavailable_with_its_sentence() {
     let f = fixture();
     f.runtime.start_session(session("s1")).await.unwrap();
-    let err = f.runtime.call("s1", &tool("read_note", json!({"labels": {"fake": "exit3"}})), request(json!({}))).await.unwrap_err();
+    let err = f.runtime.call("s1", &tool("read_note", json!({"labels": {"fake": "exit3"}})), request(json!({})), &CancellationToken::new()).await.unwrap_err();
     assert_eq!(err.code, "sandbox_unavailable");
     assert!(err.message.contains("user namespaces are not available"), "{}", err.message);
     assert!(metrics_text(&f.metrics).contains(r#"toolwarden_worker_start_failures_total{runtime="local",reason="sandbox_unavailable"} 1"#));
@@ -210,7 +230,7 @@ async fn a_missing_secret_is_refused_before_anything_starts() {
     let f = fixture();
     f.runtime.start_session(session("s1")).await.unwrap();
     let t = tool("read_note", json!({"credentials": [{"secretRef": {"name": "gh", "key": "nope"}, "env": "CRED_X"}]}));
-    let err = f.runtime.call("s1", &t, request(json!({}))).await.unwrap_err();
+    let err = f.runtime.call("s1", &t, request(json!({})), &CancellationToken::new()).await.unwrap_err();
     assert_eq!(err.code, "missing_credential");
     assert!(err.message.contains("Secret default/gh has no key nope"), "{}", err.message);
     assert!(worker_dirs(&f).is_empty());
@@ -226,7 +246,7 @@ async fn ending_a_session_stops_its_workers_and_removes_their_dirs_idempotently(
     f.runtime.end_session("s1", "deleted").await;
     assert!(!alive(pid), "worker {pid} survived the end of its session");
     assert!(worker_dirs(&f).is_empty());
-    let err = f.runtime.call("s1", &tool("read_note", json!({})), request(json!({}))).await.unwrap_err();
+    let err = f.runtime.call("s1", &tool("read_note", json!({})), request(json!({})), &CancellationToken::new()).await.unwrap_err();
     assert_eq!(err.code, "unknown_session");
     assert!(metrics_text(&f.metrics).contains("toolwarden_worker_pods_active 0"));
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use toolwarden_core::config::ToolConfig;
 use toolwarden_core::resources::{ApprovalState, ClientInfo, PendingApproval};
 use toolwarden_worker::protocol::{CallRequest, CallResult};
@@ -111,12 +112,13 @@ impl WorkerRuntime for KubernetesWorkerRuntime {
         session_id: &'a str,
         tool: &'a ToolConfig,
         request: CallRequest,
+        cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
         Box::pin(async move {
             let endpoint = self.inner.worker(session_id, tool).await.map_err(runtime_error)?;
             let client = self.client_for(session_id, &endpoint)?;
             let timeout = Duration::from_millis(tool.timeout_ms) + CALL_MARGIN;
-            match client.call(&request, timeout).await {
+            match super::unless_cancelled(cancel, client.call(&request, timeout)).await {
                 Err(e) if TRANSPORT_FAILURES.contains(&e.code) => {
                     self.forget_pod(&endpoint.pod);
                     let why = self.inner.call_failed(session_id, tool, &endpoint).await;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio_util::sync::CancellationToken;
 use toolwarden_core::config::ToolConfig;
 use toolwarden_worker::protocol::{CallRequest, CallResult, SPEC_ENV};
 
@@ -312,13 +313,13 @@ impl LocalRuntime {
         }
     }
 
-    async fn run_call(&self, session_id: &str, tool: &ToolConfig, request: CallRequest) -> Result<CallResult, RuntimeError> {
+    async fn run_call(&self, session_id: &str, tool: &ToolConfig, request: CallRequest, cancel: &CancellationToken) -> Result<CallResult, RuntimeError> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(RuntimeError::new("shutting_down", "the gateway is shutting down"));
         }
         let worker = self.worker_for(session_id, tool).await?;
         let timeout = Duration::from_millis(tool.timeout_ms) + CALL_MARGIN;
-        match worker.client.call(&request, timeout).await {
+        match super::unless_cancelled(cancel, worker.client.call(&request, timeout)).await {
             Ok(result) => Ok(result),
             Err(mut e) => {
                 if matches!(e.code, "worker_died" | "worker_timeout" | "worker_unauthorized" | "worker_unreachable") {
@@ -476,8 +477,9 @@ impl WorkerRuntime for LocalRuntime {
         session_id: &'a str,
         tool: &'a ToolConfig,
         request: CallRequest,
+        cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
-        Box::pin(self.run_call(session_id, tool, request))
+        Box::pin(self.run_call(session_id, tool, request, cancel))
     }
 
     fn end_session<'a>(&'a self, session_id: &'a str, reason: &'static str) -> BoxFuture<'a, ()> {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+pub use tokio_util::sync::CancellationToken;
 use toolwarden_core::config::ToolConfig;
 use toolwarden_core::resources::PendingApproval;
 use toolwarden_worker::protocol::{CallRequest, CallResult};
@@ -43,6 +44,23 @@ impl RuntimeError {
     }
 }
 
+/// The code of a call the client cancelled (`notifications/cancelled`) before its worker answered.
+pub const CANCELLED: &str = "cancelled";
+
+/// Runs a call's exchange with its worker unless `cancel` fires first. Dropping the exchange closes its
+/// connection, and the worker then stops the call with every process it started. Runtimes use it for
+/// the exchange only: a worker being started is left to finish starting, so nothing is left half made.
+pub async fn unless_cancelled<T>(
+    cancel: &CancellationToken,
+    exchange: impl std::future::Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    tokio::select! {
+        biased;
+        outcome = exchange => outcome,
+        () = cancel.cancelled() => Err(RuntimeError::new(CANCELLED, "the client cancelled the call; its worker stopped it")),
+    }
+}
+
 /// Where calls run. Implementations start a worker per (session, tool) on first use and stop a session's
 /// workers when it ends. `end_session` may be called more than once for the same session.
 pub trait WorkerRuntime: Send + Sync + 'static {
@@ -52,12 +70,15 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn start_session(&self, session: SessionInfo) -> BoxFuture<'_, Result<(), RuntimeError>>;
     /// Runs one call on this session's worker for `tool`, starting the worker if needed. Implementations
     /// bound both steps themselves: the start by [`WorkerRuntime::start_timeout`], the call by the tool's
-    /// timeout plus a margin; each with its own error code (`start_timeout`, `worker_timeout`).
+    /// timeout plus a margin; each with its own error code (`start_timeout`, `worker_timeout`). When
+    /// `cancel` fires during the exchange with the worker, the call is stopped and ends with
+    /// [`CANCELLED`] (see [`unless_cancelled`]).
     fn call<'a>(
         &'a self,
         session_id: &'a str,
         tool: &'a ToolConfig,
         request: CallRequest,
+        cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<CallResult, RuntimeError>>;
     /// Longest a worker may take to start; a tool's first call in a session may wait that long first.
     fn start_timeout(&self) -> Duration;
