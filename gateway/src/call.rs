@@ -357,7 +357,7 @@ async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str,
         }
         Err(e) if e.code == CANCELLED => {
             gw.runtime.record_call(&session.id, false, None);
-            // The client no longer waits for this answer; it says what happened to anyone who reads it.
+            // Sent to no one (a cancelled request gets no response), but a complete result all the same.
             let message = format!("{} was cancelled by the client before it finished; its worker stopped it", tool.name);
             Refusal::new(CANCELLED, message).into_result(tool.output_schema.is_some())
         }
