@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
 """A tiny stdio MCP server (newline-delimited JSON-RPC) with one tool, `count_words`.
 
-text_mcp_server.py [--crash-on WORD] [--garbage-on WORD]
+text_mcp_server.py [--crash-on WORD] [--garbage-on WORD] [--slow-on WORD] [--record FILE]
 For tests of what a client does with a broken server: a count_words text containing WORD makes the
-server exit abruptly (--crash-on) or answer with a line that is not JSON (--garbage-on).
+server exit abruptly (--crash-on), answer with a line that is not JSON (--garbage-on) or take three
+seconds (--slow-on); --record appends every message the server reads to FILE.
 """
 import argparse
 import json
 import os
 import sys
+import time
 
 options = argparse.ArgumentParser(description="A tiny stdio MCP server with one tool, count_words.")
 options.add_argument("--crash-on", metavar="WORD", help="exit abruptly when a text contains WORD")
 options.add_argument("--garbage-on", metavar="WORD", help="answer with a non-JSON line when a text contains WORD")
+options.add_argument("--slow-on", metavar="WORD", help="take three seconds when a text contains WORD")
+options.add_argument("--record", metavar="FILE", help="append every message read to FILE")
 OPTIONS = options.parse_args()
 
 TOOL = {
@@ -42,6 +46,9 @@ def reply(id_, result=None, error=None):
 
 
 for line in sys.stdin:
+    if OPTIONS.record:
+        with open(OPTIONS.record, "a") as record:
+            record.write(line)
     try:
         request = json.loads(line)
     except json.JSONDecodeError:
@@ -66,6 +73,8 @@ for line in sys.stdin:
             sys.stdout.write("this is not JSON-RPC\n")
             sys.stdout.flush()
             continue
+        if OPTIONS.slow_on and OPTIONS.slow_on in text.split():
+            time.sleep(3)
         reply(id_, count(arguments))
     else:
         reply(id_, error={"code": -32601, "message": f"unknown method {method}"})

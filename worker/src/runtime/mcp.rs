@@ -1,6 +1,11 @@
 //! `mcp`: an existing stdio MCP server, started once per worker on the first call, initialised, and asked
 //! to run the one upstream tool. If it dies, hangs or speaks garbage, that call gets the reason and the
 //! next call starts a fresh server. Calls reach the server one at a time.
+//!
+//! A call abandoned by the gateway (it cancelled the call and closed the connection) is cancelled
+//! upstream too: the server gets `notifications/cancelled` for its request, and its late answer is
+//! skipped. A write the abandonment cut in half would corrupt the server's input, so the server is
+//! restarted instead.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex as SyncMutex};
@@ -22,7 +27,8 @@ const MAX_LINE: u64 = 32 * 1024 * 1024;
 
 #[derive(Default)]
 pub struct Upstream {
-    session: Mutex<Option<Session>>,
+    /// Shared with the task that tells the server about an abandoned call.
+    session: Arc<Mutex<Option<Session>>>,
 }
 
 struct Session {
@@ -33,6 +39,13 @@ struct Session {
     stdout: BufReader<ChildStdout>,
     stderr: Arc<SyncMutex<VecDeque<u8>>>,
     next_id: u64,
+    /// The request whose answer has not been read. Whoever takes the lock and finds one here knows its
+    /// call was abandoned (a call that ends in any other way clears it or ends the session).
+    unanswered: Option<u64>,
+    /// A message is being written: set while writing, so a write cut short is known.
+    writing: bool,
+    /// The line being read; kept across calls, so a read cut short by an abandoned call goes on.
+    line: Vec<u8>,
 }
 
 /// A failed exchange: the error code, the sentence, and whether the server must be restarted.
@@ -55,7 +68,10 @@ pub async fn call(tool: &Tool, upstream: &Upstream, request: &CallRequest) -> Re
     let Ok(mut guard) = tokio::time::timeout_at(deadline, upstream.session.lock()).await else {
         return Ok(timed_out());
     };
+    let abandoned = OnAbandon(Some(upstream.session.clone()));
+    settle_abandoned(&mut guard).await;
     let outcome = tokio::time::timeout_at(deadline, exchange(tool, &mut guard, &request.arguments)).await;
+    abandoned.disarm();
     let result = match outcome {
         Ok(Ok(response)) => return Ok(map_result(tool.cap(), response)),
         Ok(Err(Failed(code, message))) => failure(code, message),
@@ -66,6 +82,46 @@ pub async fn call(tool: &Tool, upstream: &Upstream, request: &CallRequest) -> Re
         session.kill().await;
     }
     Ok(result)
+}
+
+/// Dropped armed (the call's future was dropped mid-exchange): tells the server, in a task of its own.
+struct OnAbandon(Option<Arc<Mutex<Option<Session>>>>);
+
+impl OnAbandon {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for OnAbandon {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move { settle_abandoned(&mut *session.lock().await).await });
+        }
+    }
+}
+
+/// Deals with what an abandoned call left (the lock is held, so no call is under way): a server whose
+/// input was cut mid-message is stopped (the next call starts a fresh one); otherwise the server is told
+/// that the unanswered request is cancelled.
+async fn settle_abandoned(slot: &mut Option<Session>) {
+    let Some(session) = slot.as_mut() else { return };
+    if session.writing {
+        if let Some(mut session) = slot.take() {
+            session.kill().await;
+        }
+        return;
+    }
+    if let Some(id) = session.unanswered.take() {
+        let notice = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": id, "reason": "the client cancelled the call"}});
+        if session.send(&notice).await.is_err()
+            && let Some(mut session) = slot.take()
+        {
+            session.kill().await;
+        }
+    }
 }
 
 async fn exchange(tool: &Tool, slot: &mut Option<Session>, arguments: &Value) -> Result<Value, Failed> {
@@ -113,6 +169,9 @@ impl Session {
             group: Some(group),
             stderr,
             next_id: 1,
+            unanswered: None,
+            writing: false,
+            line: Vec::new(),
         };
         let params = json!({
             "protocolVersion": PROTOCOL_VERSION,
@@ -130,9 +189,11 @@ impl Session {
     async fn send(&mut self, message: &Value) -> Result<(), Failed> {
         let mut line = serde_json::to_vec(message).expect("JSON values serialize");
         line.push(b'\n');
+        self.writing = true;
         if self.stdin.write_all(&line).await.is_err() || self.stdin.flush().await.is_err() {
             return Err(self.crashed().await);
         }
+        self.writing = false;
         Ok(())
     }
 
@@ -141,13 +202,16 @@ impl Session {
         let id = self.next_id;
         self.next_id += 1;
         self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await?;
+        self.unanswered = Some(id);
         loop {
-            let mut line = Vec::new();
-            let n = (&mut self.stdout).take(MAX_LINE).read_until(b'\n', &mut line).await.unwrap_or(0);
-            if n == 0 {
+            // `read_until` appends what it reads before it is cut short, so `self.line` keeps a partial line.
+            let room = MAX_LINE.saturating_sub(self.line.len() as u64);
+            let n = (&mut self.stdout).take(room).read_until(b'\n', &mut self.line).await.unwrap_or(0);
+            if n == 0 && room > 0 {
                 return Err(self.crashed().await);
             }
-            if n as u64 >= MAX_LINE && !line.ends_with(b"\n") {
+            let line = std::mem::take(&mut self.line);
+            if line.len() as u64 >= MAX_LINE && !line.ends_with(b"\n") {
                 return Err(Failed("upstream_protocol", format!("the MCP server sent a line longer than {MAX_LINE} bytes")));
             }
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -172,6 +236,7 @@ impl Session {
             if message.get("id").and_then(Value::as_u64) != Some(id) {
                 continue;
             }
+            self.unanswered = None;
             if let Some(error) = message.get("error") {
                 let text = error.get("message").and_then(Value::as_str).unwrap_or("no message");
                 let code = error.get("code").and_then(Value::as_i64).unwrap_or(0);
