@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+mod procs;
+#[allow(unused_imports)] // not every test binary looks for processes
+pub use procs::live_processes_with;
+
 pub const TOKEN: &str = "test-worker-token";
 pub const BIN: &str = env!("CARGO_BIN_EXE_toolwarden-worker");
 
@@ -210,21 +214,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Processes (not zombies) whose command line contains `marker`.
-pub fn live_processes_with(marker: &str) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let state = stat.rsplit_once(") ").map(|(_, s)| s.chars().next().unwrap_or('?')).unwrap_or('?');
-        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(marker) && state != 'Z' && state != 'X' {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// Peak resident memory of a process, in KiB.
