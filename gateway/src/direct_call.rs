@@ -260,20 +260,18 @@ impl Drop for Running<'_> {
 }
 
 /// `notifications/cancelled` from the client of `session`: cancels the call it names if this module
-/// runs it (and returns `true`). The notification goes on to rmcp either way, for the calls rmcp runs.
-pub fn cancel(session: &SessionRecord, body: &[u8]) -> bool {
+/// runs it. The notification goes on to rmcp either way, for the calls rmcp runs.
+pub fn cancel(session: &SessionRecord, body: &[u8]) {
     #[derive(Deserialize)]
     struct Cancelled {
         params: rmcp::model::CancelledNotificationParam,
     }
     let Ok(Cancelled { params: rmcp::model::CancelledNotificationParam { request_id: Some(id), .. } }) = serde_json::from_slice(body) else {
-        return false;
+        return;
     };
-    let found = session.direct_calls.cancel(&id);
-    if found {
+    if session.direct_calls.cancel(&id) {
         tracing::info!(session = %session.id, request = %id, "the client cancelled a call");
     }
-    found
 }
 
 /// Runs a call in the request's own task (no task of its own to schedule), and still to its end, as
