@@ -1,8 +1,9 @@
 //! End-to-end through the real gateway against a cluster (runs only with `KUBECONFIG` set; needs
 //! `kubectl`): `toolwarden gateway --runtime kubernetes` runs on this machine, an MCP client opens a
 //! session, and we watch what an operator would see with kubectl: the McpSession and its printer
-//! columns, the worker pod and its spec, and both gone when the session ends or is deleted; and a
-//! service account authenticating with a projected token through TokenReview.
+//! columns, the worker pod and its spec, a cancelled call stopped inside its pod, and both gone when the
+//! session ends or is deleted; and a service account authenticating with a projected token through
+//! TokenReview.
 //!
 //! Set `TOOLWARDEN_E2E_WORKER_IMAGE` (an image holding `/toolwarden-worker`) where the cluster can run
 //! pods: the tool call must then return its output through the pod. Without it, the worker image cannot
@@ -14,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway_support::{Client, code, text};
-use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::model::{CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientConfig, ClientRequest, Implementation};
+use rmcp::service::PeerRequestOptions;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
@@ -79,9 +81,9 @@ impl Drop for Cleanup {
 const MANIFESTS: &str = r#"
 apiVersion: toolwarden.dev/v1alpha1
 kind: McpTool
-metadata: {name: echo-text}
+metadata: {name: get-echo}
 spec:
-  description: Echoes its text back.
+  description: Returns its text (an echo).
   effect: read
   inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
   runtime:
@@ -94,7 +96,27 @@ kind: ToolPolicy
 metadata: {name: e2e-may-echo}
 spec:
   subjects: {users: [e2e-user], serviceAccounts: [NAMESPACE/e2e-agent]}
-  tools: {names: [echo-text]}
+  tools: {names: [get-echo]}
+  decision: allow
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: check-after}
+spec:
+  description: Waits the given number of seconds, with a second wait in the background.
+  effect: read
+  inputSchema: {type: object, properties: {secs: {type: integer}}, required: [secs], additionalProperties: false}
+  runtime:
+    exec: {image: "busybox:1.36", command: [/bin/sh, -c, 'sleep "$1" & sleep "$1"; echo woke', sh], args: ["{{secs}}"]}
+  outputTrust: trusted
+  limits: {timeout: 10m}
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: e2e-user-may-wait}
+spec:
+  subjects: {users: [e2e-user]}
+  tools: {names: [check-after]}
   decision: allow
 "#;
 
@@ -142,6 +164,13 @@ fn sessions(namespace: &str) -> Vec<Value> {
 
 fn worker_pods(namespace: &str) -> Vec<Value> {
     items(&json_of(&["get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=worker", "-o", "json"]))
+}
+
+/// Runs everywhere, cluster or not: manifests that do not compile would only fail against a cluster.
+#[test]
+fn the_e2e_manifests_compile() {
+    let config_map: Value = serde_json::from_str(&config_map("tw-e2e-check")).unwrap();
+    assert_eq!(config_map["metadata"]["namespace"], "tw-e2e-check");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,7 +226,7 @@ async fn sessions_through_the_gateway_are_mcpsessions_with_worker_pods() {
     // A session is an McpSession that kubectl shows with its printer columns.
     let client = connect(&format!("{base}/mcp/{namespace}")).await;
     let tools = client.list_all_tools().await.expect("tools/list");
-    assert_eq!(tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>(), vec!["echo_text"]);
+    assert_eq!(tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>(), vec!["check_after", "get_echo"]);
     let session = wait_for("the McpSession of the first session", Duration::from_secs(30), || {
         sessions(&namespace).into_iter().find(|s| s["spec"]["subject"] == "e2e-user")
     });
@@ -212,12 +241,12 @@ async fn sessions_through_the_gateway_are_mcpsessions_with_worker_pods() {
     // The first call of the tool starts its worker pod, owned by the session, hardened.
     let call_client = client.clone();
     let call = tokio::spawn(async move {
-        let mut params = CallToolRequestParams::new("echo_text");
+        let mut params = CallToolRequestParams::new("get_echo");
         params.arguments = json!({"text": "hello from a pod; rm -rf /"}).as_object().cloned();
         call_client.call_tool(params).await
     });
     let pod = wait_for("the worker pod of the first call", Duration::from_secs(30), || {
-        worker_pods(&namespace).into_iter().find(|p| p["metadata"]["labels"]["toolwarden.dev/tool"] == "echo-text")
+        worker_pods(&namespace).into_iter().find(|p| p["metadata"]["labels"]["toolwarden.dev/tool"] == "get-echo")
     });
     let owner = &pod["metadata"]["ownerReferences"][0];
     assert_eq!(owner["kind"], "McpSession", "{pod}");
@@ -244,6 +273,30 @@ async fn sessions_through_the_gateway_are_mcpsessions_with_worker_pods() {
         wait_for("the failed worker pod to be deleted", Duration::from_secs(60), || worker_pods(&namespace).is_empty().then_some(()));
     }
 
+    // A cancelled call is stopped inside its pod: the worker kills everything the call started.
+    if worker_image.is_some() {
+        let mut params = CallToolRequestParams::new("check_after");
+        params.arguments = json!({"secs": 317}).as_object().cloned();
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        let handle = client.send_cancellable_request(request, PeerRequestOptions::no_options()).await.expect("the call is sent");
+        let pod = wait_for("the slow tool's worker pod", Duration::from_secs(120), || {
+            worker_pods(&namespace)
+                .into_iter()
+                .find(|p| p["metadata"]["labels"]["toolwarden.dev/tool"] == "check-after" && p["status"]["phase"] == "Running")
+        });
+        let pod_name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+        let sleeps = || {
+            let (_, ps) = kubectl(&["exec", "-n", &namespace, &pod_name, "-c", "worker", "--", "ps"]);
+            ps.lines().filter(|l| l.contains("sleep 317")).count()
+        };
+        wait_for("the call's two sleeps to run in the pod", Duration::from_secs(60), || (sleeps() == 2).then_some(()));
+        handle.cancel(Some("e2e: the user pressed Esc".into())).await.expect("the client cancels");
+        wait_for("the cancelled call's processes to stop", Duration::from_secs(30), || (sleeps() == 0).then_some(()));
+        let cancelled = format!(r#"toolwarden_tool_calls_total{{namespace="{namespace}",tool="check_after",decision="allow",status="cancelled"}} 1"#);
+        let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+        assert!(metrics.contains(&cancelled), "{cancelled} missing from:\n{metrics}");
+    }
+
     // `kubectl delete mcpsession` ends the session: its pods go, and the client's session is gone.
     let (ok, out) = kubectl(&["delete", "mcpsession", "-n", &namespace, &session_name, "--wait=false"]);
     assert!(ok, "{out}");
@@ -251,7 +304,7 @@ async fn sessions_through_the_gateway_are_mcpsessions_with_worker_pods() {
     wait_for("the McpSession to go", Duration::from_secs(60), || {
         (!sessions(&namespace).iter().any(|s| s["metadata"]["name"] == session_name.as_str())).then_some(())
     });
-    let mut params = CallToolRequestParams::new("echo_text");
+    let mut params = CallToolRequestParams::new("get_echo");
     params.arguments = json!({"text": "again"}).as_object().cloned();
     let after = client.call_tool(params).await;
     assert!(
@@ -282,7 +335,7 @@ async fn sessions_through_the_gateway_are_mcpsessions_with_worker_pods() {
     };
     let agent = connect_as(&format!("{base}/mcp/{namespace}"), &token_for(AUDIENCE)).await;
     let tools = agent.list_all_tools().await.expect("tools/list as the service account");
-    assert_eq!(tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>(), vec!["echo_text"]);
+    assert_eq!(tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>(), vec!["get_echo"]);
     let subject = format!("system:serviceaccount:{namespace}:e2e-agent");
     wait_for("the service account's McpSession", Duration::from_secs(30), || {
         sessions(&namespace).into_iter().find(|s| s["spec"]["subject"] == subject.as_str())
