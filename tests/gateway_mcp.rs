@@ -276,7 +276,7 @@ spec:
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_call_stops_its_processes_on_both_paths_and_is_audited_as_cancelled() {
+async fn a_cancelled_call_stops_its_processes_on_every_path_and_is_audited_as_cancelled() {
     let dev = Dev::start(&[("wait.yaml", WAIT)]);
     let session = open_session(&dev, DEV_TOKEN).await;
     let post = |body: Value| in_session(mcp_post(&dev, Some(DEV_TOKEN)), &session).json(&body);
@@ -303,6 +303,26 @@ async fn a_cancelled_call_stops_its_processes_on_both_paths_and_is_audited_as_ca
         let result = result.unwrap_or_else(|| panic!("no result line for call {id}"));
         assert_eq!((result["status"].as_str(), result["code"].as_str()), (Some("cancelled"), Some("cancelled")), "{result}");
     }
+    // A 2026-07-28 client has no session and no notice to send: closing the request is the cancellation.
+    let secs = 300_000 + std::process::id() % 100_000 + 21;
+    let marker = format!("sleep {secs}");
+    let stateless = http()
+        .post(dev.mcp_url())
+        .bearer_auth(DEV_TOKEN)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2026-07-28")
+        .header("Mcp-Method", "tools/call")
+        .header("Mcp-Name", "check_after")
+        .json(&json!({"jsonrpc": "2.0", "id": 21, "method": "tools/call", "params": {
+            "name": "check_after", "arguments": {"secs": secs},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"}, "io.modelcontextprotocol/clientCapabilities": {}}}}));
+    let hung_up = tokio::spawn(async move { stateless.send().await.map(|r| r.status()) });
+    dev.eventually("the stateless call's two sleeps run", async || live_processes_with(&marker).len() == 2).await;
+    hung_up.abort();
+    dev.eventually("the stateless call's processes are gone", async || live_processes_with(&marker).is_empty()).await;
+    let result = dev.audit_lines().into_iter().find(|l| l["event"] == "result" && l["arguments"]["secs"] == json!(secs));
+    assert_eq!(result.as_ref().map(|r| r["status"].clone()), Some(json!("cancelled")), "{result:?}");
+
     // Cancelling an unknown or finished request changes nothing, and the session goes on.
     let stale = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 11}});
     assert_eq!(post(stale).send().await.unwrap().status(), 202);
@@ -315,7 +335,7 @@ async fn a_cancelled_call_stops_its_processes_on_both_paths_and_is_audited_as_ca
         .unwrap();
     assert_eq!(again["result"]["content"][0]["text"].as_str().map(str::trim), Some("woke"), "{again}");
     let metrics = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let cancelled = r#"toolwarden_tool_calls_total{namespace="default",tool="check_after",decision="allow",status="cancelled"} 2"#;
+    let cancelled = r#"toolwarden_tool_calls_total{namespace="default",tool="check_after",decision="allow",status="cancelled"} 3"#;
     assert!(metrics.contains(cancelled), "{cancelled} missing from:\n{metrics}");
     assert!(!metrics.contains("toolwarden_worker_calls_failed_total{"), "a cancelled call is no worker failure:\n{metrics}");
 }
