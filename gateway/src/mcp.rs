@@ -130,7 +130,8 @@ impl ServerHandler for McpHandler {
         } else {
             Asking::No
         };
-        // rmcp cancels `context.ct` when the client sends `notifications/cancelled` for this request.
+        // rmcp cancels `context.ct` when the client sends `notifications/cancelled` for this request (or, for
+        // a 2026-07-28 client, closes it).
         Ok(crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments, asking, &context.ct).await)
     }
 
