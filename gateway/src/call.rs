@@ -304,19 +304,19 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
                 }
             }
         }
-        Err(e) if e.code == CANCELLED => {
-            result.code = Some(CANCELLED.to_owned());
-            result.message = Some("cancelled by the client".to_owned());
-            "cancelled"
-        }
         Err(e) => {
             result.code = Some(e.code.to_owned());
             result.message = Some(e.message.clone());
-            gw.metrics.worker_failed(ns, &tool.name, e.code);
-            if e.code == "worker_timeout" {
-                gw.metrics.timeout(ns, &tool.name);
+            if e.code == CANCELLED {
+                // The client's choice, not a failure of the worker.
+                "cancelled"
+            } else {
+                gw.metrics.worker_failed(ns, &tool.name, e.code);
+                if e.code == "worker_timeout" {
+                    gw.metrics.timeout(ns, &tool.name);
+                }
+                "worker_failed"
             }
-            "worker_failed"
         }
     };
     result.status = Some(status.to_owned());
