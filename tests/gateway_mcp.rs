@@ -279,7 +279,8 @@ spec:
 async fn a_cancelled_call_stops_its_processes_on_every_path_and_is_audited_as_cancelled() {
     let dev = Dev::start(&[("wait.yaml", WAIT)]);
     let session = open_session(&dev, DEV_TOKEN).await;
-    let post = |body: Value| in_session(mcp_post(&dev, Some(DEV_TOKEN)), &session).json(&body);
+    let post = |body: Value| mcp_post_in_session(&dev, Some(DEV_TOKEN), &session).json(&body);
+    let result_line = |secs: u32| dev.audit_lines().into_iter().find(|l| l["event"] == "result" && l["arguments"]["secs"] == json!(secs));
     assert_eq!(post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.unwrap().status(), 202);
     // A plain call is answered by the gateway itself; an `Mcp-Method` header routes the same call through rmcp.
     for (id, through_rmcp) in [(11, false), (12, true)] {
@@ -299,17 +300,13 @@ async fn a_cancelled_call_stops_its_processes_on_every_path_and_is_audited_as_ca
         assert!(!answer.contains("\"result\"") && !answer.contains("\"error\""), "through rmcp: {through_rmcp}: {answer}");
         dev.eventually("the call's processes are gone", async || live_processes_with(&marker).is_empty()).await;
 
-        let result = dev.audit_lines().into_iter().find(|l| l["event"] == "result" && l["arguments"]["secs"] == json!(secs));
-        let result = result.unwrap_or_else(|| panic!("no result line for call {id}"));
+        let result = result_line(secs).unwrap_or_else(|| panic!("no result line for call {id}"));
         assert_eq!((result["status"].as_str(), result["code"].as_str()), (Some("cancelled"), Some("cancelled")), "{result}");
     }
     // A 2026-07-28 client has no session and no notice to send: closing the request is the cancellation.
     let secs = 300_000 + std::process::id() % 100_000 + 21;
     let marker = format!("sleep {secs}");
-    let stateless = http()
-        .post(dev.mcp_url())
-        .bearer_auth(DEV_TOKEN)
-        .header("Accept", "application/json, text/event-stream")
+    let stateless = mcp_post(&dev, Some(DEV_TOKEN))
         .header("MCP-Protocol-Version", "2026-07-28")
         .header("Mcp-Method", "tools/call")
         .header("Mcp-Name", "check_after")
@@ -320,7 +317,7 @@ async fn a_cancelled_call_stops_its_processes_on_every_path_and_is_audited_as_ca
     dev.eventually("the stateless call's two sleeps run", async || live_processes_with(&marker).len() == 2).await;
     hung_up.abort();
     dev.eventually("the stateless call's processes are gone", async || live_processes_with(&marker).is_empty()).await;
-    let result = dev.audit_lines().into_iter().find(|l| l["event"] == "result" && l["arguments"]["secs"] == json!(secs));
+    let result = result_line(secs);
     assert_eq!(result.as_ref().map(|r| r["status"].clone()), Some(json!("cancelled")), "{result:?}");
 
     // Cancelling an unknown or finished request changes nothing, and the session goes on.
