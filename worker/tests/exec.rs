@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Worker, exec_spec, live_processes_with, peak_rss_kib};
+use support::{Worker, exec_spec, live_processes_with, peak_rss_kib, wait_for};
 
 #[test]
 fn shell_metacharacters_arrive_as_one_literal_argv_entry() {
@@ -47,25 +47,13 @@ fn a_call_whose_caller_hangs_up_is_stopped_with_the_child_it_forked() {
     let worker = Worker::serve(&exec_spec(&["/bin/sh", "-c", script, "sh"], &["{{secs}}"]), &[]);
     let marker = format!("/bin/sleep {secs}");
     let connection = worker.start_call(json!({"secs": secs}));
-    let started = wait_for(|| live_processes_with(&marker).len() == 2);
+    let started = wait_for(Duration::from_secs(10), || live_processes_with(&marker).len() == 2);
     assert!(started, "the call's two sleeps never ran: {:?}\n{}", live_processes_with(&marker), worker.log());
     drop(connection);
-    let stopped = wait_for(|| live_processes_with(&marker).is_empty());
+    let stopped = wait_for(Duration::from_secs(10), || live_processes_with(&marker).is_empty());
     assert!(stopped, "processes left behind after the caller hung up: {:?}", live_processes_with(&marker));
     assert!(worker.healthy(), "the worker stays up");
     assert_eq!(worker.ran(json!({"secs": "0"}))["isError"], false, "and serves the next call");
-}
-
-/// Polls `check` for up to 10 s.
-fn wait_for(check: impl Fn() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]

@@ -2,8 +2,10 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
-use support::{Worker, programs_dir};
+use support::{Worker, programs_dir, wait_for};
 
 fn mcp_spec(server_args: &[&str]) -> Value {
     let server = programs_dir().join("text_mcp_server.py");
@@ -65,31 +67,19 @@ fn a_call_abandoned_by_its_caller_is_cancelled_upstream_and_the_next_call_gets_i
     let worker = Worker::serve(&mcp_spec(&["--slow-on", "slowly", "--record", record.to_str().unwrap()]), &[]);
     let messages = || -> Vec<Value> {
         let text = std::fs::read_to_string(&record).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     };
     let connection = worker.start_call(json!({"text": "count this slowly"}));
-    let sent = wait_for(|| messages().iter().any(|m| m["params"]["arguments"]["text"] == "count this slowly"));
+    let sent = wait_for(Duration::from_secs(15), || messages().iter().any(|m| m["params"]["arguments"]["text"] == "count this slowly"));
     assert!(sent, "the slow call never reached the server: {:?}", messages());
     let slow_id = messages().iter().find(|m| m["method"] == "tools/call").unwrap()["id"].clone();
     // The gateway cancels a call by hanging up.
     drop(connection);
     // The server reads the notice once the slow request is done (it serves one message at a time).
-    let told = wait_for(|| messages().iter().any(|m| m["method"] == "notifications/cancelled" && m["params"]["requestId"] == slow_id));
+    let told = wait_for(Duration::from_secs(15), || messages().iter().any(|m| m["method"] == "notifications/cancelled" && m["params"]["requestId"] == slow_id));
     assert!(told, "the server was not told of the cancellation: {:?}", messages());
     let next = worker.ran(json!({"text": "one two"}));
     assert_eq!(next["content"], "2 words", "the next call gets its own answer, not the abandoned one: {next}");
-}
-
-/// Polls `check` for up to 15 s.
-fn wait_for(check: impl Fn() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while std::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    false
 }
 
 #[test]

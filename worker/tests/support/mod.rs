@@ -216,6 +216,18 @@ impl Drop for Worker {
     }
 }
 
+/// Polls `check` every 20 ms for up to `limit`; whether it held.
+pub fn wait_for(limit: Duration, check: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// Peak resident memory of a process, in KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
