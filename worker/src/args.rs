@@ -10,7 +10,7 @@ pub struct Args {
 }
 
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["--unsafe-no-sandbox"];
+const SWITCHES: &[&str] = &["--unsafe-no-sandbox", "--no-call-log"];
 
 impl Args {
     pub fn new(args: Vec<OsString>) -> Result<Args, String> {

@@ -7,6 +7,7 @@ pub mod egress;
 pub mod output;
 pub mod process;
 pub mod protocol;
+pub mod quiet_unix;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
@@ -24,6 +25,7 @@ use args::Args;
 
 const USAGE: &str = "usage:
   toolwarden-worker serve --listen HOST:PORT|unix:/path --token-sha256 HEX --work-dir DIR [--max-concurrent N] [--max-processes N]
+                          [--no-call-log]
   toolwarden-worker sandbox [--network none|host] [--tmpfs-size BYTES] [--max-processes N] [--memory-bytes N]
                             [--hide DIR]... [--ro-bind DIR]... [--rw-bind DIR]... [--unsafe-no-sandbox] -- serve ...
   toolwarden-worker install DEST
@@ -72,6 +74,8 @@ struct ServeOptions {
     work_dir: PathBuf,
     max_concurrent: usize,
     max_processes: Option<u64>,
+    /// Write a line to stderr for every call that ends (failures are always written).
+    log_calls: bool,
 }
 
 fn parse_serve(rest: Vec<OsString>) -> Result<ServeOptions, String> {
@@ -81,11 +85,12 @@ fn parse_serve(rest: Vec<OsString>) -> Result<ServeOptions, String> {
     let work_dir = PathBuf::from(a.required("--work-dir")?);
     let max_concurrent = a.number("--max-concurrent")?.map_or(DEFAULT_MAX_CONCURRENT, |n| n as usize);
     let max_processes = a.number("--max-processes")?;
+    let log_calls = !a.switch("--no-call-log");
     a.finish()?;
     if max_concurrent == 0 {
         return Err("--max-concurrent must be at least 1".into());
     }
-    Ok(ServeOptions { listen: server::Listen::parse(&listen), token_sha256: parse_hash(&token)?, work_dir, max_concurrent, max_processes })
+    Ok(ServeOptions { listen: server::Listen::parse(&listen), token_sha256: parse_hash(&token)?, work_dir, max_concurrent, max_processes, log_calls })
 }
 
 fn parse_hash(hex: &str) -> Result<[u8; 32], String> {
@@ -159,7 +164,7 @@ fn run_server(options: ServeOptions, spec: spec::ToolSpec, session_dir: &Path) -
             return ExitCode::FAILURE;
         }
     };
-    let state = Arc::new(server::State::new(tool, options.token_sha256, options.max_concurrent));
+    let state = Arc::new(server::State::new(tool, options.token_sha256, options.max_concurrent).log_calls(options.log_calls));
     let served = runtime.block_on(async {
         let served = server::serve(state.clone(), &options.listen).await;
         state.tool.shutdown().await;

@@ -39,11 +39,20 @@ pub struct State {
     pub max_concurrent: usize,
     permits: Semaphore,
     in_flight: AtomicU32,
+    /// Whether a finished call writes its line to stderr (failures always do).
+    log_calls: bool,
 }
 
 impl State {
     pub fn new(tool: Tool, token_sha256: [u8; 32], max_concurrent: usize) -> State {
-        State { tool, token_sha256, max_concurrent, permits: Semaphore::new(max_concurrent), in_flight: AtomicU32::new(0) }
+        State { tool, token_sha256, max_concurrent, permits: Semaphore::new(max_concurrent), in_flight: AtomicU32::new(0), log_calls: true }
+    }
+
+    /// `--no-call-log`: the local runtime reads the worker's stderr, and a line per call would wake the
+    /// gateway once more per call for a line it shows only at debug level.
+    pub fn log_calls(mut self, log_calls: bool) -> State {
+        self.log_calls = log_calls;
+        self
     }
 }
 
@@ -82,7 +91,10 @@ pub async fn serve(state: Arc<State>, listen: &Listen) -> std::io::Result<()> {
             let result = loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => spawn_connection(state.clone(), stream),
+                        Ok((stream, _)) => match crate::quiet_unix::QuietUnixStream::from_tokio(stream) {
+                            Ok(stream) => spawn_connection(state.clone(), stream),
+                            Err(e) => eprintln!("toolwarden-worker: accept: {e}"),
+                        },
                         Err(e) => eprintln!("toolwarden-worker: accept: {e}"),
                     },
                     _ = &mut shutdown => break Ok(()),
@@ -202,11 +214,12 @@ async fn call(state: &State, req: Request<Incoming>) -> Answer {
     state.in_flight.fetch_add(1, Ordering::Relaxed);
     let outcome = state.tool.call(&request).await;
     state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let call_id = serde_json::to_string(&request.call_id).unwrap_or_default();
+    let call_id = || serde_json::to_string(&request.call_id).unwrap_or_default();
     match outcome {
-        Ok(result) => {
+        Ok(result) if state.log_calls => {
             log_line(&format!(
-                "toolwarden-worker: call {call_id} done in {} ms: error={} code={} output={}B truncated={}\n",
+                "toolwarden-worker: call {} done in {} ms: error={} code={} output={}B truncated={}\n",
+                call_id(),
                 result.duration_ms,
                 result.is_error,
                 result.error_code.as_deref().unwrap_or("-"),
@@ -215,10 +228,11 @@ async fn call(state: &State, req: Request<Incoming>) -> Answer {
             ));
             json(StatusCode::OK, &result)
         }
+        Ok(result) => json(StatusCode::OK, &result),
         Err(CallError::InvalidArguments(m)) => error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_arguments", m),
         Err(CallError::BadRequest(m)) => error(StatusCode::BAD_REQUEST, "bad_request", m),
         Err(CallError::Internal(m)) => {
-            log_line(&format!("toolwarden-worker: call {call_id} failed: {m}\n"));
+            log_line(&format!("toolwarden-worker: call {} failed: {m}\n", call_id()));
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
         }
     }

@@ -137,3 +137,17 @@ fn install_copies_the_binary_executable() {
     let missing = std::process::Command::new(support::BIN).arg("install").output().unwrap();
     assert_eq!(missing.status.code(), Some(2));
 }
+
+#[test]
+fn each_finished_call_is_logged_unless_the_call_log_is_off() {
+    let spec = exec_spec(&["/bin/cat"], &[]);
+    let logging = Worker::serve(&spec, &[]);
+    assert_eq!(logging.ran(json!({"text": "hi"}))["isError"], false);
+    assert!(support::wait_for(Duration::from_secs(5), || logging.log().contains("done in")), "{}", logging.log());
+
+    let quiet = Worker::serve(&spec, &["--no-call-log"]);
+    assert_eq!(quiet.ran(json!({"text": "hi"}))["isError"], false);
+    // The worker writes a call's line before its answer: by now it would be in the pipe.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!quiet.log().contains("done in"), "no line per call: {}", quiet.log());
+}
