@@ -206,6 +206,7 @@ impl LocalRuntime {
             unsafe_no_sandbox: self.config.unsafe_no_sandbox,
             token_sha256: &token_sha256,
             max_concurrent: self.config.max_concurrent_per_worker,
+            log_calls: tracing::enabled!(target: "toolwarden::worker", tracing::Level::DEBUG),
             exists: &|p: &Path| p.exists(),
         })
         .map_err(cleanup)?;

@@ -228,6 +228,9 @@ impl WorkerClient {
                         other => break other.map_err(refused)?,
                     }
                 };
+                // Registered for reading only: the worker's reads of each request would otherwise wake
+                // the gateway for nothing (see `QuietUnixStream`).
+                let stream = toolwarden_worker::quiet_unix::QuietUnixStream::from_tokio(stream).map_err(refused)?;
                 self.handshake(stream).await
             }
             WorkerEndpoint::Tcp(authority) => {

@@ -27,6 +27,9 @@ pub struct SandboxPlan<'a> {
     pub unsafe_no_sandbox: bool,
     pub token_sha256: &'a str,
     pub max_concurrent: u32,
+    /// Whether the worker writes a stderr line per finished call. The gateway shows those lines only at
+    /// debug level, and each one wakes it to read the pipe.
+    pub log_calls: bool,
     /// Which of the directories to hide exist on this machine (only those are hidden).
     pub exists: &'a dyn Fn(&Path) -> bool,
 }
@@ -71,6 +74,9 @@ pub fn worker_args(plan: &SandboxPlan<'_>) -> Result<Vec<OsString>, RuntimeError
         "--max-concurrent".into(),
         plan.max_concurrent.max(1).to_string().into(),
     ]);
+    if !plan.log_calls {
+        args.push("--no-call-log".into());
+    }
     Ok(args)
 }
 
@@ -199,6 +205,10 @@ mod tests {
     }
 
     fn args(tool: &ToolConfig, manifests: Option<&Path>, exists: &dyn Fn(&Path) -> bool) -> Vec<String> {
+        args_logging(tool, manifests, exists, false)
+    }
+
+    fn args_logging(tool: &ToolConfig, manifests: Option<&Path>, exists: &dyn Fn(&Path) -> bool, log_calls: bool) -> Vec<String> {
         let plan = SandboxPlan {
             tool,
             state_dir: Path::new("/var/lib/tw"),
@@ -207,6 +217,7 @@ mod tests {
             unsafe_no_sandbox: false,
             token_sha256: "ab",
             max_concurrent: 4,
+            log_calls,
             exists,
         };
         worker_args(&plan).unwrap().into_iter().map(|a| a.into_string().unwrap()).collect()
@@ -220,8 +231,10 @@ mod tests {
             a,
             "sandbox --network none --hide /home --hide /root --hide /var/lib/tw --ro-bind /home/dev/examples \
              --rw-bind /var/lib/tw/w-1 --max-processes 128 --memory-bytes 134217728 --tmpfs-size 67108864 \
-             -- serve --listen unix:/var/lib/tw/w-1/worker.sock --token-sha256 ab --work-dir /tmp --max-concurrent 4"
+             -- serve --listen unix:/var/lib/tw/w-1/worker.sock --token-sha256 ab --work-dir /tmp --max-concurrent 4 --no-call-log"
         );
+        let logging = args_logging(&t, None, &|_| true, true).join(" ");
+        assert!(logging.ends_with("--max-concurrent 4"), "a worker asked to log its calls is not told otherwise: {logging}");
     }
 
     #[test]
