@@ -78,6 +78,12 @@ impl AsyncRead for QuietUnixStream {
             });
             match read {
                 Ok(Ok(n)) => {
+                    if n > 0 && n < unfilled.len() {
+                        // A short read drained the socket: wait for the next event instead of a read that
+                        // would only fail with EAGAIN (as tokio's own streams do). An event that came
+                        // meanwhile is kept: the guard clears only the readiness it saw.
+                        ready.clear_ready();
+                    }
                     // SAFETY: read(2) initialised these `n` bytes.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
