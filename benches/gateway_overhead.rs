@@ -416,12 +416,7 @@ fn main() {
     // (`cargo test --all-targets`) this is a smoke run: a few calls prove the bench still works.
     let smoke = !std::env::args().any(|a| a == "--bench");
     let total = if smoke { 20 } else { calls() };
-    // The same kind of runtime as the gateway's (src/main.rs): one thread is tokio's current-thread one.
-    let mut builder = if threads() == 1 { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
-    if threads() > 1 {
-        builder.worker_threads(threads().into());
-    }
-    let runtime = builder.enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads().into()).enable_all().build().unwrap();
     runtime.block_on(async move {
         let dir = tempfile::Builder::new().prefix("twb").tempdir_in("/tmp").unwrap();
         println!("gateway_overhead: {total} timed calls per case, tool `cat` in the local sandbox, {} thread(s)", threads());

@@ -59,26 +59,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs `future` on a runtime with `threads` threads serving tasks (tokio's default, the CPUs this
-/// process may use, when `None`). One thread is tokio's current-thread runtime: the future and every
-/// task share the thread, so nothing is handed between threads (a one-CPU gateway pod's case).
+/// Runs `future` on a multi-threaded runtime with `threads` workers (tokio's default, the CPUs this
+/// process may use, when `None`).
 fn block_on(threads: Option<u16>, future: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<ExitCode> {
-    let threads = threads.map(usize::from).unwrap_or_else(default_threads);
-    let mut builder = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(threads);
-        builder
-    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.into());
+    }
     let runtime = builder.enable_all().build()?;
     runtime.block_on(future)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// As tokio counts them: `TOKIO_WORKER_THREADS`, else the CPUs this process may use (its cgroup limit
-/// included).
-fn default_threads() -> usize {
-    let from_env = std::env::var("TOKIO_WORKER_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0);
-    from_env.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -257,14 +257,7 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_gateway_cleanly() {
-    // One thread (a one-CPU pod: tokio's current-thread runtime) and more (its multi-thread runtime).
-    for threads in ["1", "2"] {
-        sigterm_stops_the_gateway_cleanly_on(threads).await;
-    }
-}
-
-async fn sigterm_stops_the_gateway_cleanly_on(threads: &str) {
-    let mut dev = Dev::start_with_args(&[], &["--worker-threads", threads]);
+    let mut dev = Dev::start(&[]);
     let state_dir = dev.state_dir();
     // Sessions with a worker each, their clients still connected at SIGTERM: one with an open stream
     // (rmcp's client), two on idle keep-alive connections (one HTTP client that keeps them).

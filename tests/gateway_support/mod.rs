@@ -59,10 +59,8 @@ impl Dev {
         Dev::start_with_args(extra, &[])
     }
 
-    /// [`Dev::start`] with more command-line arguments for `toolwarden dev`. Without `--worker-threads`
-    /// it serves on one thread, as in the chart's one-CPU gateway pod.
+    /// [`Dev::start`] with more command-line arguments for `toolwarden dev`.
     pub fn start_with_args(extra: &[(&str, &str)], args: &[&str]) -> Dev {
-        let one_thread: &[&str] = if args.contains(&"--worker-threads") { &[] } else { &["--worker-threads", "1"] };
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("manifests");
@@ -76,7 +74,6 @@ impl Dev {
             .arg(&manifests)
             .arg("--audit-log")
             .arg(&audit)
-            .args(one_thread)
             .args(args)
             .env("TOOLWARDEN_DEV_TOKEN", DEV_TOKEN)
             .env("TOOLWARDEN_DEV_APPROVER_TOKEN", APPROVER_TOKEN)
