@@ -90,11 +90,8 @@ pub async fn serve(state: Arc<State>, listen: &Listen) -> std::io::Result<()> {
             announce(&state, &format!("unix:{}", path.display()));
             let result = loop {
                 tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => match crate::quiet_unix::QuietUnixStream::from_tokio(stream) {
-                            Ok(stream) => spawn_connection(state.clone(), stream),
-                            Err(e) => eprintln!("toolwarden-worker: accept: {e}"),
-                        },
+                    accepted = listener.accept() => match accepted.and_then(|(stream, _)| crate::quiet_unix::QuietUnixStream::from_tokio(stream)) {
+                        Ok(stream) => spawn_connection(state.clone(), stream),
                         Err(e) => eprintln!("toolwarden-worker: accept: {e}"),
                     },
                     _ = &mut shutdown => break Ok(()),
