@@ -1,7 +1,7 @@
 //! CRD YAML generated from the resource types. `crds/` holds the same text; a test fails on drift.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, ValidationRule,
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool, ValidationRule,
 };
 use kube::CustomResourceExt;
 
@@ -16,13 +16,60 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         .as_mut()
         .and_then(|s| s.open_api_v3_schema.as_mut())
         .expect("kube-derive always writes an openAPIV3Schema");
+    // The API server prices each CEL rule from the schema's bounds and refuses rules over budget. It
+    // takes `metadata.name`'s bound from the CRD schema only when the schema declares `kind`, `apiVersion`,
+    // `metadata.name` and `metadata.generateName` (otherwise the name counts as 3 MB long, and the regular
+    // expressions below are refused); 253 is what the API server allows a name anyway.
+    let string = |max_length: Option<i64>| JSONSchemaProps { type_: Some("string".into()), max_length, ..Default::default() };
+    let metadata = JSONSchemaProps {
+        type_: Some("object".into()),
+        properties: Some([("name".to_string(), string(Some(253))), ("generateName".to_string(), string(Some(253)))].into()),
+        ..Default::default()
+    };
+    let properties = root.properties.get_or_insert_default();
+    properties.insert("apiVersion".into(), string(None));
+    properties.insert("kind".into(), string(None));
+    properties.insert("metadata".into(), metadata);
     root.x_kubernetes_validations = Some(
         names::admission_rules()
             .into_iter()
             .map(|(rule, message)| ValidationRule { rule, message: Some(message), ..Default::default() })
             .collect(),
     );
-    vec![tool, ToolPolicy::crd(), McpSession::crd()]
+    let mut crds = vec![tool, ToolPolicy::crd(), McpSession::crd()];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+                kubernetes_integer_formats(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// schemars names Rust's unsigned integers `uint16`/`uint32`/`uint64`, formats Kubernetes does not know
+/// (`kubectl apply` warns about each). The schema's `minimum: 0` already says "unsigned"; the format
+/// becomes the OpenAPI one wide enough for the value.
+fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
+    schema.format = match schema.format.take().as_deref() {
+        Some("uint8" | "uint16") => Some("int32".into()),
+        Some("uint" | "uint32" | "uint64") => Some("int64".into()),
+        other => other.map(str::to_string),
+    };
+    let children = schema.properties.iter_mut().flat_map(|p| p.values_mut());
+    let items: Vec<&mut JSONSchemaProps> = match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => vec![s.as_mut()],
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().collect(),
+        None => vec![],
+    };
+    let additional = match schema.additional_properties.as_mut() {
+        Some(JSONSchemaPropsOrBool::Schema(s)) => Some(s.as_mut()),
+        _ => None,
+    };
+    let combinators = [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of].into_iter().flatten().flatten();
+    for child in children.chain(items).chain(additional).chain(combinators).chain(schema.not.as_deref_mut()) {
+        kubernetes_integer_formats(child);
+    }
 }
 
 /// One CRD as YAML, as written to `crds/<name>.yaml`.

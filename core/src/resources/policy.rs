@@ -97,7 +97,10 @@ pub enum PolicyDecision {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "(has(self.equals) ? 1 : 0) + (has(self.oneOf) ? 1 : 0) + (has(self.prefix) ? 1 : 0) + (has(self.pattern) ? 1 : 0) + (has(self.maxLength) ? 1 : 0) + ((has(self.minimum) || has(self.maximum)) ? 1 : 0) + (has(self.pathWithin) ? 1 : 0) + (has(self.hostIn) ? 1 : 0) + (has(self.expression) ? 1 : 0) == 1",
+    // `equals` and `oneOf` hold any JSON values (no schema type), which CEL cannot see: the API server
+    // refuses two of the other checks here, and the compiler (the operator's Accepted condition) refuses
+    // a rule with no check, or with `equals`/`oneOf` and another one.
+    {"rule": "(has(self.prefix) ? 1 : 0) + (has(self.pattern) ? 1 : 0) + (has(self.maxLength) ? 1 : 0) + ((has(self.minimum) || has(self.maximum)) ? 1 : 0) + (has(self.pathWithin) ? 1 : 0) + (has(self.hostIn) ? 1 : 0) + (has(self.expression) ? 1 : 0) <= 1",
      "message": "a rule needs exactly one of equals, oneOf, prefix, pattern, maxLength, minimum/maximum, pathWithin, hostIn or expression"},
     {"rule": "has(self.expression) || has(self.argument)",
      "message": "a rule other than expression needs `argument`"},
