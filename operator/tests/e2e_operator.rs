@@ -133,8 +133,11 @@ async fn scenario(client: Client, ns: String) {
         let expected = if name == "purge-cache" { ("False", "Disabled") } else { ("True", "Ready") };
         assert_eq!((status.as_str(), reason.as_str()), expected, "{name}");
     }
+    // The API server drops an empty `egress` list: with `Egress` among the policy types, no rule at all
+    // is what denies every destination.
     let list_notes = serde_json::to_value(nps.get("toolwarden-tool-list-notes").await.unwrap().spec).unwrap();
-    assert_eq!(list_notes["egress"], json!([]), "a tool without egress gets none");
+    assert!(list_notes["egress"].as_array().is_none_or(|rules| rules.is_empty()), "a tool without egress gets none: {list_notes}");
+    assert_eq!(list_notes["policyTypes"], json!(["Ingress", "Egress"]), "{list_notes}");
     let fetch = serde_json::to_value(nps.get("toolwarden-tool-fetch-url").await.unwrap().spec).unwrap();
     assert_eq!(fetch["egress"][0]["to"][0]["ipBlock"]["cidr"], "0.0.0.0/0");
     assert!(fetch["egress"][0]["to"][0]["ipBlock"]["except"].as_array().unwrap().contains(&json!("169.254.0.0/16")));
@@ -146,6 +149,20 @@ async fn scenario(client: Client, ns: String) {
     assert_eq!(scoped.data.clone().unwrap().keys().collect::<Vec<_>>(), vec!["token"]);
     assert_eq!(scoped.owner_references()[0].name, "create-pull-request");
     assert!(secrets.get_opt("toolwarden-tool-read-note").await.unwrap().is_none(), "no credentials, no Secret");
+
+    // A change of the source Secret reaches the scoped copy.
+    let source = scoped.annotations().get("toolwarden.dev/sources").cloned().unwrap_or_default();
+    let (source_name, source_key) = source.split_once('/').unwrap_or_else(|| panic!("sources annotation: {source:?}"));
+    let rotated = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": source_name}, "stringData": {source_key: "rotated-e2e-value"}});
+    secrets.patch(source_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&rotated)).await.unwrap();
+    eventually("the rotated value in the scoped Secret", || {
+        let secrets = secrets.clone();
+        async move {
+            let copy = secrets.get("toolwarden-tool-create-pull-request").await.ok()?;
+            (copy.data?.get("token")?.0 == b"rotated-e2e-value").then_some(())
+        }
+    })
+    .await;
 
     // The gateway config holds every tool and policy.
     let (generation, cfg) = eventually("gateway config", || config(&client, &ns)).await;
@@ -229,6 +246,7 @@ async fn scenario(client: Client, ns: String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_builds_and_reports_on_a_real_cluster() {
     if std::env::var_os("KUBECONFIG").is_none() {
+        assert!(std::env::var_os("TOOLWARDEN_E2E_REQUIRED").is_none(), "TOOLWARDEN_E2E_REQUIRED is set but KUBECONFIG is not");
         println!("skipped: KUBECONFIG not set");
         return;
     }

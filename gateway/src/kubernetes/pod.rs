@@ -240,10 +240,13 @@ pub fn build_worker_pod(params: &WorkerPodParams<'_>) -> Result<Pod, PodBuildErr
         }
     }
 
+    // A tmpfs: its size limit is the kernel's (a full /tmp is ENOSPC, visible as `size=` in the pod's
+    // /proc/mounts), where a disk-backed emptyDir is only checked by eviction, which kills the worker.
+    // Its contents count against the container's memory limit.
     let mut volumes = vec![Volume {
         name: "tmp".into(),
         empty_dir: Some(EmptyDirVolumeSource {
-            medium: None,
+            medium: Some("Memory".into()),
             size_limit: Some(quantity(tool.tmp_size.as_deref().unwrap_or(DEFAULT_TMP_SIZE))),
         }),
         ..Default::default()

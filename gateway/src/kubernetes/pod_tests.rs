@@ -281,6 +281,7 @@ fn temp_volume_and_resources_follow_the_tool_limits() {
     let spec = build(&exec_tool(), session()).spec.unwrap();
     let tmp = spec.volumes.iter().flatten().find(|v| v.name == "tmp").unwrap();
     assert_eq!(tmp.empty_dir.as_ref().unwrap().size_limit.as_ref().unwrap().0, "16Mi");
+    assert_eq!(tmp.empty_dir.as_ref().unwrap().medium.as_deref(), Some("Memory"), "a tmpfs, limited by the kernel");
     let res = spec.containers[0].resources.clone().unwrap();
     assert_eq!(res.limits.as_ref().unwrap()["memory"].0, "128Mi");
     assert_eq!(res.requests.as_ref().unwrap()["memory"].0, "128Mi");

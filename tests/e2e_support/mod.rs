@@ -1,0 +1,133 @@
+//! Shared helpers of the e2e tests against a real cluster (tests/e2e_*.rs): kubectl and helm from
+//! `.tools/bin` (scripts/install-tools.sh), namespaces that clean up after themselves, bounded polling,
+//! and the images scripts/e2e.sh loads into the cluster's node.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// True when the e2e tests should run. Without `KUBECONFIG` they skip, unless `TOOLWARDEN_E2E_REQUIRED`
+/// is set (scripts/e2e.sh sets it), which makes a missing cluster a failure instead.
+pub fn enabled(test: &str) -> bool {
+    if std::env::var_os("KUBECONFIG").is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("TOOLWARDEN_E2E_REQUIRED").is_none(),
+        "{test}: TOOLWARDEN_E2E_REQUIRED is set but KUBECONFIG is not: the e2e tier must run against a cluster"
+    );
+    eprintln!("skipping {test}: KUBECONFIG is not set (scripts/e2e.sh brings up a cluster and runs the e2e tier)");
+    false
+}
+
+/// An image the cluster's node has, from the variable scripts/e2e.sh sets.
+pub fn image(variable: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| panic!("{variable} is not set: run the e2e tier with scripts/e2e.sh"))
+}
+
+/// The busybox tool image every e2e tool runs in.
+pub fn tool_image() -> String {
+    image("TOOLWARDEN_E2E_TOOL_IMAGE")
+}
+
+pub fn tool(name: &str) -> PathBuf {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin").join(name);
+    if local.exists() { local } else { PathBuf::from(name) }
+}
+
+/// Runs a program; `(succeeded, stdout + stderr)`.
+pub fn run(program: &str, args: &[&str]) -> (bool, String) {
+    run_with_input(program, args, None)
+}
+
+pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> (bool, String) {
+    let mut child = Command::new(tool(program))
+        .args(args)
+        .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program} (scripts/install-tools.sh installs it): {e}"));
+    if let Some(input) = input {
+        child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("writing to stdin");
+    }
+    let out = child.wait_with_output().expect("waiting for the child");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+pub fn kubectl(args: &[&str]) -> (bool, String) {
+    run("kubectl", args)
+}
+
+pub fn kubectl_stdin(args: &[&str], input: &str) -> (bool, String) {
+    run_with_input("kubectl", args, Some(input))
+}
+
+/// kubectl that must succeed; its output.
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let (ok, out) = kubectl(args);
+    assert!(ok, "`kubectl {}` failed:\n{out}", args.join(" "));
+    out
+}
+
+pub fn json_of(args: &[&str]) -> Value {
+    let out = kubectl_ok(args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("kubectl {args:?} printed no JSON ({e}): {out}"))
+}
+
+pub fn items(list: &Value) -> Vec<Value> {
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls (bounded) until `check` returns something.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A short random-enough suffix for names of one test run.
+pub fn suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").subsec_nanos();
+    format!("{:08x}", nanos ^ std::process::id().rotate_left(16))
+}
+
+/// A namespace for one test, enforcing Pod Security `restricted`; deleted when dropped, pass or fail.
+pub struct TestNamespace(pub String);
+
+impl TestNamespace {
+    pub fn create(prefix: &str) -> TestNamespace {
+        let name = format!("{prefix}-{}", suffix());
+        let yaml = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    pod-security.kubernetes.io/enforce: restricted\n"
+        );
+        let (ok, out) = kubectl_stdin(&["apply", "-f", "-"], &yaml);
+        assert!(ok, "creating namespace {name}: {out}");
+        TestNamespace(name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false", "--ignore-not-found"]);
+    }
+}
+
+/// Installs (or updates) the CRDs from crds/ and waits until the API server serves them.
+pub fn install_crds() {
+    let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
+    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", crds]);
+    kubectl_ok(&[
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/mcptools.toolwarden.dev", "crd/toolpolicies.toolwarden.dev", "crd/mcpsessions.toolwarden.dev",
+    ]);
+}
