@@ -33,16 +33,23 @@ RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
 bin="${CARGO_TARGET_DIR:-target}/$target/release"
 for b in toolwarden toolwarden-worker; do
   [ -x "$bin/$b" ] || die "cargo built no $bin/$b"
-  if ldd "$bin/$b" >/dev/null 2>&1; then die "$bin/$b is dynamically linked"; fi
+  # A static-pie binary has a dynamic section but needs no shared library and no interpreter.
+  if readelf -lW "$bin/$b" | grep -q 'INTERP' || readelf -dW "$bin/$b" | grep -q '(NEEDED)'; then
+    die "$bin/$b is dynamically linked"
+  fi
 done
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/toolwarden/usr/local/bin" "$work/toolwarden/etc/ssl/certs" "$work/toolwarden/tmp" "$work/worker"
+# The release profile keeps line tables for backtraces on a developer's machine; the images drop them
+# (function names stay), which makes the worker that every pod's init container copies 5x smaller.
 install -m 0755 "$bin/toolwarden" "$work/toolwarden/usr/local/bin/toolwarden"
+strip --strip-debug "$work/toolwarden/usr/local/bin/toolwarden"
 install -m 0644 "$ca_bundle" "$work/toolwarden/etc/ssl/certs/ca-certificates.crt"
 chmod 1777 "$work/toolwarden/tmp"
 install -m 0755 "$bin/toolwarden-worker" "$work/worker/toolwarden-worker"
+strip --strip-debug "$work/worker/toolwarden-worker"
 
 deploy/oci-image.sh "$out/toolwarden.oci.tar" "$registry/toolwarden:$tag" "$work/toolwarden" \
   --entrypoint '["/usr/local/bin/toolwarden"]' --user 65532:65532 \

@@ -411,6 +411,7 @@ load() { # FILE...: import OCI archives into the node's containerd (the CRI's k8
   local f
   for f in "$@"; do
     [ -f "$f" ] || die "no such image archive: $f"
+    f="$(readlink -f "$f")"   # nsenter starts ctr in the node's mount namespace at /
     nsenter --mount="$MNT_NS" "$DEB/usr/bin/ctr" --address "$CONTAINERD_SOCK" -n k8s.io images import \
       --no-unpack=false "$f" >/dev/null || die "ctr images import $f failed (see $LOGS/containerd.log)"
     log "loaded $f"

@@ -185,8 +185,13 @@ impl Setup {
         items(&json_of(&["get", "mcpsessions", "-n", &self.ns.0, "-o", "json"]))
     }
 
+    /// Worker pods bound to a session (warm-pool pods waiting for one are not).
     fn worker_pods(&self) -> Vec<Value> {
-        items(&json_of(&["get", "pods", "-n", &self.ns.0, "-l", "app.kubernetes.io/component=worker", "-o", "json"]))
+        items(&json_of(&["get", "pods", "-n", &self.ns.0, "-l", "app.kubernetes.io/component=worker,toolwarden.dev/session", "-o", "json"]))
+    }
+
+    fn warm_pods(&self) -> Vec<Value> {
+        items(&json_of(&["get", "pods", "-n", &self.ns.0, "-l", "app.kubernetes.io/component=worker,toolwarden.dev/pool=unbound", "-o", "json"]))
     }
 
     fn running_pod_of(&self, tool: &str) -> Option<String> {
@@ -238,7 +243,10 @@ async fn a_session_runs_its_calls_in_a_hardened_worker_pod_until_kubectl_deletes
         setup.sessions().into_iter().find(|s| s["spec"]["subject"] == "e2e-user")
     });
     let session_name = session["metadata"]["name"].as_str().unwrap().to_owned();
-    let table = kubectl_ok(&["get", "mcpsessions", "-n", &ns]);
+    let table = wait_for("the session's status (phase Active)", Duration::from_secs(30), || {
+        let table = kubectl_ok(&["get", "mcpsessions", "-n", &ns]);
+        table.contains("Active").then_some(table)
+    });
     for column in ["SUBJECT", "CLIENT", "PHASE", "CALLS", "DENIED", "PENDING", "TAINTED", "AGE"] {
         assert!(table.contains(column), "`kubectl get mcpsessions` lacks column {column}:\n{table}");
     }
@@ -260,7 +268,7 @@ async fn a_session_runs_its_calls_in_a_hardened_worker_pod_until_kubectl_deletes
     assert!(!env.contains(TOKEN), "the pod must carry only the token's hash");
 
     // What the sandbox is, read from inside it.
-    let inside = exec_in(&ns, &pod_name, "id -u; id -g; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/1/status; grep -E ' (/|/tmp) ' /proc/mounts; touch /rootfs-write 2>&1; echo; dd if=/dev/zero of=/tmp/fill bs=1M count=16 2>&1; rm -f /tmp/fill; ls /var/run/secrets 2>&1");
+    let inside = exec_in(&ns, &pod_name, "id -u; id -g; grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs|Seccomp):' /proc/1/status; grep -E ' (/|/tmp) ' /proc/mounts; touch /rootfs-write 2>&1; echo; dd if=/dev/zero of=/tmp/fill bs=1M count=16 2>&1; rm -f /tmp/fill; ls /var/run/secrets 2>&1; true");
     let lines: Vec<&str> = inside.lines().collect();
     assert_eq!(&lines[..2], ["65532", "65532"], "uid and gid inside the pod:\n{inside}");
     for (field, value) in [("CapEff", "0000000000000000"), ("CapPrm", "0000000000000000"), ("CapBnd", "0000000000000000"), ("NoNewPrivs", "1"), ("Seccomp", "2")] {
@@ -358,11 +366,10 @@ async fn a_warm_pool_pod_is_bound_to_the_session_that_calls_first() {
     let setup = Setup::start("tw-e2e-warm").await;
     let warm = wait_for("a ready warm pod for get-warm-echo", Duration::from_secs(120), || {
         setup
-            .worker_pods()
+            .warm_pods()
             .into_iter()
             .find(|p| {
                 p["metadata"]["labels"]["toolwarden.dev/tool"] == "get-warm-echo"
-                    && p["metadata"]["labels"]["toolwarden.dev/pool"] == "unbound"
                     && p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
             })
             .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
@@ -379,7 +386,7 @@ async fn a_warm_pool_pod_is_bound_to_the_session_that_calls_first() {
     assert!(metrics.lines().any(|l| l.starts_with("toolwarden_warm_pool_hits_total") && l.ends_with(" 1")), "a warm-pool hit is counted:\n{metrics}");
     // The pool is topped up for the next session.
     wait_for("a new warm pod", Duration::from_secs(120), || {
-        setup.worker_pods().into_iter().find(|p| p["metadata"]["labels"]["toolwarden.dev/pool"] == "unbound" && p["metadata"]["name"] != warm.as_str())
+        setup.warm_pods().into_iter().find(|p| p["metadata"]["name"] != warm.as_str())
     });
     client.cancel().await.expect("the client closes its session");
 }

@@ -19,10 +19,16 @@ use toolwarden_gateway::kubernetes::{KubernetesConfig, KubernetesRuntime, Metric
 
 fn enabled(test: &str) -> bool {
     if std::env::var_os("KUBECONFIG").is_none() {
-        eprintln!("skipping {test}: KUBECONFIG is not set (e2e tests need a cluster)");
+        assert!(std::env::var_os("TOOLWARDEN_E2E_REQUIRED").is_none(), "{test}: TOOLWARDEN_E2E_REQUIRED is set but KUBECONFIG is not");
+        eprintln!("skipping {test}: KUBECONFIG is not set (scripts/e2e.sh runs the e2e tier on a cluster)");
         return false;
     }
     true
+}
+
+/// An image the cluster's node has, from the variable scripts/e2e.sh sets.
+fn image(variable: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| panic!("{variable} is not set: run the e2e tier with scripts/e2e.sh"))
 }
 
 fn kubectl(args: &[&str]) -> (bool, String) {
@@ -62,7 +68,7 @@ async fn setup(test: &str) -> (Client, TestNamespace, KubernetesConfig) {
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("creating the test namespace");
     let config = KubernetesConfig {
         gateway_id: format!("e2e-{}", suffix()),
-        worker_image: std::env::var("TOOLWARDEN_E2E_WORKER_IMAGE").unwrap_or_else(|_| toolwarden_gateway::kubernetes::default_worker_image()),
+        worker_image: image("TOOLWARDEN_E2E_WORKER_IMAGE"),
         start_timeout: Duration::from_secs(120),
         status_interval: Duration::from_millis(500),
         ..KubernetesConfig::default()
@@ -74,7 +80,7 @@ fn echo_tool() -> ToolConfig {
     serde_json::from_value(json!({
         "name": "echo_text", "resource": "echo-text", "description": "Echoes its text.", "effect": "read",
         "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}},
-        "runtime": {"exec": {"image": "busybox:1.36", "command": ["echo"], "args": ["{{text}}"]}},
+        "runtime": {"exec": {"image": image("TOOLWARDEN_E2E_TOOL_IMAGE"), "command": ["echo"], "args": ["{{text}}"]}},
         "timeoutMs": 10000, "maxOutputBytes": 4096, "outputTrust": "trusted"
     }))
     .unwrap()
@@ -100,7 +106,7 @@ async fn create_session_pod(client: &Client, namespace: &str, session: &str) -> 
         tool: &tool,
         namespace,
         pod_name: pod_name(&tool.resource, &suffix()),
-        worker_image: "ghcr.io/toolwarden/worker:e2e",
+        worker_image: &image("TOOLWARDEN_E2E_WORKER_IMAGE"),
         token_sha256: &"0".repeat(64),
         gateway_id: "e2e",
         binding: Binding::Session { name: session.into(), uid },
@@ -199,10 +205,6 @@ async fn ending_the_session_removes_its_pod_and_mcp_session() {
 #[tokio::test]
 async fn tool_call_returns_its_result_through_the_pod() {
     if !enabled("tool_call_returns_its_result_through_the_pod") {
-        return;
-    }
-    if std::env::var_os("TOOLWARDEN_E2E_WORKER_IMAGE").is_none() {
-        eprintln!("skipping tool_call_returns_its_result_through_the_pod: TOOLWARDEN_E2E_WORKER_IMAGE is not set");
         return;
     }
     let (client, ns, config) = setup("call").await;
