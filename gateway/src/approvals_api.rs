@@ -18,7 +18,15 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
 }
 
+/// 403 for a browser origin the gateway does not accept, as on `/mcp` (see [`crate::origin`]).
+fn refuse_origin(app: &App, headers: &HeaderMap) -> Option<Response> {
+    crate::http::refuse_origin(&app.gateway, headers).map(|_| error(StatusCode::FORBIDDEN, "origin_not_allowed", crate::origin::REFUSAL))
+}
+
 pub async fn list(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Some(refused) = refuse_origin(&app, &headers) {
+        return refused;
+    }
     let principal = match app.gateway.auth.authenticate(&headers).await {
         Ok(p) => p,
         Err(e) => return unauthorized(&app.gateway, &headers, None, e),
@@ -104,6 +112,9 @@ pub async fn deny(state: State<App>, path: Path<String>, headers: HeaderMap, bod
 }
 
 async fn decide(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, body: Bytes, approve: bool) -> Response {
+    if let Some(refused) = refuse_origin(&app, &headers) {
+        return refused;
+    }
     let gateway = &app.gateway;
     let principal = match gateway.auth.authenticate(&headers).await {
         Ok(p) => p,

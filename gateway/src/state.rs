@@ -28,6 +28,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `Host` values accepted on `/mcp/...`; empty = any (a bearer token is required regardless).
     pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted on `/mcp/...` and `/approvals...`; requests without `Origin` always are.
+    pub allowed_origins: crate::origin::AllowedOrigins,
     pub shutdown_grace: Duration,
     /// Open sessions one subject may hold; a new one beyond it is refused (see [`Gateway::admit_session`]).
     pub max_sessions_per_subject: usize,
@@ -42,6 +44,7 @@ impl Default for Settings {
             max_session_lifetime: Duration::from_secs(8 * 3600),
             max_body_bytes: 1024 * 1024,
             allowed_hosts: Vec::new(),
+            allowed_origins: crate::origin::AllowedOrigins::default(),
             shutdown_grace: Duration::from_secs(20),
             max_sessions_per_subject: 64,
             header_read_timeout: Duration::from_secs(30),
