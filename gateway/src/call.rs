@@ -254,9 +254,16 @@ fn check_limits(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, limits
     gw.limits.check(&session.namespace, &tool.name, &session.subject, &session.id, limits)
 }
 
+/// The code of a call the kill switch stopped, or refused just before it would have run.
+const TOOL_DISABLED: &str = "tool_disabled";
+
 /// Sends the call to the session's worker. The bound leaves room for the worker's start (a first call
 /// waits for it) as well as the tool's timeout: cut short, a start would fail with the wrong sentence and
 /// leave its half-started worker (or pod) behind.
+///
+/// The call is registered as running, so that a config disabling its tool stops it (`TOOL_DISABLED`).
+/// The current config is read again once registered: a config applied since the call was decided (an
+/// approval waited, a preview ran) is seen either here or by the kill switch.
 async fn dispatch(
     gw: &Gateway,
     session: &SessionRecord,
@@ -264,8 +271,16 @@ async fn dispatch(
     request: CallRequest,
     cancel: &CancellationToken,
 ) -> Result<CallResult, RuntimeError> {
+    let running = gw.running.start(&session.namespace, &tool.name, cancel);
+    if let Some(reason) = crate::running::unserved(&tool.name, gw.engine(&session.namespace).as_deref()) {
+        return Err(RuntimeError::new(TOOL_DISABLED, format!("{reason}; nothing ran")));
+    }
     let limit = gw.runtime.start_timeout() + Duration::from_millis(tool.timeout_ms) + WORKER_GRACE;
-    match tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request, cancel)).await {
+    match tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request, &running.cancel)).await {
+        Ok(Err(e)) if e.code == CANCELLED && running.stopped().is_some() => {
+            let reason = running.stopped().unwrap_or_default();
+            Err(RuntimeError::new(TOOL_DISABLED, format!("{reason}; the call was stopped while it ran (its worker stopped it)")))
+        }
         Ok(result) => result,
         Err(_) => Err(RuntimeError::new(
             "worker_timeout",
@@ -310,6 +325,9 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
             if e.code == CANCELLED {
                 // The client's choice, not a failure of the worker.
                 "cancelled"
+            } else if e.code == TOOL_DISABLED {
+                // The kill switch: an operator's choice, not a failure either.
+                "disabled"
             } else {
                 gw.metrics.worker_failed(ns, &tool.name, e.code);
                 if e.code == "worker_timeout" {
@@ -323,7 +341,7 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
     gw.audit.write_result(result);
     gw.metrics.duration(ns, &tool.name, started.elapsed().as_secs_f64());
     let label = match status {
-        "ok" | "cancelled" => status,
+        "ok" | "cancelled" | "disabled" => status,
         _ => "error",
     };
     gw.metrics.call(ns, &tool.name, decision, label);
@@ -360,6 +378,10 @@ async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str,
             // Sent to no one (a cancelled request gets no response), but a complete result all the same.
             let message = format!("{} was cancelled by the client before it finished; its worker stopped it", tool.name);
             Refusal::new(CANCELLED, message).into_result(tool.output_schema.is_some())
+        }
+        Err(e) if e.code == TOOL_DISABLED => {
+            gw.runtime.record_call(&session.id, true, None);
+            Refusal::new(TOOL_DISABLED, e.message).into_result(tool.output_schema.is_some())
         }
         Err(e) => {
             gw.runtime.record_call(&session.id, false, None);

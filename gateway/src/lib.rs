@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod refusal;
 pub mod rpc_body;
+pub mod running;
 pub mod runtime;
 pub mod serve;
 pub mod session_manager;
