@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::approvals::{DecideError, may_decide};
+use crate::approvals::{Approval, DecideError, may_decide};
+use crate::approvals_check::{SessionNow, approvable_now};
 use crate::auth::Principal;
 use crate::runtime::SharedApproval;
 use crate::http::{App, unauthorized};
@@ -130,15 +131,55 @@ async fn decide(State(app): State<App>, Path(id): Path<String>, headers: HeaderM
     };
     let reason = body.reason.map(|r| r.chars().take(1000).collect::<String>());
     let body_reason = reason.clone();
-    match gateway.approvals.decide(&id, &principal.subject, &principal.groups, approve, reason) {
+    // The state an approval is judged against: its session's and its namespace's config, now.
+    let snapshot = gateway.approvals.get(&id);
+    let session = snapshot.as_ref().and_then(|a| gateway.sessions.get(&a.session_id)).map(|s| SessionNow { tainted: s.tainted() });
+    let config = snapshot.as_ref().and_then(|a| gateway.engine(&a.namespace));
+    let approvable = |a: &Approval| approvable_now(a, session, config.as_deref(), &principal.subject, &principal.groups);
+    let verb = if approve { "approved" } else { "denied" };
+    match gateway.approvals.decide(&id, &principal.subject, &principal.groups, approve, reason, approvable) {
         Ok(approval) => {
-            let verb = if approve { "approved" } else { "denied" };
             tracing::info!(approval = %id, tool = %approval.tool, requester = %approval.subject, by = %principal.subject, "approval {verb}");
+            audit_decision(gateway, &approval, &principal.subject, verb, None, format!("approval {id} {verb} by {}", principal.subject));
             gateway.approvals_changed(&approval.session_id);
             Json(json!({"approval": approval.view()})).into_response()
         }
         Err(DecideError::Unknown) => decide_shared(gateway, &id, &principal, approve, body_reason).await,
-        Err(DecideError::NotAnApprover(why)) => error(StatusCode::FORBIDDEN, "not_an_approver", why),
-        Err(DecideError::AlreadyDecided(state)) => error(StatusCode::CONFLICT, "already_decided", format!("approval {id} is already {state}")),
+        Err(refused) => {
+            let (status, code, message) = match refused {
+                DecideError::NotAnApprover(why) => (StatusCode::FORBIDDEN, "not_an_approver", why),
+                DecideError::Stale(why) => (StatusCode::CONFLICT, "approval_stale", why),
+                DecideError::AlreadyDecided(state) => (StatusCode::CONFLICT, "already_decided", format!("approval {id} is already {state}")),
+                DecideError::Unknown => (StatusCode::NOT_FOUND, "unknown_approval", format!("no approval {id}")),
+            };
+            if let Some(approval) = &snapshot {
+                tracing::warn!(approval = %id, by = %principal.subject, code, "refused to let an approval be {verb}");
+                audit_decision(gateway, approval, &principal.subject, "refused", Some(code), format!("{} could not be {verb}: {message}", approval.id));
+            }
+            error(status, code, message)
+        }
     }
+}
+
+/// The audit line of an approver's decision (or its refusal): the approval's call, session and tool, who
+/// decided and the outcome; the line's `subject` is the approver, `call_id` the call that asked.
+fn audit_decision(gateway: &crate::state::Gateway, approval: &Approval, decider: &str, status: &str, code: Option<&str>, message: String) {
+    let record = toolwarden_core::audit::AuditRecord {
+        timestamp: crate::audit::timestamp(),
+        event: Some(toolwarden_core::audit::AuditEvent::Approval),
+        call_id: approval.call_id.clone(),
+        session_id: approval.session_id.clone(),
+        subject: decider.to_owned(),
+        namespace: approval.namespace.clone(),
+        tool: approval.tool.clone(),
+        arguments: approval.arguments.clone(),
+        policy: Some(approval.policy.clone()),
+        decision: "human".to_owned(),
+        code: code.map(str::to_owned),
+        approval: crate::approvals::state_str(approval.state).to_owned(),
+        status: Some(status.to_owned()),
+        message: Some(message),
+        ..Default::default()
+    };
+    gateway.audit.write(&record);
 }

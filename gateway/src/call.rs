@@ -16,10 +16,10 @@ use toolwarden_core::resources::{ApprovalMode, OutputTrust};
 use tokio_util::sync::CancellationToken;
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
-use crate::approvals::{HumanRequest, HumanStatus, random_hex};
+use crate::approvals::random_hex;
 use crate::audit::{rfc3339, timestamp};
 use crate::catalog::CONFIRM_TOKEN_ARG;
-use crate::elicit::{Answer, Asking};
+use crate::elicit::Asking;
 use crate::refusal::Refusal;
 use crate::runtime::{CANCELLED, RuntimeError};
 use crate::sessions::SessionRecord;
@@ -94,16 +94,7 @@ pub async fn call_tool(
         (false, Some(map)) => map.remove(CONFIRM_TOKEN_ARG).map(|v| v.as_str().map(str::to_owned).unwrap_or_default()),
         _ => None,
     };
-    let subject = Subject { name: session.subject.clone(), groups: session.groups.clone() };
-    let decision = match &engine {
-        Some(engine) => decide(engine, &subject, &Session { id: session.id.clone(), tainted: session.tainted(), client: session.client_name.clone() }, name, &args),
-        None => Decision::Deny(toolwarden_core::policy::Denial {
-            code: DenialCode::UnknownTool,
-            policy: None,
-            rule: None,
-            message: format!("unknown tool `{name}`"),
-        }),
-    };
+    let decision = decide_now(engine.as_deref(), session, name, &args);
     let provenance = session.taint.lock().unwrap_or_else(|e| e.into_inner()).untrusted.repeated_in(&args);
     static NO_SCHEMA: Value = Value::Null;
     let schema = tool.map(|t| &t.input_schema).unwrap_or(&NO_SCHEMA);
@@ -168,71 +159,29 @@ pub async fn call_tool(
                 }
             }
             ApprovalMode::Human => {
-                // Another replica may have decided this session's approval on its McpSession.
-                gw.approvals.merge_remote(&session.id, &gw.runtime.remote_decisions(&session.id));
-                let ask = || {
-                    gw.approvals.human(HumanRequest {
-                        namespace: &session.namespace,
-                        tool: &tool.name,
-                        subject: &session.subject,
-                        session_id: &session.id,
-                        arguments: call.record.arguments.clone(),
-                        arguments_hash: &hash,
-                        request: &request,
-                    })
-                };
-                let mut status = ask();
-                if let (HumanStatus::Created { id, expires_at } | HumanStatus::Pending { id, expires_at }, true) =
-                    (&status, request.allow_self_approval)
-                {
-                    match Box::pin(crate::elicit::ask(&asking, id, &tool.name, &call.record.arguments, &request.reason)).await {
-                        Answer::Decided(approve) => {
-                            let why = if approve { "approved by the user when asked" } else { "declined by the user when asked" };
-                            if gw.approvals.decide(id, &session.subject, &session.groups, approve, Some(why.to_owned())).is_ok() {
-                                status = ask();
-                            }
-                        }
-                        Answer::Ask(question) => {
-                            // Audited and counted as the pending approval it is; the client asks its user.
-                            gw.approvals_changed(&session.id);
-                            let _ = call.refuse(pending_refusal(&request, id, *expires_at), label, "pending", Some(tool));
-                            return CallToolResponse::InputRequired(question);
-                        }
-                        Answer::None => {}
-                    }
-                }
-                match status {
-                    HumanStatus::Approved { id, decided_by } => {
-                        call.record.approval = "approved".to_owned();
-                        call.record.message = Some(format!("approval {id} by {decided_by}"));
-                        gw.approvals_changed(&session.id);
-                    }
-                    HumanStatus::Created { id, expires_at } | HumanStatus::Pending { id, expires_at } => {
-                        gw.approvals_changed(&session.id);
-                        return call.refuse(pending_refusal(&request, &id, expires_at), label, "pending", Some(tool)).into();
-                    }
-                    HumanStatus::TooMany => {
-                        let message = format!(
-                            "{} needs human approval, but this session already has {} approvals waiting: wait for them to be decided",
-                            tool.name,
-                            crate::approvals::MAX_PENDING_PER_SESSION
-                        );
-                        let refusal = Refusal::new(DenialCode::ApprovalRequired.as_str(), message).policy(request.policy.clone());
-                        return call.refuse(refusal, label, "refused", Some(tool)).into();
-                    }
-                    HumanStatus::Denied { id, decided_by, reason } => {
-                        call.record.approval = "denied".to_owned();
-                        let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
-                        let message = format!("{} was not approved: {decided_by} denied approval {id}{why}", tool.name);
-                        let refusal = Refusal::new(DenialCode::ApprovalDenied.as_str(), message).detail("approvalId", json!(id));
-                        return call.refuse(refusal, label, "refused", Some(tool)).into();
-                    }
+                let given_token = confirm_token.is_some();
+                if let Some(answer) = Box::pin(human::approval(&mut call, tool, &args, &hash, request, asking, label, given_token)).await {
+                    return answer;
                 }
             }
             ApprovalMode::None => call.record.approval = "none".to_owned(),
         }
     }
     run(call, tool, args, label, cancel).await.into()
+}
+
+/// The policy engine's decision on this call, with the session's state as it is now.
+fn decide_now(engine: Option<&toolwarden_core::policy::Engine>, session: &SessionRecord, name: &str, args: &Value) -> Decision {
+    let subject = Subject { name: session.subject.clone(), groups: session.groups.clone() };
+    match engine {
+        Some(engine) => decide(engine, &subject, &Session { id: session.id.clone(), tainted: session.tainted(), client: session.client_name.clone() }, name, args),
+        None => Decision::Deny(toolwarden_core::policy::Denial {
+            code: DenialCode::UnknownTool,
+            policy: None,
+            rule: None,
+            message: format!("unknown tool `{name}`"),
+        }),
+    }
 }
 
 fn pending_refusal(request: &ApprovalRequest, id: &str, expires_at: SystemTime) -> Refusal {
@@ -465,6 +414,9 @@ async fn confirm_preview(
         .detail("preview", json!(preview));
     call.refuse(refusal, "confirm", "pending", Some(tool))
 }
+
+#[path = "call_human.rs"]
+mod human;
 
 #[cfg(test)]
 #[path = "call_tests.rs"]

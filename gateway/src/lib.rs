@@ -5,6 +5,7 @@
 //! (decide, limits, audit, approvals, runtime, taint). `state::Gateway` holds what they share.
 pub mod approvals;
 pub mod approvals_api;
+pub mod approvals_check;
 pub mod approvals_client;
 pub mod audit;
 pub mod auth;
