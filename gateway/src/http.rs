@@ -219,13 +219,16 @@ async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Respons
     if let Some(record) = &session
         && (record.subject != principal.subject || record.namespace != namespace)
     {
-        // Another caller's session (or another namespace's): rmcp answers it as the unknown id it is for
-        // this caller, so status, headers and body are exactly those of any unknown id.
         tracing::warn!(session = %record.id, subject = %principal.subject, "refused a session id that belongs to another caller");
+        session = None;
+    }
+    if session.is_none() && request.headers().contains_key("mcp-session-id") {
+        // An id this caller does not hold: another caller's (or another namespace's), or one the gateway
+        // ended (rmcp may still hold it for a moment; its requests must not bring it back). rmcp answers it
+        // as an unknown id, so status, headers and body are exactly those of any unknown id.
         let unknown = format!("unknown-{}", crate::approvals::random_hex(16));
         let unknown = HeaderValue::try_from(unknown).unwrap_or(HeaderValue::from_static("unknown-session"));
         request.headers_mut().insert("mcp-session-id", unknown);
-        session = None;
     }
     if request.method() == axum::http::Method::DELETE && !without_session && session.is_none() {
         // rmcp answers `202` to any DELETE, as if it had ended the session; an id this caller does not
@@ -306,7 +309,74 @@ async fn resource_metadata(State(app): State<App>, Path(namespace): Path<String>
 
 #[cfg(test)]
 mod tests {
-    use super::mcp_namespace;
+    use super::*;
+
+    /// A runtime for sessions that make no calls.
+    struct NoWorkers;
+
+    impl crate::runtime::WorkerRuntime for NoWorkers {
+        fn name(&self) -> &'static str {
+            "none"
+        }
+        fn start_session(&self, _: crate::runtime::SessionInfo) -> futures::future::BoxFuture<'_, Result<(), crate::runtime::RuntimeError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn call<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a toolwarden_core::config::ToolConfig,
+            _: toolwarden_worker::protocol::CallRequest,
+            _: &'a tokio_util::sync::CancellationToken,
+        ) -> futures::future::BoxFuture<'a, Result<toolwarden_worker::protocol::CallResult, crate::runtime::RuntimeError>> {
+            Box::pin(async { Err(crate::runtime::RuntimeError::new("worker_start_failed", "no workers here")) })
+        }
+        fn start_timeout(&self) -> std::time::Duration {
+            std::time::Duration::from_secs(1)
+        }
+        fn end_session<'a>(&'a self, _: &'a str, _: &'static str) -> futures::future::BoxFuture<'a, ()> {
+            Box::pin(async {})
+        }
+        fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn post(body: serde_json::Value, session: Option<&str>) -> Request {
+        let mut request = Request::post("/mcp/default")
+            .header(header::AUTHORIZATION, format!("Bearer {}", "t".repeat(32)))
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::HOST, "localhost");
+        if let Some(id) = session {
+            request = request.header("mcp-session-id", id).header("mcp-protocol-version", "2025-06-18");
+        }
+        request.body(Body::from(body.to_string())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_session_the_gateway_ended_stays_ended_while_rmcp_still_holds_it() {
+        let gateway = Gateway::for_tests(Arc::new(NoWorkers)).await;
+        gateway.apply_config(toolwarden_core::config::GatewayConfig { namespace: "default".into(), ..Default::default() }).unwrap();
+        let (service, manager) = mcp_service(&gateway, tokio_util::sync::CancellationToken::new());
+        let app = App::new(gateway.clone(), service);
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        let response = mcp_entry(app.clone(), "default".into(), post(init, None)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let id = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        assert_eq!(mcp_entry(app.clone(), "default".into(), post(initialized, Some(&id))).await.status(), StatusCode::ACCEPTED);
+        let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+        assert_eq!(mcp_entry(app.clone(), "default".into(), post(list.clone(), Some(&id))).await.status(), StatusCode::OK);
+
+        // The gateway ends it (idle, or its McpSession was deleted); rmcp is told a moment later.
+        gateway.end_session(&id, "idle").await;
+        use rmcp::transport::streamable_http_server::session::SessionManager as _;
+        assert!(manager.inner.has_session(&id.clone().into()).await.unwrap(), "rmcp still holds it");
+        let response = mcp_entry(app.clone(), "default".into(), post(list, Some(&id))).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(gateway.sessions.get(&id).is_none(), "the ended session was not brought back (clean of its taint)");
+    }
 
     #[test]
     fn only_plain_namespace_labels_skip_the_router() {
