@@ -207,6 +207,18 @@ async fn malformed_bodies_get_a_json_rpc_error_of_their_kind_on_every_path() {
     assert_eq!(status, 404);
     assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error"]["message"], "Not Found: Session not found");
 
+    // The approvals API answers its malformed bodies in its own JSON form.
+    for (body, status, code) in [
+        (b"{\"reason\": \"\\ud800\"}".to_vec(), 400, "bad_request"),
+        (b"{\"reason\": 1e400}".to_vec(), 400, "bad_request"),
+        (b"{\"why\": \"x\"}".to_vec(), 400, "bad_request"),
+        (vec![b' '; 3 * 1024 * 1024], 413, "body_too_large"),
+    ] {
+        let response = http().post(dev.url("/approvals/ap-0/approve")).bearer_auth(APPROVER_TOKEN).body(body).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{code}");
+        let reply: Value = response.json().await.unwrap();
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+    }
     assert!(!dev.audit_lines().iter().any(|l| l["tool"] == "write_note"), "no malformed call was decided or ran");
     assert!(dev.is_running(), "the gateway is still up");
     let fine: Value = mcp_post_in_session(&dev, Some(DEV_TOKEN), &session).body(call(r#"{"path":"a.md","content":"\ud83d\ude00"}"#)).send().await.unwrap().json().await.unwrap();

@@ -104,15 +104,18 @@ struct DecisionBody {
     reason: Option<String>,
 }
 
-pub async fn approve(state: State<App>, path: Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+/// The body, or why it could not be read (too large, the client left): answered in the API's error form.
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
+pub async fn approve(state: State<App>, path: Path<String>, headers: HeaderMap, body: Body) -> Response {
     decide(state, path, headers, body, true).await
 }
 
-pub async fn deny(state: State<App>, path: Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn deny(state: State<App>, path: Path<String>, headers: HeaderMap, body: Body) -> Response {
     decide(state, path, headers, body, false).await
 }
 
-async fn decide(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, body: Bytes, approve: bool) -> Response {
+async fn decide(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap, body: Body, approve: bool) -> Response {
     if let Some(refused) = refuse_origin(&app, &headers) {
         return refused;
     }
@@ -120,6 +123,14 @@ async fn decide(State(app): State<App>, Path(id): Path<String>, headers: HeaderM
     let principal = match gateway.auth.authenticate(&headers).await {
         Ok(p) => p,
         Err(e) => return unauthorized(gateway, &headers, None, e),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "bad_request" };
+            return error(status, code, format!("the body could not be read: {}", rejection.body_text()));
+        }
     };
     let body: DecisionBody = if body.iter().all(u8::is_ascii_whitespace) {
         DecisionBody::default()
