@@ -453,3 +453,20 @@ async fn a_confirm_token_from_before_the_session_read_untrusted_output_does_not_
     assert_eq!((decision["decision"].as_str(), decision["status"].as_str()), (Some("human"), Some("pending")), "{decision}");
     assert!(!std::fs::read_to_string(&dev.audit).unwrap().contains(&token), "the token never reaches the audit log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_whose_approver_the_policy_no_longer_lists_does_not_run_the_call() {
+    let dev = Dev::start(&[("zz-test.yaml", EXTRA)]);
+    let agent = dev.client(DEV_TOKEN).await;
+    let id = approval_id(&call(&agent, "delete_greeting", json!({"name": "old"})).await);
+    assert_eq!(decide(&dev, APPROVER_TOKEN, &id, "approve", None).await.0, 200);
+    // The policy changes before the agent retries: alice no longer approves these calls.
+    let edited = EXTRA.replace("approvers: {users: [alice]}", "approvers: {users: [bob]}");
+    assert_ne!(edited, EXTRA);
+    std::fs::write(dev.manifests().join("zz-test.yaml"), edited).unwrap();
+    dev.eventually("the new policy applies", async || dev.stderr.lock().unwrap().iter().any(|l| l.contains("(generation 2)"))).await;
+    let retry = call(&agent, "delete_greeting", json!({"name": "old"})).await;
+    let message = refused(&retry, "approval_invalidated");
+    assert!(message.contains("alice is not an approver for this call under the current policy"), "{message}");
+    assert_eq!(ran(&dev, "delete_greeting"), 0, "nothing ran");
+}
