@@ -336,3 +336,63 @@ async fn a_cancelled_call_stops_its_processes_on_every_path_and_is_audited_as_ca
     assert!(metrics.contains(cancelled), "{cancelled} missing from:\n{metrics}");
     assert!(!metrics.contains("toolwarden_worker_calls_failed_total{"), "a cancelled call is no worker failure:\n{metrics}");
 }
+
+/// The kill switch reaches calls already running: disabling the tool in the manifest stops them (their
+/// worker kills every process they started), and each is answered with the reason, audited and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_tool_stops_its_running_calls_with_the_reason() {
+    let dev = Dev::start(&[("wait.yaml", WAIT)]);
+    let session = open_session(&dev, DEV_TOKEN).await;
+    let post = |body: Value| mcp_post_in_session(&dev, Some(DEV_TOKEN), &session).json(&body);
+    assert_eq!(post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.unwrap().status(), 202);
+    // One call answered by the gateway itself, one routed through rmcp (`Mcp-Method`).
+    let secs = |id: u32| 400_000 + std::process::id() % 100_000 + id;
+    let mut pending = Vec::new();
+    for (id, through_rmcp) in [(31, false), (32, true)] {
+        let mut call = post(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": "check_after", "arguments": {"secs": secs(id)}}}));
+        if through_rmcp {
+            call = call.header("Mcp-Method", "tools/call");
+        }
+        pending.push((id, tokio::spawn(async move { call.send().await.unwrap().text().await.unwrap() })));
+    }
+    for id in [31, 32] {
+        let marker = format!("sleep {}", secs(id));
+        dev.eventually("the call's two sleeps run", async || live_processes_with(&marker).len() == 2).await;
+    }
+
+    let manifest = dev.manifests().join("wait.yaml");
+    let disabled = WAIT.replacen("  effect: read\n", "  effect: read\n  disabled: true\n  disabledReason: waiting is paused during INC-77\n", 1);
+    assert_ne!(disabled, WAIT);
+    std::fs::write(&manifest, disabled).unwrap();
+    for (id, answer) in pending {
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(20), answer).await.expect("the call ends when its tool is disabled").unwrap();
+        // The reply may come as JSON or as an SSE event holding the same JSON.
+        let json = answer.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or(&answer);
+        let reply: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("call {id}: {e}: {answer}"));
+        let result = &reply["result"];
+        assert_eq!((result["isError"].as_bool(), result["_meta"]["toolwarden.dev/code"].as_str()), (Some(true), Some("tool_disabled")), "{reply}");
+        assert_eq!(
+            result["content"][0]["text"],
+            "check_after is disabled: waiting is paused during INC-77; the call was stopped while it ran (its worker stopped it)",
+            "call {id}"
+        );
+        let marker = format!("sleep {}", secs(id));
+        dev.eventually("the call's processes are gone", async || live_processes_with(&marker).is_empty()).await;
+        let line = dev.audit_lines().into_iter().find(|l| l["event"] == "result" && l["arguments"]["secs"] == json!(secs(id))).expect("a result line");
+        assert_eq!((line["status"].as_str(), line["code"].as_str()), (Some("disabled"), Some("tool_disabled")), "{line}");
+        assert!(line["message"].as_str().unwrap().contains("waiting is paused during INC-77"), "{line}");
+        assert_eq!(line["output_bytes"], Value::Null, "no output came back: {line}");
+    }
+    let metrics = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let counted = r#"toolwarden_tool_calls_total{namespace="default",tool="check_after",decision="allow",status="disabled"} 2"#;
+    assert!(metrics.contains(counted), "{counted} missing from:\n{metrics}");
+    // New calls are refused at the decision, as before.
+    let again: Value = post(json!({"jsonrpc": "2.0", "id": 33, "method": "tools/call", "params": {"name": "check_after", "arguments": {"secs": 0}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["result"]["content"][0]["text"], "check_after is disabled: waiting is paused during INC-77", "{again}");
+}

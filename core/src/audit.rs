@@ -1,4 +1,5 @@
-//! The audit record: one JSON line per decision (written before acting) and one per result.
+//! The audit record: one JSON line per decision (written before acting), one per result, and one per
+//! approver's decision on a human approval.
 
 use std::collections::HashSet;
 
@@ -15,6 +16,8 @@ pub const PROVENANCE_RUN: usize = 32;
 pub enum AuditEvent {
     Decision,
     Result,
+    /// An approver's decision on a pending human approval, or its refusal.
+    Approval,
 }
 
 /// One audit line. Field names are stable: alerting and log pipelines match on them.

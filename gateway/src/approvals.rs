@@ -31,7 +31,12 @@ pub struct Approval {
     pub expires_at: SystemTime,
     pub state: ApprovalState,
     pub decided_by: Option<String>,
+    /// The decider's groups when decided here; `None` when decided on another replica (the McpSession
+    /// shows who decided, not their groups).
+    pub decided_groups: Option<Vec<String>>,
     pub decision_reason: Option<String>,
+    /// The call that asked for it (its audit lines carry this id).
+    pub call_id: String,
     /// A denial is told to the agent once; its next identical call asks anew.
     pub denial_reported: bool,
 }
@@ -136,6 +141,9 @@ pub enum HumanStatus {
     Created { id: String, expires_at: SystemTime },
     /// The session already has [`MAX_PENDING_PER_SESSION`] approvals waiting.
     TooMany,
+    /// Approved, but it no longer counts under the session's current state and config (see
+    /// [`crate::approvals_check::still_counts`]); it is now expired.
+    Invalidated { id: String, decided_by: String, why: String },
 }
 
 /// Pending approvals one session may hold: an agent cannot flood approvers (or the gateway's memory).
@@ -144,8 +152,10 @@ pub const MAX_PENDING_PER_SESSION: usize = 20;
 #[derive(Debug, PartialEq)]
 pub enum DecideError {
     Unknown,
-    NotAnApprover(&'static str),
+    NotAnApprover(String),
     AlreadyDecided(&'static str),
+    /// The call can no longer run (its session ended, its tool is disabled...): nothing to approve.
+    Stale(String),
 }
 
 pub struct Approvals {
@@ -181,6 +191,7 @@ pub struct HumanRequest<'a> {
     pub arguments: Value,
     pub arguments_hash: &'a str,
     pub request: &'a toolwarden_core::policy::ApprovalRequest,
+    pub call_id: &'a str,
 }
 
 impl Approvals {
@@ -209,8 +220,10 @@ impl Approvals {
         map.retain(|_, a| a.expires_at + Duration::from_secs(3600) > now);
     }
 
-    /// Finds this call's approval (same session, tool and argument hash) or parks a new one.
-    pub fn human(&self, req: HumanRequest<'_>) -> HumanStatus {
+    /// Finds this call's approval (same session, tool and argument hash) or parks a new one. An approved
+    /// one is used only when `still_counts` accepts it (checked under the lock, so it is used once);
+    /// otherwise it expires and the call is told why.
+    pub fn human(&self, req: HumanRequest<'_>, still_counts: impl FnOnce(&Approval) -> Result<(), String>) -> HumanStatus {
         let now = SystemTime::now();
         let mut map = self.human.lock().unwrap_or_else(|e| e.into_inner());
         Self::expire(&mut map, now);
@@ -227,10 +240,16 @@ impl Approvals {
         if let Some(a) = matching {
             let decided_by = a.decided_by.clone().unwrap_or_default();
             return match a.state {
-                ApprovalState::Approved => {
-                    a.state = ApprovalState::Used;
-                    HumanStatus::Approved { id: a.id.clone(), decided_by }
-                }
+                ApprovalState::Approved => match still_counts(a) {
+                    Ok(()) => {
+                        a.state = ApprovalState::Used;
+                        HumanStatus::Approved { id: a.id.clone(), decided_by }
+                    }
+                    Err(why) => {
+                        a.state = ApprovalState::Expired;
+                        HumanStatus::Invalidated { id: a.id.clone(), decided_by, why }
+                    }
+                },
                 ApprovalState::Denied => {
                     a.denial_reported = true;
                     HumanStatus::Denied { id: a.id.clone(), decided_by, reason: a.decision_reason.clone() }
@@ -262,7 +281,9 @@ impl Approvals {
                 expires_at,
                 state: ApprovalState::Pending,
                 decided_by: None,
+                decided_groups: None,
                 decision_reason: None,
+                call_id: req.call_id.to_owned(),
                 denial_reported: false,
             },
         );
@@ -279,17 +300,37 @@ impl Approvals {
         list
     }
 
-    /// Approves or denies a pending approval.
-    pub fn decide(&self, id: &str, subject: &str, groups: &[String], approve: bool, reason: Option<String>) -> Result<Approval, DecideError> {
+    /// One approval as it is now.
+    pub fn get(&self, id: &str) -> Option<Approval> {
+        let mut map = self.human.lock().unwrap_or_else(|e| e.into_inner());
+        Self::expire(&mut map, SystemTime::now());
+        map.get(id).cloned()
+    }
+
+    /// Approves or denies a pending approval. An approval is given only when `approvable` accepts it
+    /// too (the session's and the config's state now, see [`crate::approvals_check::approvable_now`]).
+    pub fn decide(
+        &self,
+        id: &str,
+        subject: &str,
+        groups: &[String],
+        approve: bool,
+        reason: Option<String>,
+        approvable: impl FnOnce(&Approval) -> Result<(), DecideError>,
+    ) -> Result<Approval, DecideError> {
         let mut map = self.human.lock().unwrap_or_else(|e| e.into_inner());
         Self::expire(&mut map, SystemTime::now());
         let a = map.get_mut(id).ok_or(DecideError::Unknown)?;
-        a.may_decide(subject, groups).map_err(DecideError::NotAnApprover)?;
+        a.may_decide(subject, groups).map_err(|why| DecideError::NotAnApprover(why.to_owned()))?;
         if a.state != ApprovalState::Pending {
             return Err(DecideError::AlreadyDecided(state_str(a.state)));
         }
+        if approve {
+            approvable(a)?;
+        }
         a.state = if approve { ApprovalState::Approved } else { ApprovalState::Denied };
         a.decided_by = Some(subject.to_owned());
+        a.decided_groups = Some(groups.to_vec());
         a.decision_reason = reason;
         Ok(a.clone())
     }
@@ -305,6 +346,7 @@ impl Approvals {
             if let Some(r) = remote.iter().find(|r| r.id == a.id && matches!(r.state, ApprovalState::Approved | ApprovalState::Denied)) {
                 a.state = r.state;
                 a.decided_by = r.decided_by.clone();
+                a.decided_groups = None;
                 a.decision_reason = r.reason.clone();
             }
         }
@@ -364,7 +406,8 @@ mod tests {
             arguments: serde_json::json!({"path": "a.md"}),
             arguments_hash: "h1",
             request: req,
-        })
+            call_id: "c-1",
+        }, |_| Ok(()))
     }
 
     #[test]
@@ -400,10 +443,10 @@ mod tests {
         let req = request(Approvers { users: vec!["alice".into()], groups: vec![] }, false);
         let HumanStatus::Created { id, .. } = ask(&approvals, &req) else { panic!() };
         assert!(matches!(ask(&approvals, &req), HumanStatus::Pending { .. }));
-        assert!(matches!(approvals.decide(&id, "bob", &[], true, None), Err(DecideError::NotAnApprover(_))));
-        assert_eq!(approvals.decide("ap-nope", "alice", &[], true, None).unwrap_err(), DecideError::Unknown);
-        approvals.decide(&id, "alice", &[], true, None).unwrap();
-        assert_eq!(approvals.decide(&id, "alice", &[], false, None).unwrap_err(), DecideError::AlreadyDecided("approved"));
+        assert!(matches!(approvals.decide(&id, "bob", &[], true, None, |_| Ok(())), Err(DecideError::NotAnApprover(_))));
+        assert_eq!(approvals.decide("ap-nope", "alice", &[], true, None, |_| Ok(())).unwrap_err(), DecideError::Unknown);
+        approvals.decide(&id, "alice", &[], true, None, |_| Ok(())).unwrap();
+        assert_eq!(approvals.decide(&id, "alice", &[], false, None, |_| Ok(())).unwrap_err(), DecideError::AlreadyDecided("approved"));
         assert!(matches!(ask(&approvals, &req), HumanStatus::Approved { .. }));
         assert!(matches!(ask(&approvals, &req), HumanStatus::Created { .. }));
     }
@@ -413,12 +456,12 @@ mod tests {
         let approvals = Approvals::default();
         let req = request(Approvers { users: vec![], groups: vec!["devs".into()] }, false);
         let HumanStatus::Created { id, .. } = ask(&approvals, &req) else { panic!() };
-        let err = approvals.decide(&id, "dev", &["devs".into()], true, None).unwrap_err();
+        let err = approvals.decide(&id, "dev", &["devs".into()], true, None, |_| Ok(())).unwrap_err();
         assert!(matches!(err, DecideError::NotAnApprover(m) if m.contains("self-approval")));
         let allowed = Approvals::default();
         let req = request(Approvers { users: vec![], groups: vec!["devs".into()] }, true);
         let HumanStatus::Created { id, .. } = ask(&allowed, &req) else { panic!() };
-        assert!(allowed.decide(&id, "dev", &["devs".into()], true, None).is_ok());
+        assert!(allowed.decide(&id, "dev", &["devs".into()], true, None, |_| Ok(())).is_ok());
     }
 
     #[test]
@@ -435,7 +478,8 @@ mod tests {
                 arguments: serde_json::json!({}),
                 arguments_hash: &hash,
                 request: &req,
-            });
+                call_id: "c-1",
+            }, |_| Ok(()));
             if i < MAX_PENDING_PER_SESSION {
                 assert!(matches!(status, HumanStatus::Created { .. }));
             } else {
@@ -449,7 +493,7 @@ mod tests {
         let approvals = Approvals::default();
         let req = request(Approvers { users: vec!["alice".into()], groups: vec![] }, false);
         let HumanStatus::Created { id, .. } = ask(&approvals, &req) else { panic!() };
-        approvals.decide(&id, "alice", &[], false, Some("no".into())).unwrap();
+        approvals.decide(&id, "alice", &[], false, Some("no".into()), |_| Ok(())).unwrap();
         assert!(matches!(ask(&approvals, &req), HumanStatus::Denied { reason: Some(r), .. } if r == "no"));
         assert!(matches!(ask(&approvals, &req), HumanStatus::Created { .. }));
     }

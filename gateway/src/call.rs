@@ -16,10 +16,10 @@ use toolwarden_core::resources::{ApprovalMode, OutputTrust};
 use tokio_util::sync::CancellationToken;
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
-use crate::approvals::{HumanRequest, HumanStatus, random_hex};
+use crate::approvals::random_hex;
 use crate::audit::{rfc3339, timestamp};
 use crate::catalog::CONFIRM_TOKEN_ARG;
-use crate::elicit::{Answer, Asking};
+use crate::elicit::Asking;
 use crate::refusal::Refusal;
 use crate::runtime::{CANCELLED, RuntimeError};
 use crate::sessions::SessionRecord;
@@ -94,16 +94,7 @@ pub async fn call_tool(
         (false, Some(map)) => map.remove(CONFIRM_TOKEN_ARG).map(|v| v.as_str().map(str::to_owned).unwrap_or_default()),
         _ => None,
     };
-    let subject = Subject { name: session.subject.clone(), groups: session.groups.clone() };
-    let decision = match &engine {
-        Some(engine) => decide(engine, &subject, &Session { id: session.id.clone(), tainted: session.tainted(), client: session.client_name.clone() }, name, &args),
-        None => Decision::Deny(toolwarden_core::policy::Denial {
-            code: DenialCode::UnknownTool,
-            policy: None,
-            rule: None,
-            message: format!("unknown tool `{name}`"),
-        }),
-    };
+    let decision = decide_now(engine.as_deref(), session, name, &args);
     let provenance = session.taint.lock().unwrap_or_else(|e| e.into_inner()).untrusted.repeated_in(&args);
     static NO_SCHEMA: Value = Value::Null;
     let schema = tool.map(|t| &t.input_schema).unwrap_or(&NO_SCHEMA);
@@ -168,71 +159,29 @@ pub async fn call_tool(
                 }
             }
             ApprovalMode::Human => {
-                // Another replica may have decided this session's approval on its McpSession.
-                gw.approvals.merge_remote(&session.id, &gw.runtime.remote_decisions(&session.id));
-                let ask = || {
-                    gw.approvals.human(HumanRequest {
-                        namespace: &session.namespace,
-                        tool: &tool.name,
-                        subject: &session.subject,
-                        session_id: &session.id,
-                        arguments: call.record.arguments.clone(),
-                        arguments_hash: &hash,
-                        request: &request,
-                    })
-                };
-                let mut status = ask();
-                if let (HumanStatus::Created { id, expires_at } | HumanStatus::Pending { id, expires_at }, true) =
-                    (&status, request.allow_self_approval)
-                {
-                    match Box::pin(crate::elicit::ask(&asking, id, &tool.name, &call.record.arguments, &request.reason)).await {
-                        Answer::Decided(approve) => {
-                            let why = if approve { "approved by the user when asked" } else { "declined by the user when asked" };
-                            if gw.approvals.decide(id, &session.subject, &session.groups, approve, Some(why.to_owned())).is_ok() {
-                                status = ask();
-                            }
-                        }
-                        Answer::Ask(question) => {
-                            // Audited and counted as the pending approval it is; the client asks its user.
-                            gw.approvals_changed(&session.id);
-                            let _ = call.refuse(pending_refusal(&request, id, *expires_at), label, "pending", Some(tool));
-                            return CallToolResponse::InputRequired(question);
-                        }
-                        Answer::None => {}
-                    }
-                }
-                match status {
-                    HumanStatus::Approved { id, decided_by } => {
-                        call.record.approval = "approved".to_owned();
-                        call.record.message = Some(format!("approval {id} by {decided_by}"));
-                        gw.approvals_changed(&session.id);
-                    }
-                    HumanStatus::Created { id, expires_at } | HumanStatus::Pending { id, expires_at } => {
-                        gw.approvals_changed(&session.id);
-                        return call.refuse(pending_refusal(&request, &id, expires_at), label, "pending", Some(tool)).into();
-                    }
-                    HumanStatus::TooMany => {
-                        let message = format!(
-                            "{} needs human approval, but this session already has {} approvals waiting: wait for them to be decided",
-                            tool.name,
-                            crate::approvals::MAX_PENDING_PER_SESSION
-                        );
-                        let refusal = Refusal::new(DenialCode::ApprovalRequired.as_str(), message).policy(request.policy.clone());
-                        return call.refuse(refusal, label, "refused", Some(tool)).into();
-                    }
-                    HumanStatus::Denied { id, decided_by, reason } => {
-                        call.record.approval = "denied".to_owned();
-                        let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
-                        let message = format!("{} was not approved: {decided_by} denied approval {id}{why}", tool.name);
-                        let refusal = Refusal::new(DenialCode::ApprovalDenied.as_str(), message).detail("approvalId", json!(id));
-                        return call.refuse(refusal, label, "refused", Some(tool)).into();
-                    }
+                let given_token = confirm_token.is_some();
+                if let Some(answer) = Box::pin(human::approval(&mut call, tool, &args, &hash, request, asking, label, given_token)).await {
+                    return answer;
                 }
             }
             ApprovalMode::None => call.record.approval = "none".to_owned(),
         }
     }
     run(call, tool, args, label, cancel).await.into()
+}
+
+/// The policy engine's decision on this call, with the session's state as it is now.
+fn decide_now(engine: Option<&toolwarden_core::policy::Engine>, session: &SessionRecord, name: &str, args: &Value) -> Decision {
+    let subject = Subject { name: session.subject.clone(), groups: session.groups.clone() };
+    match engine {
+        Some(engine) => decide(engine, &subject, &Session { id: session.id.clone(), tainted: session.tainted(), client: session.client_name.clone() }, name, args),
+        None => Decision::Deny(toolwarden_core::policy::Denial {
+            code: DenialCode::UnknownTool,
+            policy: None,
+            rule: None,
+            message: format!("unknown tool `{name}`"),
+        }),
+    }
 }
 
 fn pending_refusal(request: &ApprovalRequest, id: &str, expires_at: SystemTime) -> Refusal {
@@ -254,9 +203,16 @@ fn check_limits(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, limits
     gw.limits.check(&session.namespace, &tool.name, &session.subject, &session.id, limits)
 }
 
+/// The code of a call the kill switch stopped, or refused just before it would have run.
+const TOOL_DISABLED: &str = "tool_disabled";
+
 /// Sends the call to the session's worker. The bound leaves room for the worker's start (a first call
 /// waits for it) as well as the tool's timeout: cut short, a start would fail with the wrong sentence and
 /// leave its half-started worker (or pod) behind.
+///
+/// The call is registered as running, so that a config disabling its tool stops it (`TOOL_DISABLED`).
+/// The current config is read again once registered: a config applied since the call was decided (an
+/// approval waited, a preview ran) is seen either here or by the kill switch.
 async fn dispatch(
     gw: &Gateway,
     session: &SessionRecord,
@@ -264,8 +220,16 @@ async fn dispatch(
     request: CallRequest,
     cancel: &CancellationToken,
 ) -> Result<CallResult, RuntimeError> {
+    let running = gw.running.start(&session.namespace, &tool.name, cancel);
+    if let Some(reason) = crate::running::unserved(&tool.name, gw.engine(&session.namespace).as_deref()) {
+        return Err(RuntimeError::new(TOOL_DISABLED, format!("{reason}; nothing ran")));
+    }
     let limit = gw.runtime.start_timeout() + Duration::from_millis(tool.timeout_ms) + WORKER_GRACE;
-    match tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request, cancel)).await {
+    match tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request, &running.cancel)).await {
+        Ok(Err(e)) if e.code == CANCELLED && running.stopped().is_some() => {
+            let reason = running.stopped().unwrap_or_default();
+            Err(RuntimeError::new(TOOL_DISABLED, format!("{reason}; the call was stopped while it ran (its worker stopped it)")))
+        }
         Ok(result) => result,
         Err(_) => Err(RuntimeError::new(
             "worker_timeout",
@@ -310,6 +274,9 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
             if e.code == CANCELLED {
                 // The client's choice, not a failure of the worker.
                 "cancelled"
+            } else if e.code == TOOL_DISABLED {
+                // The kill switch: an operator's choice, not a failure either.
+                "disabled"
             } else {
                 gw.metrics.worker_failed(ns, &tool.name, e.code);
                 if e.code == "worker_timeout" {
@@ -323,7 +290,7 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
     gw.audit.write_result(result);
     gw.metrics.duration(ns, &tool.name, started.elapsed().as_secs_f64());
     let label = match status {
-        "ok" | "cancelled" => status,
+        "ok" | "cancelled" | "disabled" => status,
         _ => "error",
     };
     gw.metrics.call(ns, &tool.name, decision, label);
@@ -360,6 +327,10 @@ async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str,
             // Sent to no one (a cancelled request gets no response), but a complete result all the same.
             let message = format!("{} was cancelled by the client before it finished; its worker stopped it", tool.name);
             Refusal::new(CANCELLED, message).into_result(tool.output_schema.is_some())
+        }
+        Err(e) if e.code == TOOL_DISABLED => {
+            gw.runtime.record_call(&session.id, true, None);
+            Refusal::new(TOOL_DISABLED, e.message).into_result(tool.output_schema.is_some())
         }
         Err(e) => {
             gw.runtime.record_call(&session.id, false, None);
@@ -443,6 +414,9 @@ async fn confirm_preview(
         .detail("preview", json!(preview));
     call.refuse(refusal, "confirm", "pending", Some(tool))
 }
+
+#[path = "call_human.rs"]
+mod human;
 
 #[cfg(test)]
 #[path = "call_tests.rs"]

@@ -69,16 +69,33 @@ pub struct ServeArgs {
     /// are keep-alive connections idle for this long.
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     pub header_read_timeout: Duration,
+    /// A browser origin allowed to call `/mcp/...` and `/approvals` (repeatable): `https://host`,
+    /// `https://host:port`, `http://host:*` (any port) or `null`. Requests with any other `Origin` get
+    /// 403; requests without one (agents, SDKs, curl) are not affected. Loopback origins are allowed
+    /// when the gateway listens on a loopback address.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", value_parser = parse_origin)]
+    pub allowed_origins: Vec<String>,
+}
+
+fn parse_origin(text: &str) -> Result<String, String> {
+    crate::origin::AllowedOrigins::new(&[text]).map(|_| text.to_owned())
 }
 
 impl ServeArgs {
-    /// The settings these flags set; the rest are the defaults.
-    fn settings(&self) -> Settings {
-        Settings {
+    /// The settings these flags set for a gateway listening on `listen`; the rest are the defaults.
+    fn settings(&self, listen: SocketAddr) -> anyhow::Result<Settings> {
+        let mut origins = self.allowed_origins.clone();
+        if listen.ip().is_loopback() {
+            // Only this machine reaches a loopback listener: its own pages may, foreign sites may not.
+            origins.extend(crate::origin::LOOPBACK_ORIGINS.map(str::to_owned));
+        }
+        let allowed_origins = crate::origin::AllowedOrigins::new(&origins).map_err(|e| anyhow::anyhow!("--allowed-origin: {e}"))?;
+        Ok(Settings {
             max_sessions_per_subject: self.max_sessions_per_subject as usize,
             header_read_timeout: self.header_read_timeout,
+            allowed_origins,
             ..Settings::default()
-        }
+        })
     }
 }
 
@@ -139,7 +156,7 @@ impl DevArgs {
         let settings = Settings {
             // A laptop server: only loopback names (DNS-rebinding guard on top of the bearer token).
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), self.listen.ip().to_string()],
-            ..self.serve.settings()
+            ..self.serve.settings(self.listen)?
         };
         let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
         let namespaces: Vec<String> = loaded.configs.iter().map(|c| c.namespace.clone()).collect();
@@ -278,7 +295,7 @@ impl GatewayArgs {
             shutdown_grace: self.shutdown_grace,
             // In-cluster names vary (Service, Ingress): any Host; every request needs a bearer token.
             allowed_hosts: Vec::new(),
-            ..self.serve.settings()
+            ..self.serve.settings(self.listen)?
         };
         let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
         crate::config_kube::start(gateway.clone(), self.namespaces.clone()).await?;

@@ -19,6 +19,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use serde_json::json;
 
 use crate::auth::AuthError;
+use crate::rpc_body::{INVALID_REQUEST, PARSE_ERROR, check_body, json_errors, rpc_error};
 use crate::mcp::McpHandler;
 use crate::session_manager::GatewaySessionManager;
 use crate::sessions::Caller;
@@ -190,32 +191,62 @@ async fn mcp_route(State(app): State<App>, Path(namespace): Path<String>, reques
     mcp_entry(app, namespace, request).await
 }
 
-async fn mcp_entry(app: App, namespace: String, request: Request) -> Response {
+/// 403 for a request whose `Origin` the gateway does not accept (see [`crate::origin`]), before anything
+/// else is looked at; `None` lets the request on.
+pub fn refuse_origin(gateway: &Gateway, headers: &HeaderMap) -> Option<crate::origin::Refused> {
+    let origin = headers.get(header::ORIGIN);
+    let refused = gateway.settings.allowed_origins.check(origin).err()?;
+    tracing::warn!(origin = ?origin, why = ?refused, "refused a request from a browser origin that is not allowed");
+    gateway.metrics.http_refused("origin");
+    Some(refused)
+}
+
+async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Response {
     let gateway = &app.gateway;
+    if refuse_origin(gateway, request.headers()).is_some() {
+        return rpc_error(StatusCode::FORBIDDEN, INVALID_REQUEST, crate::origin::REFUSAL.into());
+    }
     let principal = match gateway.auth.authenticate(request.headers()).await {
         Ok(p) => p,
         Err(e) => return unauthorized(gateway, request.headers(), Some(&namespace), e),
     };
     if gateway.engine(&namespace).is_none() {
-        return rpc_error(StatusCode::NOT_FOUND, -32600, format!("no tools are served at /mcp/{namespace}"));
+        return rpc_error(StatusCode::NOT_FOUND, INVALID_REQUEST, format!("no tools are served at /mcp/{namespace}"));
     }
     let session_id = request.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
-    let session = session_id.and_then(|id| gateway.sessions.get(id));
     let without_session = session_id.is_none();
+    let mut session = session_id.and_then(|id| gateway.sessions.get(id));
     if let Some(record) = &session
         && (record.subject != principal.subject || record.namespace != namespace)
     {
-        // Another caller's session id: answered exactly like an unknown session.
         tracing::warn!(session = %record.id, subject = %principal.subject, "refused a session id that belongs to another caller");
-        return rpc_error(StatusCode::NOT_FOUND, -32600, "Session not found".into());
+        session = None;
+    }
+    if session.is_none() && request.headers().contains_key("mcp-session-id") {
+        // An id this caller does not hold: another caller's (or another namespace's), or one the gateway
+        // ended (rmcp may still hold it for a moment; its requests must not bring it back). rmcp answers it
+        // as an unknown id, so status, headers and body are exactly those of any unknown id.
+        let unknown = format!("unknown-{}", crate::approvals::random_hex(16));
+        let unknown = HeaderValue::try_from(unknown).unwrap_or(HeaderValue::from_static("unknown-session"));
+        request.headers_mut().insert("mcp-session-id", unknown);
+    }
+    if request.method() == axum::http::Method::DELETE && !without_session && session.is_none() {
+        // rmcp answers `202` to any DELETE, as if it had ended the session; an id this caller does not
+        // hold is unknown to it, so it gets the `404` an unknown session gets on every other method.
+        return rpc_error(StatusCode::NOT_FOUND, INVALID_REQUEST, "Not Found: Session not found".into());
     }
     let post = request.method() == axum::http::Method::POST;
     let json_ok = crate::json_reply::accepts_json(request.headers().get(header::ACCEPT));
+    let mut posted = None;
     let mut request = if post {
         let (parts, body) = request.into_parts();
         let limit = gateway.settings.max_body_bytes;
-        let Ok(body) = axum::body::to_bytes(body, limit).await else {
-            return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, -32600, format!("Invalid Request: the body is larger than {limit} bytes"));
+        let body = match axum::body::to_bytes(body, limit).await {
+            Ok(body) => body,
+            Err(e) if is_length_limit(&e) => {
+                return rpc_error(StatusCode::PAYLOAD_TOO_LARGE, INVALID_REQUEST, format!("Invalid Request: the body is larger than {limit} bytes"));
+            }
+            Err(e) => return rpc_error(StatusCode::BAD_REQUEST, PARSE_ERROR, format!("Parse error: the body could not be read: {e}")),
         };
         // A body that parses as a plain `tools/call` is a well-formed JSON-RPC request: no other check.
         if let Some(session) = &session
@@ -240,6 +271,7 @@ async fn mcp_entry(app: App, namespace: String, request: Request) -> Response {
         {
             return rpc_error(StatusCode::TOO_MANY_REQUESTS, -32000, sentence);
         }
+        posted = Some((body.clone(), message.shape));
         Request::from_parts(parts, Body::from(body))
     } else {
         request
@@ -248,66 +280,22 @@ async fn mcp_entry(app: App, namespace: String, request: Request) -> Response {
     // Boxed: rmcp's future is large, and keeping it out of this one makes every request's future cheaper
     // to set up, the direct `tools/call`s included.
     let response = Box::pin(app.mcp.handle(request)).await;
+    if !response.status().is_success() {
+        return Box::pin(json_errors(response, posted.as_ref().map(|(body, shape)| (body, *shape)))).await;
+    }
     if post && json_ok { Box::pin(crate::json_reply::prefer_json(response)).await } else { response.map(Body::new) }
 }
 
-fn rpc_error(status: StatusCode, code: i64, message: String) -> Response {
-    let body = json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": message}});
-    (status, Json(body)).into_response()
-}
-
-/// Checks that a POST body is one JSON-RPC object, so that malformed, non-UTF-8, too deep or batched
-/// bodies get a specific JSON-RPC error before rmcp sees them. Returns the keys looked at, or the
-/// status, JSON-RPC code and message of the refusal.
-fn check_body(bytes: &[u8]) -> Result<Envelope, (StatusCode, i64, String)> {
-    if let Err(e) = std::str::from_utf8(bytes) {
-        return Err((StatusCode::BAD_REQUEST, -32700, format!("Parse error: the body is not valid UTF-8 (byte {})", e.valid_up_to())));
-    }
-    // One pass that allocates only for the version and the method name: the body is parsed in full
-    // again by rmcp. serde_json refuses nesting deeper than 128 levels, which bounds the
-    // work on hostile bodies.
-    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => {
-            return Err((StatusCode::BAD_REQUEST, -32600, "Invalid Request: batch requests are not supported; send one JSON-RPC message per request".into()));
+/// Whether reading a body failed because it is longer than the limit (not because the client left).
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
         }
-        Some(b'{') => {}
-        _ => {
-            // Not an object: report a syntax error when there is one, else the shape.
-            if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
-                return Err((StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}")));
-            }
-            return Err((StatusCode::BAD_REQUEST, -32600, "Invalid Request: the body must be one JSON-RPC object".into()));
-        }
+        source = e.source();
     }
-    let envelope = match serde_json::from_slice::<Envelope>(bytes) {
-        Ok(envelope) => envelope,
-        Err(e) => return Err((StatusCode::BAD_REQUEST, -32700, format!("Parse error: {e}"))),
-    };
-    if envelope.jsonrpc.as_ref().and_then(|v| v.as_str()) != Some("2.0")
-        || (envelope.method.is_none() && envelope.result.is_none() && envelope.error.is_none())
-    {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            -32600,
-            "Invalid Request: not a JSON-RPC 2.0 message (it needs \"jsonrpc\": \"2.0\" and a method)".into(),
-        ));
-    }
-    Ok(envelope)
-}
-
-/// The keys of a JSON-RPC message that [`check_body`] looks at; everything else is skipped unread.
-#[derive(serde::Deserialize)]
-struct Envelope {
-    jsonrpc: Option<serde_json::Value>,
-    method: Option<serde_json::Value>,
-    result: Option<serde::de::IgnoredAny>,
-    error: Option<serde::de::IgnoredAny>,
-}
-
-impl Envelope {
-    fn is_method(&self, method: &str) -> bool {
-        self.method.as_ref().and_then(|m| m.as_str()) == Some(method)
-    }
+    false
 }
 
 async fn resource_metadata_root(State(app): State<App>, headers: HeaderMap) -> Response {
@@ -321,7 +309,74 @@ async fn resource_metadata(State(app): State<App>, Path(namespace): Path<String>
 
 #[cfg(test)]
 mod tests {
-    use super::mcp_namespace;
+    use super::*;
+
+    /// A runtime for sessions that make no calls.
+    struct NoWorkers;
+
+    impl crate::runtime::WorkerRuntime for NoWorkers {
+        fn name(&self) -> &'static str {
+            "none"
+        }
+        fn start_session(&self, _: crate::runtime::SessionInfo) -> futures::future::BoxFuture<'_, Result<(), crate::runtime::RuntimeError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn call<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a toolwarden_core::config::ToolConfig,
+            _: toolwarden_worker::protocol::CallRequest,
+            _: &'a tokio_util::sync::CancellationToken,
+        ) -> futures::future::BoxFuture<'a, Result<toolwarden_worker::protocol::CallResult, crate::runtime::RuntimeError>> {
+            Box::pin(async { Err(crate::runtime::RuntimeError::new("worker_start_failed", "no workers here")) })
+        }
+        fn start_timeout(&self) -> std::time::Duration {
+            std::time::Duration::from_secs(1)
+        }
+        fn end_session<'a>(&'a self, _: &'a str, _: &'static str) -> futures::future::BoxFuture<'a, ()> {
+            Box::pin(async {})
+        }
+        fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn post(body: serde_json::Value, session: Option<&str>) -> Request {
+        let mut request = Request::post("/mcp/default")
+            .header(header::AUTHORIZATION, format!("Bearer {}", "t".repeat(32)))
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::HOST, "localhost");
+        if let Some(id) = session {
+            request = request.header("mcp-session-id", id).header("mcp-protocol-version", "2025-06-18");
+        }
+        request.body(Body::from(body.to_string())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_session_the_gateway_ended_stays_ended_while_rmcp_still_holds_it() {
+        let gateway = Gateway::for_tests(Arc::new(NoWorkers)).await;
+        gateway.apply_config(toolwarden_core::config::GatewayConfig { namespace: "default".into(), ..Default::default() }).unwrap();
+        let (service, manager) = mcp_service(&gateway, tokio_util::sync::CancellationToken::new());
+        let app = App::new(gateway.clone(), service);
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        let response = mcp_entry(app.clone(), "default".into(), post(init, None)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let id = response.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        assert_eq!(mcp_entry(app.clone(), "default".into(), post(initialized, Some(&id))).await.status(), StatusCode::ACCEPTED);
+        let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+        assert_eq!(mcp_entry(app.clone(), "default".into(), post(list.clone(), Some(&id))).await.status(), StatusCode::OK);
+
+        // The gateway ends it (idle, or its McpSession was deleted); rmcp is told a moment later.
+        gateway.end_session(&id, "idle").await;
+        use rmcp::transport::streamable_http_server::session::SessionManager as _;
+        assert!(manager.inner.has_session(&id.clone().into()).await.unwrap(), "rmcp still holds it");
+        let response = mcp_entry(app.clone(), "default".into(), post(list, Some(&id))).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(gateway.sessions.get(&id).is_none(), "the ended session was not brought back (clean of its taint)");
+    }
 
     #[test]
     fn only_plain_namespace_labels_skip_the_router() {

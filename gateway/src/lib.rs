@@ -5,6 +5,7 @@
 //! (decide, limits, audit, approvals, runtime, taint). `state::Gateway` holds what they share.
 pub mod approvals;
 pub mod approvals_api;
+pub mod approvals_check;
 pub mod approvals_client;
 pub mod audit;
 pub mod auth;
@@ -19,9 +20,12 @@ pub mod http;
 pub mod json_reply;
 pub mod kubernetes;
 pub mod mcp;
+pub mod origin;
 pub mod metrics;
 pub mod ratelimit;
 pub mod refusal;
+pub mod rpc_body;
+pub mod running;
 pub mod runtime;
 pub mod serve;
 pub mod session_manager;

@@ -37,21 +37,10 @@ impl McpHandler {
     async fn session(&self, context: &RequestContext<RoleServer>) -> Result<Arc<SessionRecord>, McpError> {
         let (caller, header) = caller(&context.extensions)?;
         if let Some(id) = header {
-            // The HTTP layer already refused ids of other callers; a session rmcp knows but the gateway
-            // has not registered (its start raced this request) is registered now.
-            if let Some(record) = self.gateway.sessions.get(&id) {
-                return Ok(record);
-            }
-            let client = context.peer.peer_info();
-            let new = NewSession {
-                id,
-                caller,
-                client_name: client.as_ref().map(|c| c.client_info.name.clone()).unwrap_or_default(),
-                client_version: client.as_ref().map(|c| c.client_info.version.clone()).unwrap_or_default(),
-                protocol_version: client.as_ref().map(|c| c.protocol_version.to_string()),
-                stateless: false,
-            };
-            return Ok(self.gateway.start_session(new).await);
+            // The gateway registers a session before its `initialize` is answered, and the HTTP layer
+            // hands rmcp only ids this caller holds; an id unknown here was ended in the meantime, and
+            // must stay ended (a new record would start clean: no taint, no rate-limit history).
+            return self.gateway.sessions.get(&id).ok_or_else(|| McpError::invalid_request("Session not found: it has ended", None));
         }
         let meta = &context.meta;
         let explicit = meta.0.0.get(SESSION_META_KEY).and_then(|v| v.as_str()).map(str::to_owned);

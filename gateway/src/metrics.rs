@@ -32,6 +32,7 @@ pub struct GatewayMetrics {
     pub config_last_load: Family<Labels, Gauge<f64, AtomicU64>>,
     pub worker_calls_failed: Family<Labels, Counter>,
     pub sessions_refused: Family<Labels, Counter>,
+    pub http_refused: Family<Labels, Counter>,
     /// Shared with the worker runtimes (sessions, worker starts, warm pools).
     pub runtime: crate::kubernetes::Metrics,
 }
@@ -60,6 +61,7 @@ impl GatewayMetrics {
             config_last_load: Family::default(),
             worker_calls_failed: Family::default(),
             sessions_refused: Family::default(),
+            http_refused: Family::default(),
             runtime,
         };
         let mut registry = Registry::default();
@@ -101,6 +103,11 @@ impl GatewayMetrics {
             "New sessions refused, by namespace and reason (subject_limit: the subject has too many open)",
             m.sessions_refused.clone(),
         );
+        registry.register(
+            "toolwarden_http_requests_refused",
+            "Requests refused at the HTTP edge before authentication, by reason (origin: a browser Origin not allowed)",
+            m.http_refused.clone(),
+        );
         metrics.runtime.register(&mut registry);
         (metrics, registry)
     }
@@ -134,6 +141,10 @@ impl GatewayMetrics {
 
     pub fn session_refused(&self, namespace: &str, reason: &str) {
         self.sessions_refused.get_or_create(&vec![("namespace", namespace.to_owned()), ("reason", reason.to_owned())]).inc();
+    }
+
+    pub fn http_refused(&self, reason: &str) {
+        self.http_refused.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
     pub fn worker_failed(&self, namespace: &str, tool: &str, reason: &str) {

@@ -28,6 +28,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `Host` values accepted on `/mcp/...`; empty = any (a bearer token is required regardless).
     pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted on `/mcp/...` and `/approvals...`; requests without `Origin` always are.
+    pub allowed_origins: crate::origin::AllowedOrigins,
     pub shutdown_grace: Duration,
     /// Open sessions one subject may hold; a new one beyond it is refused (see [`Gateway::admit_session`]).
     pub max_sessions_per_subject: usize,
@@ -42,6 +44,7 @@ impl Default for Settings {
             max_session_lifetime: Duration::from_secs(8 * 3600),
             max_body_bytes: 1024 * 1024,
             allowed_hosts: Vec::new(),
+            allowed_origins: crate::origin::AllowedOrigins::default(),
             shutdown_grace: Duration::from_secs(20),
             max_sessions_per_subject: 64,
             header_read_timeout: Duration::from_secs(30),
@@ -60,6 +63,8 @@ pub struct Gateway {
     pub sessions: Sessions,
     pub approvals: Approvals,
     pub limits: RateLimits,
+    /// Calls running in workers, so that disabling a tool stops them.
+    pub running: crate::running::RunningCalls,
     ready: AtomicBool,
     in_flight: AtomicUsize,
     /// Session ends under way (workers stopping, pods being deleted): shutdown waits for them, or the
@@ -100,6 +105,7 @@ impl Gateway {
             sessions: Sessions::default(),
             approvals: Approvals::default(),
             limits: RateLimits::default(),
+            running: Default::default(),
             ready: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             ending: TaskTracker::new(),
@@ -148,6 +154,8 @@ impl Gateway {
         };
         let previous = self.configs.write().unwrap_or_else(|e| e.into_inner()).insert(namespace.clone(), engine.clone());
         self.metrics.config_applied(&namespace, generation, unix_now());
+        // After the swap: a call that registers later re-checks the config itself (see `call::dispatch`).
+        self.stop_unserved_calls(&namespace, Some(&engine));
         let tools_changed = previous.as_ref().is_none_or(|p| p.config().tools != engine.config().tools);
         if tools_changed && let Ok(handle) = tokio::runtime::Handle::try_current() {
             // The runtime follows the tools (warm pools, replacing workers of changed tools).
@@ -166,11 +174,21 @@ impl Gateway {
     pub fn remove_config(&self, namespace: &str) {
         if self.configs.write().unwrap_or_else(|e| e.into_inner()).remove(namespace).is_some() {
             tracing::info!(namespace, "config removed: the namespace serves no tools");
+            self.stop_unserved_calls(namespace, None);
             self.notify_tools_changed(namespace);
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
                 let (runtime, namespace) = (self.runtime.clone(), namespace.to_owned());
                 handle.spawn(async move { runtime.tools_changed(&namespace, &[]).await });
             }
+        }
+    }
+
+    /// The kill switch for calls already running: those of tools the new config disables or no longer
+    /// has are cancelled (their workers stop them) and answered with the reason.
+    fn stop_unserved_calls(&self, namespace: &str, config: Option<&Engine>) {
+        let stopped = self.running.stop_unserved(namespace, config);
+        if stopped > 0 {
+            tracing::warn!(namespace, stopped, "stopped running calls of tools the config no longer serves");
         }
     }
 
@@ -259,10 +277,15 @@ impl Gateway {
     /// A gateway over `runtime` for unit tests: default settings, one static token (`t` × 32, subject
     /// `s`), no audit sink.
     pub(crate) async fn for_tests(runtime: Arc<dyn WorkerRuntime>) -> Arc<Gateway> {
+        Gateway::for_tests_with_audit(runtime, None).await
+    }
+
+    /// [`Gateway::for_tests`] writing its audit lines to `audit` (a file) when given.
+    pub(crate) async fn for_tests_with_audit(runtime: Arc<dyn WorkerRuntime>, audit: Option<&std::path::Path>) -> Arc<Gateway> {
         let token = crate::auth::StaticToken { token: "t".repeat(32), subject: "s".into(), groups: vec![] };
         let auth = Authenticator::new(crate::auth::AuthConfig { static_tokens: vec![token], ..Default::default() }).await.unwrap();
         let (metrics, registry) = GatewayMetrics::new(crate::kubernetes::Metrics::default());
-        let audit = AuditLog::open(None, false).unwrap();
+        let audit = AuditLog::open(audit, false).unwrap();
         Arc::new(Gateway::new(Settings::default(), auth, runtime, audit, metrics, registry))
     }
 }
