@@ -21,6 +21,8 @@ enum Command {
     Gateway(toolwarden_gateway::cli::GatewayArgs),
     /// Run the operator (McpTool/ToolPolicy → NetworkPolicies, Secrets, gateway config).
     Operator(toolwarden_operator::cli::OperatorArgs),
+    /// After `helm uninstall`: delete what the operator and gateways created at run time.
+    Cleanup(toolwarden_operator::cleanup::CleanupArgs),
     /// Print every CRD as one multi-document YAML stream.
     Crd,
     /// Test and explain policy decisions offline.
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Dev(args) => block_on(args.serve.worker_threads, args.run()),
         Command::Gateway(args) => block_on(args.serve.worker_threads, args.run()),
         Command::Operator(args) => block_on(None, args.run()),
+        Command::Cleanup(args) => block_on(Some(1), args.run()),
         Command::Approvals(args) => block_on(Some(1), args.run()),
     };
     match result {

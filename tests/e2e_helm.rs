@@ -1,183 +1,258 @@
-//! e2e: `helm install` of charts/toolwarden into a real cluster. Runs only when `KUBECONFIG` is set;
-//! otherwise it prints that it was skipped and passes.
+//! e2e: the chart on a real cluster, as a platform team uses it (scripts/e2e.sh loads the images the
+//! chart names by default, built FROM scratch by deploy/build-images.sh).
 //!
-//! In a fresh namespace labelled `pod-security.kubernetes.io/enforce: restricted` it installs the chart,
-//! then checks: the three CRDs are established; the operator and gateway Deployments, Services,
-//! ServiceAccounts, PDB, NetworkPolicies and RBAC exist; the gateway's pods were admitted (they satisfy
-//! Pod Security "restricted"); the service accounts can do what they need and nothing of what they must
-//! not (`kubectl auth can-i`). It uninstalls afterwards, also when a check fails.
-//!
-//! Tools: `.tools/bin/helm` and `.tools/bin/kubectl` (scripts/install-tools.sh), else from PATH.
-//! Images: the chart's defaults, which the cluster may not be able to pull; pods are then created but
-//! not ready, which is enough for these checks. Set TOOLWARDEN_E2E_IMAGE and TOOLWARDEN_E2E_WORKER_IMAGE
-//! (`repository:tag`) to images the cluster can pull, and the test also waits for both Deployments to
-//! become available.
+//! `helm install` into a namespace enforcing Pod Security `restricted`: the operator and gateway pods
+//! become Ready; tools applied in a tenant namespace are compiled by the operator; an MCP client calls
+//! one through the gateway's Service and gets the output from a worker pod; `spec.disabled` reaches the
+//! running gateway; `helm upgrade` keeps serving while pods roll; least-privilege RBAC as the API server
+//! evaluates it; `helm uninstall` leaves no pod, Secret, NetworkPolicy or ConfigMap of ours behind.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod e2e_support;
+mod gateway_support;
 
-fn tool(name: &str) -> PathBuf {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin").join(name);
-    if local.exists() { local } else { PathBuf::from(name) }
-}
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(tool(program))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} (install it with scripts/install-tools.sh): {e}"))
-}
+use e2e_support::{TestNamespace, enabled, install_crds, items, json_of, kubectl, kubectl_ok, kubectl_stdin, run, tool_image, wait_for};
+use gateway_support::{Client, code, text};
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::json;
 
-/// Runs and panics with the command's output when it fails.
-fn ok(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed:\n{}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// The agent's bearer token; the chart's Secret holds only its SHA-256.
+const TOKEN: &str = "test";
+const TOKEN_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+fn helm(args: &[&str]) -> String {
+    let (ok, out) = run("helm", args);
+    assert!(ok, "`helm {}` failed:\n{out}", args.join(" "));
+    out
 }
 
 fn can_i(service_account: &str, verb: &str, resource: &str, namespace: &str) -> bool {
-    let out = run("kubectl", &["auth", "can-i", verb, resource, "-n", namespace, "--as", service_account]);
-    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    let (_, out) = kubectl(&["auth", "can-i", verb, resource, "-n", namespace, "--as", service_account]);
+    out.trim() == "yes"
 }
 
-fn split_image(image: &str) -> (String, String) {
-    match image.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
-        _ => (image.to_string(), "latest".to_string()),
-    }
-}
+const TENANT_MANIFESTS: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: get-echo}
+spec:
+  description: Returns its text (an echo).
+  effect: read
+  inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
+  runtime:
+    exec: {image: "TOOL_IMAGE", command: [echo], args: ["{{text}}"]}
+  outputTrust: trusted
+  credentials:
+  - {secretRef: {name: echo-credentials, key: token}, env: ECHO_TOKEN}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: echo-credentials}
+stringData: {token: e2e-not-a-real-secret}
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: e2e-may-echo}
+spec:
+  subjects: {users: [e2e]}
+  tools: {names: [get-echo]}
+  decision: allow
+"#;
 
-/// Uninstalls the release and deletes the namespace when dropped, so a failed check leaves nothing.
+/// The release; uninstalled (if still installed) when dropped, so a failed check leaves nothing.
 struct Release {
     name: String,
-    namespace: String,
+    namespace: TestNamespace,
+    tenant: TestNamespace,
+    installed: bool,
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let _ = run("helm", &["uninstall", &self.name, "--namespace", &self.namespace, "--wait", "--timeout", "2m"]);
-        let _ = run("kubectl", &["delete", "namespace", &self.namespace, "--wait=false", "--ignore-not-found"]);
+        if self.installed {
+            let _ = run("helm", &["uninstall", &self.name, "--namespace", &self.namespace.0, "--wait", "--timeout", "2m"]);
+        }
     }
 }
 
-#[test]
-fn helm_install_creates_crds_operator_gateway_and_least_privilege_rbac() {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        println!("skipped: KUBECONFIG is not set (e2e_helm needs a cluster)");
+async fn connect(url: &str) -> Client {
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(TOKEN));
+    let info = ClientConfig::new(ClientCapabilities::default(), Implementation::new("e2e-helm", "1.0"));
+    rmcp::ServiceExt::serve(info, transport).await.expect("the MCP client connects through the gateway Service")
+}
+
+async fn echo(client: &Client, text_arg: &str) -> rmcp::model::CallToolResult {
+    let mut params = CallToolRequestParams::new("get_echo");
+    params.arguments = json!({"text": text_arg}).as_object().cloned();
+    client.call_tool(params).await.expect("tools/call answers")
+}
+
+/// Objects of ours in `namespace`: anything a Toolwarden component created or labelled.
+fn leftovers(namespace: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for kind in ["pods", "secrets", "networkpolicies", "configmaps", "mcpsessions"] {
+        for item in items(&json_of(&["get", kind, "-n", namespace, "-o", "json"])) {
+            let name = item["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let labels = item["metadata"]["labels"].to_string();
+            if name.starts_with("toolwarden-") || labels.contains("toolwarden") || kind == "mcpsessions" {
+                found.push(format!("{kind}/{name}"));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_serves_tools_upgrades_and_uninstalls_cleanly() {
+    if !enabled("helm_install_serves_tools_upgrades_and_uninstalls_cleanly") {
         return;
     }
-    let suffix = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() % 100_000_000;
-    let release = Release { name: format!("tw-e2e-{suffix}"), namespace: format!("tw-e2e-helm-{suffix}") };
-    let (name, ns) = (release.name.clone(), release.namespace.clone());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crds();
+    let mut release = Release {
+        name: format!("tw-{}", e2e_support::suffix()),
+        namespace: TestNamespace::create("tw-e2e-helm"),
+        tenant: TestNamespace::create("tw-e2e-tenant"),
+        installed: false,
+    };
+    let (name, ns, tenant) = (release.name.clone(), release.namespace.0.clone(), release.tenant.0.clone());
     let fullname = format!("{name}-toolwarden");
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/toolwarden");
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/toolwarden").display().to_string();
 
-    ok("kubectl", &["create", "namespace", &ns]);
-    ok("kubectl", &["label", "namespace", &ns, "pod-security.kubernetes.io/enforce=restricted"]);
-    // The gateway's static tokens (format of docs/install.md); no secret value reaches the test output.
-    let tokens = "tokens:\n  - sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n    subject: e2e\n    groups: [developers]\n";
-    let tokens_file = std::env::temp_dir().join(format!("tw-e2e-tokens-{suffix}.yaml"));
-    std::fs::write(&tokens_file, tokens).expect("write tokens file");
-    ok("kubectl", &["create", "secret", "generic", "gateway-tokens", "-n", &ns,
-        &format!("--from-file=tokens.yaml={}", tokens_file.display())]);
-    let _ = std::fs::remove_file(&tokens_file);
+    // The gateway's static tokens (format of docs/install.md): only the token's hash.
+    let tokens = format!("tokens:\n  - sha256: {TOKEN_SHA256}\n    subject: e2e\n    groups: [developers]\n");
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gateway-tokens"}, "stringData": {"tokens.yaml": tokens}});
+    kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], &secret.to_string());
 
-    let mut args: Vec<String> = vec![
-        "install".into(), name.clone(), chart.display().to_string(), "--namespace".into(), ns.clone(),
-        "--set".into(), "gateway.auth.tokensSecret=gateway-tokens".into(),
-        "--set".into(), "operator.replicas=2".into(),
-    ];
-    let images = (std::env::var("TOOLWARDEN_E2E_IMAGE"), std::env::var("TOOLWARDEN_E2E_WORKER_IMAGE"));
-    let pullable = matches!(images, (Ok(_), Ok(_)));
-    if let (Ok(image), Ok(worker)) = &images {
-        let (repo, tag) = split_image(image);
-        let (worker_repo, worker_tag) = split_image(worker);
-        for set in [
-            format!("image.repository={repo}"), format!("image.tag={tag}"),
-            format!("worker.image.repository={worker_repo}"), format!("worker.image.tag={worker_tag}"),
-        ] {
-            args.push("--set".into());
-            args.push(set);
-        }
-        args.extend(["--wait".into(), "--timeout".into(), "5m".into()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    ok("helm", &args);
-
-    // CRDs installed from charts/toolwarden/crds/ (or already there) and established.
-    ok("kubectl", &["wait", "--for", "condition=established", "--timeout=60s",
-        "crd/mcptools.toolwarden.dev", "crd/toolpolicies.toolwarden.dev", "crd/mcpsessions.toolwarden.dev"]);
-
-    // Namespaced objects.
-    for object in [
-        format!("deployment/{fullname}-gateway"), format!("deployment/{fullname}-operator"),
-        format!("service/{fullname}-gateway"), format!("service/{fullname}-gateway-metrics"),
-        format!("service/{fullname}-operator"), format!("serviceaccount/{fullname}-gateway"),
-        format!("serviceaccount/{fullname}-operator"), format!("poddisruptionbudget/{fullname}-gateway"),
-        format!("poddisruptionbudget/{fullname}-operator"), format!("networkpolicy/{fullname}-gateway"),
-        format!("networkpolicy/{fullname}-operator"),
-    ] {
-        ok("kubectl", &["get", "-n", &ns, &object]);
-    }
-    // The operator's leader-election Role and its binding (names follow deploy/rbac/operator.yaml).
-    let operator_labels = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component=operator");
-    for kind in ["role", "rolebinding"] {
-        let found = ok("kubectl", &["get", kind, "-n", &ns, "-l", &operator_labels, "-o", "name"]);
-        assert!(!found.trim().is_empty(), "no operator {kind} in {ns}");
-    }
-    // Cluster-scoped RBAC.
-    for object in [
-        format!("clusterrole/{fullname}-gateway"), format!("clusterrolebinding/{fullname}-gateway"),
-        format!("clusterrole/{fullname}-operator"), format!("clusterrolebinding/{fullname}-operator"),
-    ] {
-        ok("kubectl", &["get", &object]);
-    }
-
-    // The gateway and operator pods were admitted in a namespace enforcing Pod Security "restricted".
+    // The chart's default images are the ones scripts/e2e.sh built and loaded: nothing is overridden.
+    helm(&["install", &name, &chart, "--namespace", &ns, "--set", "gateway.auth.tokensSecret=gateway-tokens",
+        "--set", "operator.replicas=2", "--wait", "--timeout", "5m"]);
+    release.installed = true;
     for component in ["gateway", "operator"] {
-        let selector = format!("app.kubernetes.io/instance={name},app.kubernetes.io/component={component}");
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let pods = ok("kubectl", &["get", "pods", "-n", &ns, "-l", &selector, "-o", "name"]);
-            if !pods.trim().is_empty() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let events = ok("kubectl", &["get", "events", "-n", &ns, "--field-selector", "reason=FailedCreate"]);
-                panic!("no {component} pod was created within 90s (Pod Security admission?):\n{events}");
-            }
-            std::thread::sleep(Duration::from_secs(2));
-        }
+        kubectl_ok(&["wait", "-n", &ns, "--for", "condition=available", "--timeout=120s", &format!("deployment/{fullname}-{component}")]);
     }
-    if pullable {
-        for component in ["gateway", "operator"] {
-            ok("kubectl", &["wait", "-n", &ns, "--for", "condition=available", "--timeout=120s",
-                &format!("deployment/{fullname}-{component}")]);
-        }
+    // Admitted under Pod Security `restricted`, and Ready.
+    let pods = items(&json_of(&["get", "pods", "-n", &ns, "-l", &format!("app.kubernetes.io/instance={name}"), "-o", "json"]));
+    assert_eq!(pods.len(), 4, "two gateway and two operator pods: {pods:?}");
+    for pod in &pods {
+        let ready = pod["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        assert!(ready, "pod {} is not Ready: {}", pod["metadata"]["name"], pod["status"]);
     }
+
+    // The operator compiles the tenant's tools; the gateway serves them.
+    let manifests = TENANT_MANIFESTS.replace("TOOL_IMAGE", &tool_image());
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &manifests);
+    assert!(ok, "{out}");
+    kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", "mcptool/get-echo", "--timeout=60s"]);
+    let service_ip = kubectl_ok(&["get", "service", &format!("{fullname}-gateway"), "-n", &ns, "-o", "jsonpath={.spec.clusterIP}"]);
+    let url = format!("http://{service_ip}:8080/mcp/{tenant}");
+    let client = wait_for_tools(&url).await;
+    let result = echo(&client, "through the Service and a worker pod").await;
+    assert_eq!(result.is_error, Some(false), "{}", text(&result));
+    assert!(text(&result).contains("through the Service and a worker pod"), "{}", text(&result));
+    let workers = items(&json_of(&["get", "pods", "-n", &tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
+    assert_eq!(workers.len(), 1, "one worker pod for the session: {workers:?}");
+
+    // The kill switch: one patch, and the running gateway refuses the tool with the reason.
+    let patch = r#"{"spec": {"disabled": true, "disabledReason": "e2e: switched off"}}"#;
+    kubectl_ok(&["patch", "mcptool", "get-echo", "-n", &tenant, "--type", "merge", "-p", patch]);
+    let patched = Instant::now();
+    loop {
+        let result = echo(&client, "still there?").await;
+        if result.is_error == Some(true) {
+            assert_eq!(code(&result).as_deref(), Some("tool_disabled"), "{}", text(&result));
+            assert!(text(&result).contains("e2e: switched off"), "{}", text(&result));
+            break;
+        }
+        assert!(patched.elapsed() < Duration::from_secs(20), "the disabled tool still ran 20 s after the patch");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("e2e_helm: spec.disabled took effect {} ms after the patch", patched.elapsed().as_millis());
+    kubectl_ok(&["patch", "mcptool", "get-echo", "-n", &tenant, "--type", "merge", "-p", r#"{"spec": {"disabled": false}}"#]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while echo(&client, "back").await.is_error != Some(false) {
+        assert!(Instant::now() < deadline, "the tool was not enabled again within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // `helm upgrade` rolls both Deployments; calls keep being answered all along (a client whose
+    // replica goes away opens a new session on another one: rmcp does that on the gateway's 404).
+    let upgraded = Arc::new(AtomicBool::new(false));
+    let calls = tokio::spawn({
+        let (url, upgraded) = (url.clone(), upgraded.clone());
+        async move {
+            let client = connect(&url).await;
+            let (mut answered, mut failed) = (0, Vec::new());
+            while !upgraded.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_secs(30), echo(&client, "during the upgrade")).await {
+                    Ok(r) if r.is_error == Some(false) => answered += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (answered, failed)
+        }
+    });
+    helm(&["upgrade", &name, &chart, "--namespace", &ns, "--reuse-values", "--set-string", "gateway.podAnnotations.e2e-rollout=1",
+        "--set-string", "operator.podAnnotations.e2e-rollout=1", "--wait", "--timeout", "5m"]);
+    upgraded.store(true, Ordering::Relaxed);
+    let (answered, failed) = calls.await.unwrap();
+    println!("e2e_helm: {answered} calls answered during the upgrade, {} failed", failed.len());
+    assert!(failed.is_empty(), "calls failed during helm upgrade: {failed:#?}");
+    assert!(answered > 0);
+    let after = connect(&url).await;
+    assert_eq!(echo(&after, "after the upgrade").await.is_error, Some(false));
 
     // Least privilege, as the API server evaluates it.
     let gateway = format!("system:serviceaccount:{ns}:{fullname}-gateway");
     let operator = format!("system:serviceaccount:{ns}:{fullname}-operator");
-    assert!(can_i(&gateway, "create", "pods", "default"), "the gateway must create worker pods");
-    assert!(can_i(&gateway, "watch", "mcpsessions.toolwarden.dev", "default"), "the gateway must watch McpSessions");
-    assert!(!can_i(&gateway, "get", "secrets", "default"), "the gateway must never read Secrets");
-    assert!(!can_i(&gateway, "create", "networkpolicies.networking.k8s.io", "default"), "NetworkPolicies are the operator's");
-    assert!(can_i(&operator, "patch", "networkpolicies.networking.k8s.io", "default"), "the operator writes NetworkPolicies");
-    assert!(can_i(&operator, "watch", "mcptools.toolwarden.dev", "default"), "the operator watches McpTools");
+    assert!(can_i(&gateway, "create", "pods", &tenant), "the gateway must create worker pods");
+    assert!(can_i(&gateway, "watch", "mcpsessions.toolwarden.dev", &tenant), "the gateway must watch McpSessions");
+    assert!(!can_i(&gateway, "get", "secrets", &tenant), "the gateway must never read Secrets");
+    assert!(!can_i(&gateway, "create", "networkpolicies.networking.k8s.io", &tenant), "NetworkPolicies are the operator's");
+    assert!(can_i(&operator, "patch", "networkpolicies.networking.k8s.io", &tenant), "the operator writes NetworkPolicies");
+    assert!(can_i(&operator, "watch", "mcptools.toolwarden.dev", &tenant), "the operator watches McpTools");
     assert!(can_i(&operator, "update", "leases.coordination.k8s.io", &ns), "the operator elects a leader in its namespace");
-    assert!(!can_i(&operator, "update", "leases.coordination.k8s.io", "default"), "leases only in its own namespace");
-    assert!(!can_i(&operator, "create", "pods", "default"), "the operator never starts pods");
+    assert!(!can_i(&operator, "update", "leases.coordination.k8s.io", &tenant), "leases only in its own namespace");
+    assert!(!can_i(&operator, "create", "pods", &tenant), "the operator never starts pods");
+    drop(client);
+    drop(after);
 
-    // Uninstall removes the cluster-scoped RBAC too (the namespace goes with the guard).
-    ok("helm", &["uninstall", &name, "--namespace", &ns, "--wait", "--timeout", "2m"]);
-    let left = run("kubectl", &["get", &format!("clusterrole/{fullname}-gateway")]);
-    assert!(!left.status.success(), "clusterrole/{fullname}-gateway survived helm uninstall");
+    // `helm uninstall` leaves nothing of ours: not in the release namespace, not in the tenant's, not
+    // cluster-wide. The tenant's own McpTools, ToolPolicies and Secret stay (they are the user's).
+    helm(&["uninstall", &name, "--namespace", &ns, "--wait", "--timeout", "3m"]);
+    release.installed = false;
+    wait_for("nothing of ours left in the release namespace", Duration::from_secs(120), || leftovers(&ns).is_empty().then_some(()));
+    let left = wait_for("nothing of ours left in the tenant namespace", Duration::from_secs(120), || {
+        let left = leftovers(&tenant);
+        left.is_empty().then_some(left)
+    });
+    assert!(left.is_empty());
+    for object in [format!("clusterrole/{fullname}-gateway"), format!("clusterrole/{fullname}-operator"),
+        format!("clusterrolebinding/{fullname}-gateway"), format!("clusterrolebinding/{fullname}-operator")] {
+        let (exists, _) = kubectl(&["get", &object]);
+        assert!(!exists, "{object} survived helm uninstall");
+    }
+    kubectl_ok(&["get", "mcptool/get-echo", "toolpolicy/e2e-may-echo", "secret/echo-credentials", "-n", &tenant]);
 }
+
+/// A client once the gateway lists the tenant's tool (the operator's config may still be on its way).
+async fn wait_for_tools(url: &str) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let client = connect(url).await;
+        let tools: Vec<String> = client.list_all_tools().await.map(|t| t.iter().map(|t| t.name.to_string()).collect()).unwrap_or_default();
+        if tools == ["get_echo"] {
+            return client;
+        }
+        assert!(Instant::now() < deadline, "the gateway did not list get_echo within 60 s (it lists {tools:?})");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+

@@ -225,6 +225,10 @@ pub struct GatewayArgs {
     pub namespaces: Vec<String>,
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// After SIGTERM, keep serving this long with /readyz failing before refusing new connections, so a
+    /// Service stops routing to this pod first.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
     #[arg(long, default_value = "8h", value_parser = parse_duration)]
@@ -293,6 +297,7 @@ impl GatewayArgs {
             idle_timeout: self.idle_timeout,
             max_session_lifetime: self.max_session_lifetime,
             shutdown_grace: self.shutdown_grace,
+            shutdown_delay: self.shutdown_delay,
             // In-cluster names vary (Service, Ingress): any Host; every request needs a bearer token.
             allowed_hosts: Vec::new(),
             ..self.serve.settings(self.listen)?

@@ -150,9 +150,17 @@ pub async fn serve(
         tokio::spawn(serve_http(listener, ops, stop, gateway.settings.header_read_timeout));
     }
     let grace = gateway.settings.shutdown_grace;
+    let delay = gateway.settings.shutdown_delay;
     let (stop, gw, streams) = (stopping.clone(), gateway.clone(), cancel.clone());
     tokio::spawn(async move {
         shutdown.await;
+        if !delay.is_zero() {
+            // A terminating pod stays in a Service's endpoints until the endpoints controller and every
+            // node's proxy have caught up; closing the listener at once refuses their connections.
+            gw.set_not_ready();
+            tracing::info!(delay_seconds = delay.as_secs_f64(), "shutting down: /readyz fails; still serving until load balancers stop sending");
+            tokio::time::sleep(delay).await;
+        }
         tracing::info!(grace_seconds = grace.as_secs(), "shutting down: no new connections; waiting for calls in flight");
         stop.cancel();
         // Calls in flight get the grace period; then open streams and sessions are cut.

@@ -31,6 +31,9 @@ pub struct Settings {
     /// Browser origins accepted on `/mcp/...` and `/approvals...`; requests without `Origin` always are.
     pub allowed_origins: crate::origin::AllowedOrigins,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the gateway keeps serving with `/readyz` failing before it stops accepting
+    /// connections: the time Service endpoints and kube-proxy take to stop sending it new ones.
+    pub shutdown_delay: Duration,
     /// Open sessions one subject may hold; a new one beyond it is refused (see [`Gateway::admit_session`]).
     pub max_sessions_per_subject: usize,
     /// How long a client may take to send a request's headers (see [`crate::serve`]).
@@ -46,6 +49,7 @@ impl Default for Settings {
             allowed_hosts: Vec::new(),
             allowed_origins: crate::origin::AllowedOrigins::default(),
             shutdown_grace: Duration::from_secs(20),
+            shutdown_delay: Duration::ZERO,
             max_sessions_per_subject: 64,
             header_read_timeout: Duration::from_secs(30),
         }
@@ -138,6 +142,11 @@ impl Gateway {
 
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Shutting down: `/readyz` fails from now on, so load balancers stop sending new connections.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::SeqCst);
     }
 
     /// Compiles and applies one namespace's config; on failure the last good config stays in force and

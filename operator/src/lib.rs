@@ -11,6 +11,7 @@
 //! - [`session_gc`]: McpSessions the gateway stopped looking after → Expired, then deleted.
 //! - [`leader`]: a coordination.k8s.io Lease so that only one replica writes.
 
+pub mod cleanup;
 pub mod cli;
 pub mod context;
 pub mod error;

@@ -139,7 +139,9 @@ def violations(template):
             limits = (c.get("resources") or {}).get("limits") or {}
             if "cpu" not in limits or "memory" not in limits:
                 bad("toolwarden/resources", f"{where}: resources.limits.cpu and .memory must be set")
-            if not c.get("livenessProbe") or not c.get("readinessProbe"):
+            # A pod that runs to completion (a Job's) serves nothing to probe.
+            serves = spec.get("restartPolicy", "Always") == "Always"
+            if serves and (not c.get("livenessProbe") or not c.get("readinessProbe")):
                 bad("toolwarden/probes", f"{where}: livenessProbe and readinessProbe must be set")
     return out
 
