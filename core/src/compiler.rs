@@ -14,7 +14,7 @@ use crate::config::*;
 use crate::duration::parse_duration;
 use crate::manifest::{Manifests, Source};
 use crate::names::check_tool_name;
-use crate::policy::{CompiledRule, Engine, compile_schema, read_schema};
+use crate::policy::{CompiledRule, Engine, PathArgument, compile_schema, read_schema};
 use crate::resources::*;
 
 /// One problem with one object.
@@ -437,6 +437,15 @@ pub fn compile_policy(policy: &ToolPolicy, tools: &[ToolConfig]) -> (Result<Poli
         })
         .collect();
 
+    // The selected tools and their declared paths, read once for all rules.
+    let selected: Vec<(&ToolConfig, Vec<PathArgument>)> = match spec.arguments.is_empty() {
+        true => Vec::new(),
+        false => tools
+            .iter()
+            .filter(|tool| crate::policy::selects(&spec.tools, tool))
+            .map(|tool| (tool, read_schema(&tool.input_schema).paths))
+            .collect(),
+    };
     let mut rules = Vec::new();
     for (i, rule) in spec.arguments.iter().enumerate() {
         let field = format!("spec.arguments[{i}]");
@@ -446,7 +455,6 @@ pub fn compile_policy(policy: &ToolPolicy, tools: &[ToolConfig]) -> (Result<Poli
                     err(field, e);
                     continue;
                 }
-                let selected: Vec<&ToolConfig> = tools.iter().filter(|tool| crate::policy::selects(&spec.tools, tool)).collect();
                 warnings.extend(lint::rule_warnings(&config, &selected).into_iter().map(|w| (Some(field.clone()), w)));
                 if let Some(argument) = &config.argument {
                     let top = argument.split('.').next().unwrap_or_default();

@@ -59,7 +59,7 @@ fn is_canonical(text: &str) -> bool {
 }
 
 /// Warnings about one rule, given the tools its policy selects.
-pub(super) fn rule_warnings(rule: &RuleConfig, tools: &[&ToolConfig]) -> Vec<String> {
+pub(super) fn rule_warnings(rule: &RuleConfig, tools: &[(&ToolConfig, Vec<PathArgument>)]) -> Vec<String> {
     let mut out = BTreeSet::new();
     if let RuleCheck::Prefix(prefix) = &rule.check
         && let Some(after) = prefix.strip_prefix("https://").or_else(|| prefix.strip_prefix("http://"))
@@ -72,8 +72,7 @@ pub(super) fn rule_warnings(rule: &RuleConfig, tools: &[&ToolConfig]) -> Vec<Str
     let Some(argument) = &rule.argument else { return out.into_iter().collect() };
     let segments: Vec<String> = argument.split('.').map(str::to_string).collect();
     let string_rule = matches!(rule.check, RuleCheck::Prefix(_) | RuleCheck::Pattern(_) | RuleCheck::Equals(_) | RuleCheck::OneOf(_));
-    for tool in tools {
-        let paths: Vec<PathArgument> = read_schema(&tool.input_schema).paths;
+    for (tool, paths) in tools {
         let declared = paths.iter().any(|p| p.is_named_by(&segments));
         let has_argument = tool.input_schema["properties"].get(segments[0].as_str()).is_some();
         if !has_argument {
