@@ -70,12 +70,12 @@ fn bad_manifests_are_reported_with_file_object_and_field() {
 #[test]
 fn explain_lists_every_policy() {
     let out = toolwarden(&[
-        "policy", "explain", "--manifests", "examples", "--subject", "dev", "--group", "developers", "--tool", "read_note",
-        "--arguments", r#"{"path":"../secret"}"#,
+        "policy", "explain", "--manifests", "examples", "--subject", "dev", "--group", "developers", "--tool", "list_notes",
+        "--arguments", r#"{"limit":500}"#,
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(stdout.contains("developers-read-notes (allow): applies; 1 of 2 rules pass"), "{stdout}");
-    assert!(stdout.contains("path.pathWithin: FAIL"), "{stdout}");
+    assert!(stdout.contains("developers-read-notes (allow): applies; 0 of 1 rules pass"), "{stdout}");
+    assert!(stdout.contains("limit.range: FAIL"), "{stdout}");
     assert!(stdout.contains("decision: deny [argument_rule_failed]"), "{stdout}");
 }

@@ -182,7 +182,7 @@ async fn audit_lines_hold_every_required_field_and_no_secret() {
     let dev = Dev::start(&[]);
     let client = dev.client(DEV_TOKEN).await;
     ok(&call(&client, "write_note", json!({"path": "a.md", "content": "hello"})).await);
-    refused(&call(&client, "read_note", json!({"path": "../x"})).await, "argument_rule_failed");
+    refused(&call(&client, "list_notes", json!({"limit": 500})).await, "argument_rule_failed");
     let long = "y".repeat(5000);
     let _ = call(&client, "count_words", json!({"text": long, "unit": "words", "api_token": "sk-supersecret-value"})).await;
     let lines = dev.audit_lines();
@@ -205,7 +205,7 @@ async fn audit_lines_hold_every_required_field_and_no_secret() {
     assert_eq!(write[1]["status"], "ok");
     assert_eq!(write[1]["worker"], "local");
     assert!(write[1]["duration_ms"].is_u64() && write[1]["output_bytes"].is_u64());
-    let denied = lines.iter().find(|l| l["tool"] == "read_note").unwrap();
+    let denied = lines.iter().find(|l| l["tool"] == "list_notes").unwrap();
     assert_eq!((denied["decision"].as_str(), denied["code"].as_str()), (Some("deny"), Some("argument_rule_failed")));
     assert_eq!(denied["policy"], "developers-read-notes");
     let text = std::fs::read_to_string(&dev.audit).unwrap();

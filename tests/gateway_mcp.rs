@@ -68,6 +68,9 @@ async fn allowed_calls_run_in_the_sessions_sandbox_and_return_the_output() {
     let client = dev.client(DEV_TOKEN).await;
     let wrote = ok(&call(&client, "write_note", json!({"path": "ideas/today.md", "content": "ship the gateway"})).await);
     assert_eq!(wrote.trim(), "wrote ideas/today.md (16 characters)");
+    // The program receives the canonical path the rules checked, not the spelling sent.
+    let wrote = ok(&call(&client, "write_note", json!({"path": "/notes/ideas/./drafts//x.md", "content": "x"})).await);
+    assert_eq!(wrote.trim(), "wrote ideas/drafts/x.md (1 characters)");
     let listed = ok(&call(&client, "list_notes", json!({})).await);
     assert!(listed.contains("\"notes\""), "{listed}");
     let counted = call(&client, "count_words", json!({"text": "one two three", "unit": "words"})).await;
@@ -91,11 +94,17 @@ async fn each_refusal_has_its_sentence_and_code() {
     let schema = refused(&call(&client, "read_note", json!({"path": 7})).await, "invalid_arguments");
     assert!(schema.contains("read_note") && schema.contains("path"), "{schema}");
 
-    let rule = refused(&call(&client, "read_note", json!({"path": "../../etc/passwd"})).await, "argument_rule_failed");
-    assert!(rule.contains("notes are read from the notes directory only"), "{rule}");
+    let escape = refused(&call(&client, "read_note", json!({"path": "../../etc/passwd"})).await, "invalid_arguments");
+    assert!(escape.contains("read_note: argument `/path` leaves /notes"), "{escape}");
 
-    let policy = refused(&call(&client, "write_note", json!({"path": "releases/v1.md", "content": "x"})).await, "denied_by_policy");
-    assert!(policy.contains("notes under releases/ are published"), "{policy}");
+    let rule = refused(&call(&client, "list_notes", json!({"limit": 500})).await, "argument_rule_failed");
+    assert!(rule.contains("argument `limit` must be between 1 and 100"), "{rule}");
+
+    // Every spelling of a release note is the one the deny reads.
+    for path in ["releases/v1.md", "./releases/v1.md", "/notes/releases/v1.md", "ideas/../releases/v1.md"] {
+        let policy = refused(&call(&client, "write_note", json!({"path": path, "content": "x"})).await, "denied_by_policy");
+        assert!(policy.contains("notes under releases/ are published"), "{path}: {policy}");
+    }
 
     let huge = "x".repeat(300 * 1024);
     let too_large = refused(&call(&client, "count_words", json!({"text": huge})).await, "arguments_too_large");

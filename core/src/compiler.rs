@@ -8,11 +8,13 @@ use std::fmt;
 
 use serde_json::Value;
 
+mod lint;
+
 use crate::config::*;
 use crate::duration::parse_duration;
 use crate::manifest::{Manifests, Source};
 use crate::names::check_tool_name;
-use crate::policy::{CompiledRule, Engine, compile_schema};
+use crate::policy::{CompiledRule, Engine, PathArgument, compile_schema, read_schema};
 use crate::resources::*;
 
 /// One problem with one object.
@@ -77,6 +79,13 @@ pub fn compile_namespace(namespace: &str, tools: &[&McpTool], policies: &[&ToolP
         let key = object_key("McpTool", &tool.metadata);
         match compile_tool(tool) {
             Ok(config) => {
+                let warnings = lint::schema_warnings(&config.input_schema);
+                out.warnings.extend(warnings.into_iter().map(|message| CompileError {
+                    object: key.clone(),
+                    field: Some("spec.inputSchema".into()),
+                    message,
+                    source: None,
+                }));
                 if let Some(previous) = seen.insert(config.name.clone(), key.clone()) {
                     out.errors.push(CompileError {
                         object: key,
@@ -186,6 +195,9 @@ pub fn compile_tool(tool: &McpTool) -> Result<ToolConfig, FieldErrors> {
         err("spec.description", "must say what the tool does".into());
     }
     let properties = schema_properties(&spec.input_schema);
+    for e in read_schema(&spec.input_schema).errors {
+        err("spec.inputSchema", e);
+    }
     if let Err(e) = compile_schema(&spec.input_schema) {
         err("spec.inputSchema", e);
     }
@@ -425,6 +437,15 @@ pub fn compile_policy(policy: &ToolPolicy, tools: &[ToolConfig]) -> (Result<Poli
         })
         .collect();
 
+    // The selected tools and their declared paths, read once for all rules.
+    let selected: Vec<(&ToolConfig, Vec<PathArgument>)> = match spec.arguments.is_empty() {
+        true => Vec::new(),
+        false => tools
+            .iter()
+            .filter(|tool| crate::policy::selects(&spec.tools, tool))
+            .map(|tool| (tool, read_schema(&tool.input_schema).paths))
+            .collect(),
+    };
     let mut rules = Vec::new();
     for (i, rule) in spec.arguments.iter().enumerate() {
         let field = format!("spec.arguments[{i}]");
@@ -434,6 +455,7 @@ pub fn compile_policy(policy: &ToolPolicy, tools: &[ToolConfig]) -> (Result<Poli
                     err(field, e);
                     continue;
                 }
+                warnings.extend(lint::rule_warnings(&config, &selected).into_iter().map(|w| (Some(field.clone()), w)));
                 if let Some(argument) = &config.argument {
                     let top = argument.split('.').next().unwrap_or_default();
                     if !named.is_empty() && !named.iter().any(|tool| schema_properties(&tool.input_schema).contains(top)) {

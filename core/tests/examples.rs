@@ -75,3 +75,54 @@ fn pull_request_writer_is_held_to_its_allowlist() {
         }
     }
 }
+
+/// The example's recipient rule is right on its own, without the schema's `format: email` in front of it:
+/// one address at example.com, nothing that carries a second recipient.
+#[test]
+fn the_example_recipient_rule_allows_one_company_address_only() {
+    use toolwarden_core::policy::CompiledRule;
+    use toolwarden_core::policy::rules::CallContext;
+    let manifests = load_paths(&[examples()]).unwrap();
+    let (configs, _) = compile_manifests(&manifests).unwrap();
+    let policy = configs["default"].policies.iter().find(|p| p.name == "developers-email-team").unwrap();
+    let config = policy.rules.iter().find(|r| r.name == "company-recipients").unwrap();
+    let rule = CompiledRule::compile(config).unwrap();
+    let ctx = CallContext { subject: "dev", groups: &[], session_id: "s", tainted: false, client: "c", paths: &[] };
+    for ok in ["team@example.com", "first.last+tag@example.com"] {
+        assert!(rule.passes(&json!({"to": ok}), &ctx), "{ok}");
+    }
+    for bad in [
+        "a@evil.test;b@example.com",
+        "a@evil.test,b@example.com",
+        "a@evil.test b@example.com",
+        "not an address <x@evil.test> @example.com",
+        "\"x@evil.test\"@example.com",
+        "x@evil.test\n@example.com",
+        "x@example.com.evil.test",
+        "x@example.com\n",
+        "x@exampleXcom",
+        "@example.com",
+    ] {
+        assert!(!rule.passes(&json!({"to": bad}), &ctx), "{bad:?}");
+    }
+}
+
+/// The notes tools declare `path` under /notes: the release deny catches every spelling of a release note,
+/// and the program receives the canonical path.
+#[test]
+fn release_notes_are_protected_whatever_the_spelling() {
+    let manifests = load_paths(&[examples()]).unwrap();
+    let (mut configs, _) = compile_manifests(&manifests).unwrap();
+    let engine = Engine::new(configs.remove("default").unwrap()).unwrap();
+    let dev = Subject::new("dev", &["developers"]);
+    for path in ["releases/v1.md", "./releases/v1.md", "/notes/releases/v1.md", "ideas/../releases/v1.md", "releases//v1.md", "releases"] {
+        match decide(&engine, &dev, &Session::default(), "write_note", &json!({"path": path, "content": "x"})) {
+            Decision::Deny(d) => assert_eq!(d.policy.as_deref(), Some("protect-release-notes"), "{path}"),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+    match decide(&engine, &dev, &Session::default(), "write_note", &json!({"path": "./ideas//today.md", "content": "x"})) {
+        Decision::Allow(a) => assert_eq!(a.arguments, Some(json!({"path": "ideas/today.md", "content": "x"}))),
+        other => panic!("{other:?}"),
+    }
+}

@@ -394,6 +394,7 @@ mod tests {
             allow_self_approval: self_ok,
             reason: "needs approval".into(),
             rate_limits: vec![],
+            arguments: None,
         }
     }
 

@@ -119,6 +119,7 @@ mod tests {
             allow_self_approval: self_ok,
             reason: "r".into(),
             rate_limits: vec![],
+            arguments: None,
         }
     }
 

@@ -95,6 +95,10 @@ pub async fn call_tool(
         _ => None,
     };
     let decision = decide_now(engine.as_deref(), session, name, &args);
+    // Declared path arguments run in the canonical form the rules checked (and the approval binds).
+    if let Some(canonical) = decision.canonical_arguments() {
+        args = canonical.clone();
+    }
     let provenance = session.taint.lock().unwrap_or_else(|e| e.into_inner()).untrusted.repeated_in(&args);
     static NO_SCHEMA: Value = Value::Null;
     let schema = tool.map(|t| &t.input_schema).unwrap_or(&NO_SCHEMA);

@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::rules::CallContext;
+use super::arguments::canonicalize;
+use super::rules::{CallContext, Verdict};
 use super::{Engine, check_argument_limits};
 use crate::config::{DEFAULT_CONFIRM_TTL_MS, DEFAULT_HUMAN_TTL_MS, PolicyConfig, RateLimitConfig, ToolConfig};
 use crate::resources::{ApprovalMode, Approvers, Effect, PolicyDecision, Subjects, TaintedSessions};
@@ -64,6 +65,9 @@ pub struct Allowed {
     pub policies: Vec<String>,
     /// Limits the gateway must charge before running the call.
     pub rate_limits: Vec<RateLimit>,
+    /// The arguments the rules checked, when they differ from the call's: declared path arguments in
+    /// canonical form. The tool must receive these.
+    pub arguments: Option<Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -136,9 +140,21 @@ pub struct ApprovalRequest {
     /// Why approval is needed, for the agent and the approver.
     pub reason: String,
     pub rate_limits: Vec<RateLimit>,
+    /// As [`Allowed::arguments`]: what the approved call must run with.
+    pub arguments: Option<Value>,
 }
 
 impl Decision {
+    /// The arguments to run the call with when they differ from those sent (declared paths made
+    /// canonical); `None` for a refusal or when nothing changed.
+    pub fn canonical_arguments(&self) -> Option<&Value> {
+        match self {
+            Decision::Allow(a) => a.arguments.as_ref(),
+            Decision::NeedsApproval(a) => a.arguments.as_ref(),
+            Decision::Deny(_) => None,
+        }
+    }
+
     /// `allow`, `deny`, `confirm` or `human`.
     pub fn label(&self) -> &'static str {
         match self {
@@ -181,7 +197,8 @@ pub(crate) fn tainted_handling(policy: &PolicyConfig, tool: &ToolConfig) -> Tain
 
 /// Decides one call. Pure: the same inputs always give the same decision.
 ///
-/// Order: tool visible → not disabled → arguments bounded → schema valid → no deny policy applies →
+/// Order: tool visible → not disabled → arguments bounded → schema valid → declared paths canonical →
+/// no deny policy applies →
 /// some allow policy's rules all pass → tainted-session handling → approval. When several allow
 /// policies pass, the strictest approval and tainted-session handling among them apply.
 pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: &str, args: &Value) -> Decision {
@@ -211,16 +228,25 @@ pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: 
         let place = if at.is_empty() { "arguments".to_string() } else { format!("argument `{at}`") };
         return deny(DenialCode::InvalidArguments, None, None, format!("{tool_name}: {place}: {error}"));
     }
+    let canonical = match canonicalize(&compiled.paths, args) {
+        Ok(canonical) => canonical,
+        Err(bad) => {
+            let message = format!("{tool_name}: argument `{}` {}", bad.at, bad.refusal);
+            return deny(DenialCode::InvalidArguments, None, None, message);
+        }
+    };
+    let args = canonical.as_ref().unwrap_or(args);
     let ctx = CallContext {
         subject: &subject.name,
         groups: &subject.groups,
         session_id: &session.id,
         tainted: session.tainted,
         client: &session.client,
+        paths: &compiled.paths,
     };
 
     let mut passing = Vec::new();
-    let mut first_failure: Option<(usize, usize)> = None;
+    let mut first_failure: Option<(usize, usize, Option<String>)> = None;
     for &p in &compiled.policies {
         let policy = &engine.config.policies[p];
         if !subject.matches(&policy.subjects) {
@@ -238,20 +264,28 @@ pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: 
                     return deny(DenialCode::DeniedByPolicy, Some(&policy.name), rule, message);
                 }
             }
-            PolicyDecision::Allow => match rules.iter().position(|r| !r.passes(args, &ctx)) {
+            PolicyDecision::Allow => match rules.iter().enumerate().find_map(|(i, r)| match r.evaluate(args, &ctx) {
+                Verdict::Pass => None,
+                Verdict::Fail => Some((i, None)),
+                Verdict::Unreadable(why) => Some((i, Some(why))),
+            }) {
                 None => passing.push(p),
-                Some(r) => {
-                    first_failure.get_or_insert((p, r));
+                Some((r, why)) => {
+                    first_failure.get_or_insert((p, r, why));
                 }
             },
         }
     }
     if passing.is_empty() {
         return match first_failure {
-            Some((p, r)) => {
+            Some((p, r, why)) => {
                 let policy = &engine.config.policies[p];
                 let rule = &engine.policies[p][r];
-                deny(DenialCode::ArgumentRuleFailed, Some(&policy.name), Some(&rule.name), rule.message.clone())
+                let message = match why {
+                    Some(why) => format!("{}: {why}", rule.message),
+                    None => rule.message.clone(),
+                };
+                deny(DenialCode::ArgumentRuleFailed, Some(&policy.name), Some(&rule.name), message)
             }
             // Visible means an allow policy applies, so this is unreachable; fail closed regardless.
             None => unknown_tool(tool_name),
@@ -307,7 +341,7 @@ pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: 
         }
     }
     if mode == ApprovalMode::None {
-        return Decision::Allow(Allowed { policies: policies.iter().map(|p| p.name.clone()).collect(), rate_limits });
+        return Decision::Allow(Allowed { policies: policies.iter().map(|p| p.name.clone()).collect(), rate_limits, arguments: canonical });
     }
 
     let mut approvers = Approvers::default();
@@ -334,5 +368,6 @@ pub fn decide(engine: &Engine, subject: &Subject, session: &Session, tool_name: 
         allow_self_approval,
         reason: reason.unwrap_or_else(|| format!("{tool_name} ({} tool) needs {} approval under policy {}", tool.effect, mode.as_str(), asking.name)),
         rate_limits,
+        arguments: canonical,
     })
 }

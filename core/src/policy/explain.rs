@@ -4,6 +4,7 @@ use std::fmt;
 
 use serde_json::Value;
 
+use super::arguments::canonicalize;
 use super::rules::CallContext;
 use super::selector::tool_selected;
 use super::{Decision, Engine, Session, Subject, decide};
@@ -29,12 +30,17 @@ pub struct Explanation {
 
 pub fn explain(engine: &Engine, subject: &Subject, session: &Session, tool_name: &str, args: &Value) -> Explanation {
     let decision = decide(engine, subject, session, tool_name, args);
+    // The rules read what `decide` gave them: declared paths in canonical form.
+    let paths = engine.by_name.get(tool_name).map(|&i| engine.tools[i].paths.as_slice()).unwrap_or_default();
+    let canonical = canonicalize(paths, args).ok().flatten();
+    let args = canonical.as_ref().unwrap_or(args);
     let ctx = CallContext {
         subject: &subject.name,
         groups: &subject.groups,
         session_id: &session.id,
         tainted: session.tainted,
         client: &session.client,
+        paths,
     };
     let tool = engine.tool(tool_name);
     let traces = engine

@@ -1,16 +1,20 @@
 //! The policy engine: a compiled [`GatewayConfig`] and the pure [`decide`] over it.
 
+pub mod arguments;
 mod decide;
 mod explain;
+pub mod input_schema;
 mod limits;
 pub mod path;
 pub mod rules;
 mod selector;
+pub mod url;
 
 use std::collections::HashMap;
 
 pub use decide::{Allowed, ApprovalRequest, Decision, Denial, DenialCode, RateLimit, Session, Subject, decide};
 pub use explain::{Explanation, PolicyTrace, explain};
+pub use input_schema::{PathArgument, compile_schema, read_schema};
 pub use limits::{ArgumentLimits, check_argument_limits};
 pub use rules::CompiledRule;
 
@@ -30,6 +34,8 @@ pub struct Engine {
 
 struct EngineTool {
     validator: jsonschema::Validator,
+    /// Arguments the schema declares paths (`x-toolwarden-path`).
+    paths: Vec<PathArgument>,
     /// Indices of the policies selecting this tool, in policy-name order.
     policies: Vec<usize>,
 }
@@ -55,6 +61,11 @@ impl Engine {
             if by_name.insert(tool.name.clone(), index).is_some() {
                 errors.push(format!("McpTool {}: tool name `{}` is used twice", tool.resource, tool.name));
             }
+            let facts = read_schema(&tool.input_schema);
+            if !facts.errors.is_empty() {
+                errors.extend(facts.errors.iter().map(|e| format!("McpTool {}: inputSchema: {e}", tool.resource)));
+                continue;
+            }
             match compile_schema(&tool.input_schema) {
                 Ok(validator) => {
                     let selecting = config
@@ -64,7 +75,7 @@ impl Engine {
                         .filter(|(_, p)| tool_selected(&p.tools, tool))
                         .map(|(i, _)| i)
                         .collect();
-                    tools.push(EngineTool { validator, policies: selecting });
+                    tools.push(EngineTool { validator, paths: facts.paths, policies: selecting });
                 }
                 Err(e) => errors.push(format!("McpTool {}: inputSchema: {e}", tool.resource)),
             }
@@ -113,17 +124,6 @@ impl Engine {
         }
         allowed
     }
-}
-
-/// Compiles a JSON Schema (draft 2020-12 unless `$schema` says otherwise); refuses non-object schemas.
-pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
-    if schema.get("type").and_then(|t| t.as_str()) != Some("object") {
-        return Err("must be a JSON Schema with `type: object` (tool arguments are an object)".into());
-    }
-    jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft202012)
-        .build(schema)
-        .map_err(|e| format!("not a valid JSON Schema: {e}"))
 }
 
 /// Whether a policy's `tools` selector picks `tool`.

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use regex::Regex;
 use serde_json::Value;
 
-use super::path::check_path_within;
+use super::input_schema::PathArgument;
+use super::path::{absolute, check_path_within, is_within};
+use super::url::{check_host, parse_http_url};
 use crate::config::{RuleCheck, RuleConfig};
 
 /// A rule ready to run.
@@ -37,6 +39,18 @@ pub struct CallContext<'a> {
     pub session_id: &'a str,
     pub tainted: bool,
     pub client: &'a str,
+    /// The tool's declared path arguments: their values are already canonical.
+    pub paths: &'a [PathArgument],
+}
+
+/// The outcome of one rule on one call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// The value cannot be read the one way the rule needs (an ambiguous URL): it fails an allow
+    /// policy's rule, with the reason added to the refusal, and matches a deny policy's rule.
+    Unreadable(String),
 }
 
 impl CompiledRule {
@@ -68,10 +82,23 @@ impl CompiledRule {
                 Check::PathWithin(base.trim_end_matches('/').to_string())
             }
             RuleCheck::HostIn(hosts) => {
-                if hosts.is_empty() || hosts.iter().any(|h| h.is_empty() || h.contains('/') || h.contains(':')) {
-                    return Err("hostIn needs host names such as `api.github.com` or `*.example.com` (no scheme, port or path)".into());
+                if hosts.is_empty() {
+                    return Err("hostIn needs at least one host name such as `api.github.com` or `*.example.com`".into());
                 }
-                Check::HostIn(hosts.iter().map(|h| h.to_ascii_lowercase()).collect())
+                let mut names = Vec::with_capacity(hosts.len());
+                for entry in hosts {
+                    let (wildcard, name) = match entry.strip_prefix("*.") {
+                        Some(name) => ("*.", name),
+                        None => ("", entry.as_str()),
+                    };
+                    match check_host(name) {
+                        Ok(name) => names.push(format!("{wildcard}{name}")),
+                        Err(_) => return Err(format!(
+                            "hostIn entry `{entry}` is not a host name such as `api.github.com` or `*.example.com` (no scheme, port or path; letters, digits and `-` only, IDNs in punycode)"
+                        )),
+                    }
+                }
+                Check::HostIn(names)
             }
             RuleCheck::Expression(source) => Check::Expression(
                 cel::Program::compile(source)
@@ -86,23 +113,29 @@ impl CompiledRule {
     }
 
     /// Whether a deny policy's rule selects this call: like [`Self::passes`], except that an absent
-    /// argument never matches (a deny on `path` prefix `tmp/` must not catch calls without a path).
+    /// argument never matches (a deny on `path` prefix `tmp/` must not catch calls without a path) and
+    /// an unreadable value always does (a deny on hosts must not be dodged by a URL parsers disagree on).
     pub fn matches(&self, args: &Value, ctx: &CallContext<'_>) -> bool {
         let present = self.argument.as_ref().is_none_or(|path| lookup(args, path).is_some());
-        present && self.passes(args, ctx)
+        present && matches!(self.evaluate(args, ctx), Verdict::Pass | Verdict::Unreadable(_))
     }
 
-    /// Whether the call satisfies the rule. An absent argument satisfies every check except `equals` and
-    /// `oneOf`, which pin a value (the schema decides whether the argument is required).
+    /// Whether the call satisfies the rule.
     pub fn passes(&self, args: &Value, ctx: &CallContext<'_>) -> bool {
+        self.evaluate(args, ctx) == Verdict::Pass
+    }
+
+    /// The rule on this call. An absent argument satisfies every check except `equals` and `oneOf`,
+    /// which pin a value (the schema decides whether the argument is required).
+    pub fn evaluate(&self, args: &Value, ctx: &CallContext<'_>) -> Verdict {
         if let Check::Expression(program) = &self.check {
-            return run_expression(program, args, ctx);
+            return verdict(run_expression(program, args, ctx));
         }
         let value = self.argument.as_ref().and_then(|path| lookup(args, path));
         let Some(value) = value else {
-            return !matches!(self.check, Check::Equals(_) | Check::OneOf(_));
+            return verdict(!matches!(self.check, Check::Equals(_) | Check::OneOf(_)));
         };
-        match &self.check {
+        let passed = match &self.check {
             Check::Equals(expected) => json_equal(value, expected),
             Check::OneOf(options) => options.iter().any(|o| json_equal(value, o)),
             Check::Prefix(prefix) => value.as_str().is_some_and(|s| s.starts_with(prefix.as_str())),
@@ -115,11 +148,30 @@ impl CompiledRule {
             Check::Range { minimum, maximum } => value
                 .as_f64()
                 .is_some_and(|n| minimum.is_none_or(|lo| n >= lo) && maximum.is_none_or(|hi| n <= hi)),
-            Check::PathWithin(base) => value.as_str().is_some_and(|s| check_path_within(base, s).is_ok()),
-            Check::HostIn(hosts) => value.as_str().is_some_and(|s| host_allowed(hosts, s)),
+            Check::PathWithin(base) => {
+                let declared = self.argument.as_ref().and_then(|a| ctx.paths.iter().find(|p| p.is_named_by(a)));
+                match (declared, value.as_str()) {
+                    (_, None) => false,
+                    // Already canonical and inside the declared base: compare whole segments.
+                    (Some(path), Some(canonical)) => is_within(base, &absolute(&path.base, canonical)),
+                    (None, Some(text)) => check_path_within(base, text).is_ok(),
+                }
+            }
+            Check::HostIn(hosts) => {
+                let Some(text) = value.as_str() else { return Verdict::Unreadable("the value is not a URL".into()) };
+                match parse_http_url(text) {
+                    Ok(url) => host_allowed(hosts, &url.host),
+                    Err(why) => return Verdict::Unreadable(why.to_string()),
+                }
+            }
             Check::Expression(_) => unreachable!("handled above"),
-        }
+        };
+        verdict(passed)
     }
+}
+
+fn verdict(passed: bool) -> Verdict {
+    if passed { Verdict::Pass } else { Verdict::Fail }
 }
 
 fn first_line(text: &str) -> &str {
@@ -139,17 +191,12 @@ fn json_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// The URL's host is in the list (`*.example.com` matches subdomains, not `example.com` itself).
-fn host_allowed(hosts: &[String], text: &str) -> bool {
-    let Ok(url) = url::Url::parse(text) else { return false };
-    if !matches!(url.scheme(), "http" | "https") {
-        return false;
-    }
-    let Some(host) = url.host_str() else { return false };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+/// The host (lowercase, no trailing dot) is in the list (`*.example.com` matches subdomains, not
+/// `example.com` itself).
+fn host_allowed(hosts: &[String], host: &str) -> bool {
     hosts.iter().any(|allowed| match allowed.strip_prefix("*.") {
         Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(suffix) && host[..host.len() - suffix.len()].ends_with('.'),
-        None => &host == allowed,
+        None => host == allowed,
     })
 }
 
@@ -206,7 +253,7 @@ mod tests {
     }
 
     const CTX: CallContext<'static> =
-        CallContext { subject: "alice", groups: &[], session_id: "s1", tainted: false, client: "claude-code" };
+        CallContext { subject: "alice", groups: &[], session_id: "s1", tainted: false, client: "claude-code", paths: &[] };
 
     /// (rule, arguments, expected outcome) for every rule kind, passing and refusing.
     #[test]
@@ -266,7 +313,49 @@ mod tests {
         assert!(bad(RuleCheck::Pattern("(".into())).contains("does not compile"));
         assert!(bad(RuleCheck::Expression("args.a ==".into())).contains("does not compile"));
         assert!(bad(RuleCheck::PathWithin("relative".into())).contains("absolute"));
-        assert!(bad(RuleCheck::HostIn(vec!["https://x".into()])).contains("host names"));
+        assert!(bad(RuleCheck::HostIn(vec!["https://x".into()])).contains("not a host name"));
+        assert!(bad(RuleCheck::HostIn(vec!["docs.example.test:443".into()])).contains("not a host name"));
+        assert!(bad(RuleCheck::HostIn(vec!["bücher.example".into()])).contains("punycode"));
+        assert!(bad(RuleCheck::HostIn(vec![])).contains("at least one"));
         assert!(bad(RuleCheck::Range { minimum: Some(5.0), maximum: Some(1.0) }).contains("greater"));
+    }
+
+    /// A URL that parsers read differently fails hostIn in an allow policy with the reason, and matches
+    /// it in a deny policy, so neither can be dodged by the spelling.
+    #[test]
+    fn ambiguous_urls_fail_allows_and_match_denies() {
+        let docs = rule(Some("u"), RuleCheck::HostIn(vec!["docs.example.test".into()]));
+        let evil = rule(Some("u"), RuleCheck::HostIn(vec!["evil.test".into()]));
+        for url in [
+            "http://docs.example.test\\@evil.test/",
+            "http://docs.example.test@evil.test/",
+            "http://docs.example.test%40evil.test/",
+            "http://docs.example.test\t@evil.test/",
+            "evil.test/",
+            "http:/evil.test/",
+        ] {
+            let args = json!({"u": url});
+            assert!(matches!(docs.evaluate(&args, &CTX), Verdict::Unreadable(_)), "{url}");
+            assert!(!docs.passes(&args, &CTX), "{url}");
+            assert!(evil.matches(&args, &CTX), "a deny on evil.test catches {url}");
+        }
+        let why = docs.evaluate(&json!({"u": "http://docs.example.test\\@evil.test/"}), &CTX);
+        assert_eq!(why, Verdict::Unreadable(crate::policy::url::UrlRefusal::Backslash.to_string()));
+        assert!(docs.passes(&json!({"u": "HTTPS://DOCS.example.test./x"}), &CTX));
+        assert!(!evil.matches(&json!({"u": "https://docs.example.test/"}), &CTX));
+        assert!(!evil.matches(&json!({}), &CTX), "an absent URL matches no deny");
+    }
+
+    /// pathWithin on a declared path compares the canonical form by whole segments.
+    #[test]
+    fn path_within_reads_declared_paths_canonically() {
+        use crate::policy::input_schema::{PathArgument, Step};
+        let paths = [PathArgument { steps: vec![Step::Key("p".into())], base: "/docs".into() }];
+        let ctx = CallContext { paths: &paths, ..CTX };
+        let published = rule(Some("p"), RuleCheck::PathWithin("/docs/published".into()));
+        assert!(published.matches(&json!({"p": "published/v1.md"}), &ctx));
+        assert!(published.matches(&json!({"p": "published"}), &ctx), "the directory itself is within");
+        assert!(!published.matches(&json!({"p": "published-old/v1.md"}), &ctx));
+        assert!(!published.matches(&json!({"p": "."}), &ctx));
     }
 }
