@@ -323,6 +323,20 @@ evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available:
 registerNode: true
 podCIDR: $NODE_POD_CIDR
 EOF
+  # Who asked the API server for what: the benchmarks count each component's requests from this log.
+  cat >"$DIR/etc/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  userGroups: ["system:nodes"]
+- level: None
+  users: ["system:kube-controller-manager", "system:kube-scheduler", "system:kube-proxy", "system:apiserver"]
+- level: None
+  userGroups: ["system:serviceaccounts:kube-system"]
+- level: Metadata
+EOF
   cat >"$DIR/etc/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -378,7 +392,9 @@ up() {
     --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-    --allow-privileged=false --profiling=false --endpoint-reconciler-type lease
+    --allow-privileged=false --profiling=false --endpoint-reconciler-type lease \
+    --audit-policy-file "$DIR/etc/audit-policy.yaml" --audit-log-path "$LOGS/audit.log" --audit-log-format json \
+    --audit-log-maxsize 200 --audit-log-maxbackup 2
   wait_for "etcd" 60 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
   wait_for "kube-apiserver" 120 kubectl_admin get --raw /readyz
   start kube-controller-manager host "$BIN/kube-controller-manager" \

@@ -10,27 +10,16 @@
 mod e2e_support;
 mod gateway_support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e_support::{TestNamespace, enabled, install_crds, items, json_of, kubectl, kubectl_ok, kubectl_stdin, run, tool_image, wait_for};
+use e2e_support::{AGENT_TOKEN, HelmRelease, TestNamespace, enabled, helm, items, json_of, kubectl, kubectl_ok, kubectl_stdin, tool_image, wait_for};
 use gateway_support::{Client, code, text};
 use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::json;
-
-/// The agent's bearer token; the chart's Secret holds only its SHA-256.
-const TOKEN: &str = "test";
-const TOKEN_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
-
-fn helm(args: &[&str]) -> String {
-    let (ok, out) = run("helm", args);
-    assert!(ok, "`helm {}` failed:\n{out}", args.join(" "));
-    out
-}
 
 fn can_i(service_account: &str, verb: &str, resource: &str, namespace: &str) -> bool {
     let (_, out) = kubectl(&["auth", "can-i", verb, resource, "-n", namespace, "--as", service_account]);
@@ -65,24 +54,8 @@ spec:
   decision: allow
 "#;
 
-/// The release; uninstalled (if still installed) when dropped, so a failed check leaves nothing.
-struct Release {
-    name: String,
-    namespace: TestNamespace,
-    tenant: TestNamespace,
-    installed: bool,
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        if self.installed {
-            let _ = run("helm", &["uninstall", &self.name, "--namespace", &self.namespace.0, "--wait", "--timeout", "2m"]);
-        }
-    }
-}
-
 async fn connect(url: &str) -> Client {
-    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(TOKEN));
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(AGENT_TOKEN));
     let info = ClientConfig::new(ClientCapabilities::default(), Implementation::new("e2e-helm", "1.0"));
     rmcp::ServiceExt::serve(info, transport).await.expect("the MCP client connects through the gateway Service")
 }
@@ -114,29 +87,11 @@ async fn helm_install_serves_tools_upgrades_and_uninstalls_cleanly() {
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    install_crds();
-    let mut release = Release {
-        name: format!("tw-{}", e2e_support::suffix()),
-        namespace: TestNamespace::create("tw-e2e-helm"),
-        tenant: TestNamespace::create("tw-e2e-tenant"),
-        installed: false,
-    };
-    let (name, ns, tenant) = (release.name.clone(), release.namespace.0.clone(), release.tenant.0.clone());
-    let fullname = format!("{name}-toolwarden");
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/toolwarden").display().to_string();
-
-    // The gateway's static tokens (format of docs/install.md): only the token's hash.
-    let tokens = format!("tokens:\n  - sha256: {TOKEN_SHA256}\n    subject: e2e\n    groups: [developers]\n");
-    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gateway-tokens"}, "stringData": {"tokens.yaml": tokens}});
-    kubectl_stdin(&["apply", "-n", &ns, "-f", "-"], &secret.to_string());
-
-    // The chart's default images are the ones scripts/e2e.sh built and loaded: nothing is overridden.
-    helm(&["install", &name, &chart, "--namespace", &ns, "--set", "gateway.auth.tokensSecret=gateway-tokens",
-        "--set", "operator.replicas=2", "--wait", "--timeout", "5m"]);
-    release.installed = true;
-    for component in ["gateway", "operator"] {
-        kubectl_ok(&["wait", "-n", &ns, "--for", "condition=available", "--timeout=120s", &format!("deployment/{fullname}-{component}")]);
-    }
+    let mut release = HelmRelease::install(&["operator.replicas=2"]);
+    let tenant_namespace = TestNamespace::create("tw-e2e-tenant");
+    let (name, ns, tenant) = (release.name.clone(), release.namespace.0.clone(), tenant_namespace.0.clone());
+    let fullname = release.fullname.clone();
+    let chart = release.chart.clone();
     // Admitted under Pod Security `restricted`, and Ready.
     let pods = items(&json_of(&["get", "pods", "-n", &ns, "-l", &format!("app.kubernetes.io/instance={name}"), "-o", "json"]));
     assert_eq!(pods.len(), 4, "two gateway and two operator pods: {pods:?}");
@@ -150,8 +105,7 @@ async fn helm_install_serves_tools_upgrades_and_uninstalls_cleanly() {
     let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &manifests);
     assert!(ok, "{out}");
     kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", "mcptool/get-echo", "--timeout=60s"]);
-    let service_ip = kubectl_ok(&["get", "service", &format!("{fullname}-gateway"), "-n", &ns, "-o", "jsonpath={.spec.clusterIP}"]);
-    let url = format!("http://{service_ip}:8080/mcp/{tenant}");
+    let url = release.mcp_url(&tenant);
     let client = wait_for_tools(&url).await;
     let result = echo(&client, "through the Service and a worker pod").await;
     assert_eq!(result.is_error, Some(false), "{}", text(&result));

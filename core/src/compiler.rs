@@ -120,12 +120,19 @@ pub fn compile_namespace(namespace: &str, tools: &[&McpTool], policies: &[&ToolP
         out.warnings.extend(warnings.into_iter().map(|(field, message)| CompileError { object: key.clone(), field, message, source: None }));
         match result {
             Ok(config) => compiled_policies.push(config),
-            Err(errors) => out.errors.extend(errors.into_iter().map(|(field, message)| CompileError {
-                object: key.clone(),
-                field,
-                message,
-                source: None,
-            })),
+            Err(errors) => {
+                // Leaving out a broken allow only takes access away; leaving out a broken deny would
+                // grant what it refuses. So a deny that does not compile refuses everything instead.
+                if policy.spec.decision == PolicyDecision::Deny {
+                    compiled_policies.push(fail_closed_deny(policy, &errors));
+                }
+                out.errors.extend(errors.into_iter().map(|(field, message)| CompileError {
+                    object: key.clone(),
+                    field,
+                    message,
+                    source: None,
+                }));
+            }
         }
     }
     compiled_policies.sort_by(|a, b| a.name.cmp(&b.name));
@@ -397,6 +404,30 @@ fn is_quantity(text: &str) -> bool {
 
 /// Checks one ToolPolicy against the namespace's compiled tools. Returns the config (or errors) and
 /// warnings.
+/// What a deny policy that does not compile becomes: a deny of every tool, to every caller, whose
+/// refusal names the policy and its first error, until the policy is fixed.
+fn fail_closed_deny(policy: &ToolPolicy, errors: &FieldErrors) -> PolicyConfig {
+    let name = policy.metadata.name.clone().unwrap_or_default();
+    let first = errors.first().map(|(field, message)| match field {
+        Some(field) => format!("{field}: {message}"),
+        None => message.clone(),
+    });
+    PolicyConfig {
+        name: name.clone(),
+        subjects: Subjects { users: vec!["*".into()], ..Subjects::default() },
+        tools: ToolSelector { names: vec!["*".into()], ..ToolSelector::default() },
+        decision: PolicyDecision::Deny,
+        rules: Vec::new(),
+        approval: None,
+        rate_limit: None,
+        tainted_sessions: None,
+        message: Some(format!(
+            "every tool is refused: deny policy {name} does not compile ({}); fix it to restore access",
+            first.unwrap_or_else(|| "no detail".into())
+        )),
+    }
+}
+
 pub fn compile_policy(policy: &ToolPolicy, tools: &[ToolConfig]) -> (Result<PolicyConfig, FieldErrors>, FieldErrors) {
     let spec = &policy.spec;
     let mut errors: FieldErrors = Vec::new();

@@ -75,3 +75,40 @@ fn every_problem_is_reported_at_once() {
     let yaml = tool("system-action", "write", "") + &tool("get-b", "read", "  limits: {timeout: 2h}");
     assert_eq!(compile_errors(&yaml).0.len(), 2);
 }
+
+#[test]
+fn a_deny_policy_that_does_not_compile_refuses_everything() {
+    use toolwarden_core::compiler::compile_namespace;
+    use toolwarden_core::manifest::load_str;
+    use toolwarden_core::policy::{Decision, Engine, Session, Subject, decide};
+
+    // An allow for everyone, and a deny whose pattern does not compile: dropping the deny would let
+    // `published/...` through; it must refuse every call instead (its error is on its status).
+    let yaml = tool("get-a", "read", "")
+        + &policy("everyone", "  subjects: {users: [\"*\"]}\n  tools: {names: [\"*\"]}\n  decision: allow\n")
+        + &policy("no-published", "  subjects: {groups: [devs]}\n  tools: {names: [get-a]}\n  decision: deny\n  arguments:\n    - {argument: path, pattern: \"(published\"}");
+    let manifests = load_str(&yaml, std::path::Path::new("inline.yaml")).unwrap();
+    let tools: Vec<_> = manifests.tools.iter().map(|t| &t.object).collect();
+    let policies: Vec<_> = manifests.policies.iter().map(|p| &p.object).collect();
+    let compiled = compile_namespace("default", &tools, &policies);
+    assert!(compiled.errors.iter().any(|e| e.object == "ToolPolicy default/no-published"), "{:?}", compiled.errors);
+    let engine = Engine::new(compiled.config).unwrap();
+    for caller in [Subject::new("ann", &["devs"]), Subject::new("bob", &[])] {
+        let Decision::Deny(denial) = decide(&engine, &caller, &Session::default(), "get_a", &serde_json::json!({"path": "drafts/x"})) else {
+            panic!("{} was not refused while a deny policy is broken", caller.name)
+        };
+        // A tool denied outright is not shown at all (the design's "simply unknown").
+        assert_eq!(denial.code, toolwarden_core::policy::DenialCode::UnknownTool, "{denial:?}");
+    }
+
+    // A broken allow is only left out: the other allow still serves.
+    let yaml = tool("get-a", "read", "")
+        + &policy("everyone", "  subjects: {users: [\"*\"]}\n  tools: {names: [\"*\"]}\n  decision: allow\n")
+        + &policy("broken-allow", "  subjects: {groups: [devs]}\n  tools: {names: [get-a]}\n  decision: allow\n  arguments:\n    - {argument: path, pattern: \"(x\"}");
+    let manifests = load_str(&yaml, std::path::Path::new("inline.yaml")).unwrap();
+    let tools: Vec<_> = manifests.tools.iter().map(|t| &t.object).collect();
+    let policies: Vec<_> = manifests.policies.iter().map(|p| &p.object).collect();
+    let engine = Engine::new(compile_namespace("default", &tools, &policies).config).unwrap();
+    let decision = decide(&engine, &Subject::new("ann", &["devs"]), &Session::default(), "get_a", &serde_json::json!({"path": "x"}));
+    assert!(matches!(decision, Decision::Allow(_)), "{decision:?}");
+}

@@ -131,3 +131,65 @@ pub fn install_crds() {
         "crd/mcptools.toolwarden.dev", "crd/toolpolicies.toolwarden.dev", "crd/mcpsessions.toolwarden.dev",
     ]);
 }
+
+pub fn helm(args: &[&str]) -> String {
+    let (ok, out) = run("helm", args);
+    assert!(ok, "`helm {}` failed:\n{out}", args.join(" "));
+    out
+}
+
+/// The agent's bearer token of chart installs; the chart's Secret holds only its SHA-256.
+pub const AGENT_TOKEN: &str = "test";
+const AGENT_TOKEN_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// `helm install` of charts/toolwarden with its default images (the ones scripts/e2e.sh loads) into a
+/// fresh namespace enforcing Pod Security `restricted`; uninstalled when dropped unless `installed` was
+/// cleared.
+pub struct HelmRelease {
+    pub name: String,
+    pub fullname: String,
+    pub namespace: TestNamespace,
+    pub chart: String,
+    pub installed: bool,
+}
+
+impl HelmRelease {
+    /// Installs with the agent token `AGENT_TOKEN` (subject `e2e`, group `developers`) and `sets`, and
+    /// waits until every Deployment is available.
+    pub fn install(sets: &[&str]) -> HelmRelease {
+        install_crds();
+        let name = format!("tw-{}", suffix());
+        let namespace = TestNamespace::create("tw-e2e-helm");
+        let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/toolwarden").display().to_string();
+        let tokens = format!("tokens:\n  - sha256: {AGENT_TOKEN_SHA256}\n    subject: e2e\n    groups: [developers]\n");
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gateway-tokens"}, "stringData": {"tokens.yaml": tokens}});
+        let (ok, out) = kubectl_stdin(&["apply", "-n", &namespace.0, "-f", "-"], &secret.to_string());
+        assert!(ok, "the gateway tokens Secret: {out}");
+        let mut args = vec!["install", &name, &chart, "--namespace", &namespace.0, "--set", "gateway.auth.tokensSecret=gateway-tokens"];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        args.extend(["--wait", "--timeout", "5m"]);
+        helm(&args);
+        let fullname = format!("{name}-toolwarden");
+        let release = HelmRelease { name, fullname, namespace, chart, installed: true };
+        for component in ["gateway", "operator"] {
+            kubectl_ok(&["wait", "-n", &release.namespace.0, "--for", "condition=available", "--timeout=120s", &format!("deployment/{}-{component}", release.fullname)]);
+        }
+        release
+    }
+
+    /// The gateway Service's MCP URL for `tenant` (this machine routes to Service addresses).
+    pub fn mcp_url(&self, tenant: &str) -> String {
+        let ip = kubectl_ok(&["get", "service", &format!("{}-gateway", self.fullname), "-n", &self.namespace.0, "-o", "jsonpath={.spec.clusterIP}"]);
+        format!("http://{ip}:8080/mcp/{tenant}")
+    }
+}
+
+impl Drop for HelmRelease {
+    fn drop(&mut self) {
+        if self.installed {
+            let _ = run("helm", &["uninstall", &self.name, "--namespace", &self.namespace.0, "--wait", "--timeout", "3m"]);
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Benchmarks on the real cluster (reported, never asserted; run with scripts/bench-cluster.sh, which
+//! brings up the cluster of scripts/cluster.sh with the shipped images):
+//!
+//! - cold worker start: a session's first call of a tool, from the call to its answer, which includes
+//!   creating the worker pod, the node starting it and the call through it (p50/p99 over 50 sessions);
+//! - warm-pool bind: the same with a ready warm pod bound instead (p50/p99);
+//! - API requests the gateway made per session (from the API server's audit log);
+//! - the operator reconciling 500 McpTools and 200 ToolPolicies from scratch: time until every tool is
+//!   Ready and the gateway config holds all of them, and the operator's API requests.
+//!
+//! The measured system is what users run: the chart with the release images, in the cluster; this
+//! driver only makes requests and reads clocks.
+
+mod e2e_support;
+mod gateway_support;
+
+use std::time::{Duration, Instant};
+
+use e2e_support::{AGENT_TOKEN, HelmRelease, TestNamespace, items, json_of, kubectl_ok, kubectl_stdin, tool_image};
+use gateway_support::{Client, text};
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+const COLD_SESSIONS: usize = 50;
+const WARM_SESSIONS: usize = 30;
+const TOOLS: usize = 500;
+const POLICIES: usize = 200;
+
+async fn connect(url: &str) -> Client {
+    let transport = StreamableHttpClientTransport::from_config(StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(AGENT_TOKEN));
+    rmcp::ServiceExt::serve(ClientConfig::new(ClientCapabilities::default(), Implementation::new("bench", "1.0")), transport)
+        .await
+        .expect("the MCP client connects through the gateway Service")
+}
+
+/// One session's first call of `tool`: its latency.
+async fn first_call(url: &str, tool: &str) -> Duration {
+    let client = connect(url).await;
+    let mut params = CallToolRequestParams::new(tool.to_owned());
+    params.arguments = json!({"text": "bench"}).as_object().cloned();
+    let started = Instant::now();
+    let result = client.call_tool(params).await.expect("tools/call");
+    let took = started.elapsed();
+    assert_eq!(result.is_error, Some(false), "{}", text(&result));
+    client.cancel().await.expect("the session ends");
+    took
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn summary(what: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "bench: {what}: n={} p50={} ms p99={} ms min={} ms max={} ms",
+        samples.len(),
+        percentile(&samples, 50.0).as_millis(),
+        percentile(&samples, 99.0).as_millis(),
+        samples[0].as_millis(),
+        samples[samples.len() - 1].as_millis()
+    );
+}
+
+/// Requests `user` made since `since` (RFC 3339, compared as text: the audit log uses one format),
+/// from the API server's audit log (scripts/cluster.sh writes it).
+fn api_requests(user: &str, since: &str) -> usize {
+    let path = std::env::var("TOOLWARDEN_E2E_AUDIT_LOG").expect("TOOLWARDEN_E2E_AUDIT_LOG (scripts/bench-cluster.sh sets it)");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["user"]["username"] == user && e["requestReceivedTimestamp"].as_str().is_some_and(|t| t >= since))
+        .count()
+}
+
+/// Now, as the audit log writes times (the API server runs on this machine's clock).
+fn now_rfc3339() -> String {
+    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"]).output().expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+const TENANT_TOOLS: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: get-echo}
+spec:
+  description: Returns its text.
+  effect: read
+  inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
+  runtime: {exec: {image: "TOOL_IMAGE", command: [echo], args: ["{{text}}"]}}
+  outputTrust: trusted
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: get-warm-echo}
+spec:
+  description: Returns its text, from a warm pool.
+  effect: read
+  inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
+  runtime: {exec: {image: "TOOL_IMAGE", command: [echo], args: ["{{text}}"]}}
+  outputTrust: trusted
+  sandbox: {warmPool: 2}
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: bench-may-echo}
+spec:
+  subjects: {users: [e2e]}
+  tools: {names: ["*"]}
+  decision: allow
+"#;
+
+/// The one gateway replica's count of warm-pool hits (its metrics Service).
+async fn warm_pool_hits(release: &HelmRelease) -> f64 {
+    let ip = kubectl_ok(&["get", "service", &format!("{}-gateway-metrics", release.fullname), "-n", &release.namespace.0, "-o", "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}"]);
+    let body = reqwest::get(format!("http://{ip}/metrics")).await.expect("gateway metrics").text().await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("toolwarden_warm_pool_hits_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn ready_warm_pods(tenant: &str) -> Vec<String> {
+    items(&json_of(&["get", "pods", "-n", tenant, "-l", "toolwarden.dev/pool=unbound,toolwarden.dev/tool=get-warm-echo", "-o", "json"]))
+        .into_iter()
+        .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .map(|p| p["metadata"]["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+async fn sessions_bench(release: &HelmRelease) {
+    let tenant = TestNamespace::create("tw-bench-sessions");
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant.0, "-f", "-"], &TENANT_TOOLS.replace("TOOL_IMAGE", &tool_image()));
+    assert!(ok, "{out}");
+    kubectl_ok(&["wait", "-n", &tenant.0, "--for=condition=Ready", "mcptool/get-echo", "mcptool/get-warm-echo", "--timeout=60s"]);
+    let url = release.mcp_url(&tenant.0);
+    // The gateway lists the tools once its config arrived.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connect(&url).await.list_all_tools().await.map(|t| t.len()).unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "the gateway did not serve the bench tools");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let gateway_user = format!("system:serviceaccount:{}:{}-gateway", release.namespace.0, release.fullname);
+    let since = now_rfc3339();
+    let mut cold = Vec::new();
+    for _ in 0..COLD_SESSIONS {
+        cold.push(first_call(&url, "get_echo").await);
+    }
+    // Let the last sessions' pod deletions and status writes land before counting.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let requests = api_requests(&gateway_user, &since);
+    summary("cold worker start (first call of a session, call to answer)", cold);
+    println!("bench: gateway API requests per session (start, pod, status, end): {:.1}", requests as f64 / COLD_SESSIONS as f64);
+
+    let mut warm = Vec::new();
+    let mut missed = 0;
+    while warm.len() < WARM_SESSIONS {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ready_warm_pods(&tenant.0).is_empty() {
+            assert!(Instant::now() < deadline, "no warm pod became ready within 120 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let hits = warm_pool_hits(release).await;
+        let took = first_call(&url, "get_warm_echo").await;
+        // Only calls the pool served count: the gateway may not have seen the pod's readiness yet.
+        if warm_pool_hits(release).await > hits { warm.push(took) } else { missed += 1 }
+        assert!(missed < WARM_SESSIONS, "the warm pool missed {missed} times");
+    }
+    summary("warm-pool bind (first call of a session, call to answer)", warm);
+    println!("bench: warm-pool misses while measuring: {missed}");
+}
+
+fn operator_manifests() -> String {
+    let image = tool_image();
+    let mut out = String::new();
+    for i in 0..TOOLS {
+        let extra = match i % 3 {
+            0 => "  egress: [{cidr: 140.82.112.0/20, ports: [443]}]\n".to_owned(),
+            1 => format!("  credentials: [{{secretRef: {{name: bench-creds, key: token}}, env: TOKEN}}]\n  limits: {{timeout: {}s}}\n", 5 + i % 20),
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "---\napiVersion: toolwarden.dev/v1alpha1\nkind: McpTool\nmetadata: {{name: get-item-{i}, labels: {{team: t{}}}}}\nspec:\n  description: Reads item {i}.\n  effect: read\n  inputSchema: {{type: object}}\n  runtime: {{exec: {{image: \"{image}\", command: [cat]}}}}\n{extra}",
+            i % 10
+        ));
+    }
+    for i in 0..POLICIES {
+        let tools = match i % 2 {
+            0 => format!("{{names: [get-item-{i}, get-item-{}]}}", i + 200),
+            _ => format!("{{selector: {{matchLabels: {{team: t{}}}}}}}", i % 10),
+        };
+        out.push_str(&format!(
+            "---\napiVersion: toolwarden.dev/v1alpha1\nkind: ToolPolicy\nmetadata: {{name: policy-{i}}}\nspec:\n  subjects: {{groups: [group-{}]}}\n  tools: {tools}\n  decision: allow\n",
+            i % 20
+        ));
+    }
+    out.push_str("---\napiVersion: v1\nkind: Secret\nmetadata: {name: bench-creds}\nstringData: {token: not-a-secret}\n");
+    out
+}
+
+fn operator_bench(release: &HelmRelease) {
+    let tenant = TestNamespace::create("tw-bench-operator");
+    let operator_user = format!("system:serviceaccount:{}:{}-operator", release.namespace.0, release.fullname);
+    let file = std::env::temp_dir().join(format!("tw-bench-operator-{}.yaml", tenant.0));
+    std::fs::write(&file, operator_manifests()).unwrap();
+    let since = now_rfc3339();
+    let started = Instant::now();
+    kubectl_ok(&["apply", "--server-side", "-n", &tenant.0, "-f", &file.display().to_string()]);
+    let applied = started.elapsed();
+    let _ = std::fs::remove_file(&file);
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let tools = items(&json_of(&["get", "mcptools", "-n", &tenant.0, "-o", "json"]));
+        let ready = tools
+            .iter()
+            .filter(|t| t["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+            .count();
+        let config = json_of(&["get", "configmap", "toolwarden-gateway-config", "-n", &tenant.0, "-o", "json", "--ignore-not-found"]);
+        let in_config = config["data"]["config.json"]
+            .as_str()
+            .and_then(|c| serde_json::from_str::<Value>(c).ok())
+            .map(|c| (c["tools"].as_array().map_or(0, Vec::len), c["policies"].as_array().map_or(0, Vec::len)))
+            .unwrap_or((0, 0));
+        if ready == TOOLS && in_config == (TOOLS, POLICIES) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after 15 min: {ready} of {TOOLS} tools Ready, config holds {in_config:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let took = started.elapsed();
+    std::thread::sleep(Duration::from_secs(5));
+    let requests = api_requests(&operator_user, &since);
+    println!(
+        "bench: operator, {TOOLS} McpTools + {POLICIES} ToolPolicies from scratch: {} ms until all Ready and in the gateway config (kubectl apply took {} ms); {requests} operator API requests ({:.1} per tool)",
+        took.as_millis(),
+        applied.as_millis(),
+        requests as f64 / TOOLS as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark on the real cluster: scripts/bench-cluster.sh"]
+async fn cluster_benchmarks() {
+    assert!(std::env::var_os("KUBECONFIG").is_some(), "KUBECONFIG must point at the cluster (scripts/bench-cluster.sh)");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // One gateway replica, so its metrics are the whole gateway's.
+    let release = HelmRelease::install(&["gateway.replicas=1"]);
+    sessions_bench(&release).await;
+    tokio::task::block_in_place(|| operator_bench(&release));
+}
