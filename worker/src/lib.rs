@@ -8,6 +8,7 @@ pub mod output;
 pub mod process;
 pub mod protocol;
 pub mod quiet_unix;
+pub mod redact;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;

@@ -7,23 +7,24 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use super::{CallError, Tool, failure, human};
-use crate::output::{STDERR_TAIL_BYTES, cap_text, read_head, read_tail, text};
+use crate::output::{STDERR_TAIL_BYTES, read_head, read_tail, shown, tail_shown};
 use crate::process;
 use crate::protocol::{CallRequest, CallResult};
+use crate::redact::Redactor;
 use crate::template::expand_argv;
 
 /// How long to wait for the output pipes to close once the call's process group is gone.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
-pub async fn call(tool: &Tool, request: &CallRequest) -> Result<CallResult, CallError> {
+pub async fn call(tool: &Tool, request: &CallRequest, redactor: &Redactor) -> Result<CallResult, CallError> {
     let exec = tool.spec.runtime.exec.as_ref().ok_or_else(|| CallError::Internal("not an exec tool".into()))?;
     let mut argv = exec.command.clone();
     argv.extend(expand_argv(&exec.args, &request.arguments).map_err(|e| CallError::InvalidArguments(e.0))?);
-    run(tool, argv, &exec.env, request).await
+    run(tool, argv, &exec.env, request, redactor).await
 }
 
 /// The preview argv: `preview.command` (default: the runtime's command) and `preview.args`.
-pub async fn preview(tool: &Tool, request: &CallRequest) -> Result<CallResult, CallError> {
+pub async fn preview(tool: &Tool, request: &CallRequest, redactor: &Redactor) -> Result<CallResult, CallError> {
     let spec = &tool.spec;
     let Some(preview) = &spec.preview else {
         return Err(CallError::BadRequest(format!("tool {} has no preview", spec.name)));
@@ -38,7 +39,7 @@ pub async fn preview(tool: &Tool, request: &CallRequest) -> Result<CallResult, C
     };
     let mut argv = command.clone();
     argv.extend(expand_argv(&preview.args, &request.arguments).map_err(|e| CallError::InvalidArguments(e.0))?);
-    run(tool, argv, &env, request).await
+    run(tool, argv, &env, request, redactor).await
 }
 
 async fn run(
@@ -46,6 +47,7 @@ async fn run(
     argv: Vec<String>,
     static_env: &std::collections::BTreeMap<String, String>,
     request: &CallRequest,
+    redactor: &Redactor,
 ) -> Result<CallResult, CallError> {
     let mut env = static_env.clone();
     env.extend(process::credential_env(&tool.spec).map_err(CallError::Internal)?);
@@ -61,8 +63,10 @@ async fn run(
         // A program that does not read its stdin closes the pipe early; that is fine.
         let _ = stdin.write_all(&input).await;
     });
-    let stdout = tokio::spawn(read_head(child.stdout.take().expect("stdout is piped"), tool.cap(), u64::MAX));
-    let stderr = tokio::spawn(read_tail(child.stderr.take().expect("stderr is piped"), STDERR_TAIL_BYTES));
+    // Past the cap by the redactor's margin: a credential across the cap is redacted whole, then cut.
+    let keep = tool.cap().saturating_add(redactor.margin());
+    let stdout = tokio::spawn(read_head(child.stdout.take().expect("stdout is piped"), keep, u64::MAX));
+    let stderr = tokio::spawn(read_tail(child.stderr.take().expect("stderr is piped"), STDERR_TAIL_BYTES + redactor.margin()));
 
     let waited = tokio::time::timeout(tool.timeout(), child.wait()).await;
     // Nothing a call started outlives it: the group goes, whether the leader exited or timed out (or,
@@ -75,11 +79,13 @@ async fn run(
     let head = tokio::time::timeout(DRAIN_GRACE, stdout).await.ok().and_then(Result::ok).unwrap_or_default();
     let err_tail = tokio::time::timeout(DRAIN_GRACE, stderr).await.ok().and_then(Result::ok).unwrap_or_default();
 
-    let (content, cut) = cap_text(text(&head.bytes), tool.cap());
+    let out = shown(&head.bytes, head.total, tool.cap(), redactor);
+    let content = out.text;
     let mut result = CallResult {
         output_bytes: head.total,
-        truncated: head.truncated_bytes() + cut > 0,
-        truncated_bytes: head.truncated_bytes() + cut,
+        truncated: out.truncated_bytes > 0,
+        truncated_bytes: out.truncated_bytes,
+        redacted: out.redacted,
         ..CallResult::default()
     };
     match waited {
@@ -107,7 +113,8 @@ async fn run(
                 (None, Some(sig)) => format!("was killed by signal {sig}"),
                 (None, None) => "failed".to_string(),
             };
-            let err_text = text(&err_tail);
+            let (err_text, err_redacted) = tail_shown(&err_tail, STDERR_TAIL_BYTES, redactor);
+            result.redacted |= err_redacted;
             let detail = if err_text.trim().is_empty() { content } else { err_text.trim().to_string() };
             result.content = if detail.is_empty() { format!("`{}` {how}", argv[0]) } else { format!("`{}` {how}: {detail}", argv[0]) };
         }

@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 
 use super::{CallError, Tool, failure, human};
 use crate::egress;
-use crate::output::cap_text;
+use crate::output::shown;
 use crate::protocol::{CallRequest, CallResult};
+use crate::redact::Redactor;
 use crate::template::http_target;
 
 const MAX_REDIRECTS: usize = 5;
@@ -46,7 +47,7 @@ impl Client {
 /// Why a request could not be made; each becomes a failed result with its code.
 struct Refused(&'static str, String);
 
-pub async fn call(tool: &Tool, client: &Client, request: &CallRequest) -> Result<CallResult, CallError> {
+pub async fn call(tool: &Tool, client: &Client, request: &CallRequest, redactor: &Redactor) -> Result<CallResult, CallError> {
     let spec = &tool.spec;
     let http = spec.runtime.http.as_ref().ok_or_else(|| CallError::Internal("not an http tool".into()))?;
     let target = http_target(&http.url, &http.query, &http.body, &request.arguments).map_err(|e| CallError::InvalidArguments(e.0))?;
@@ -68,10 +69,13 @@ pub async fn call(tool: &Tool, client: &Client, request: &CallRequest) -> Result
         }
     }
     let body = target.body.map(|b| Bytes::from(serde_json::to_vec(&b).unwrap_or_default()));
-    let exchange = Exchange { tool, client, method, headers, secret_headers, body, follow: http.follow_redirects };
+    let exchange = Exchange { tool, client, redactor, method, headers, secret_headers, body, follow: http.follow_redirects };
     match tokio::time::timeout(tool.timeout(), exchange.run(target.url)).await {
         Ok(Ok(result)) => Ok(result),
-        Ok(Err(Refused(code, message))) => Ok(failure(code, message)),
+        Ok(Err(Refused(code, message))) => {
+            let (message, redacted) = redactor.redact(&message);
+            Ok(CallResult { redacted, ..failure(code, message) })
+        }
         Err(_) => Ok(failure("timeout", format!("the request ran past its {} timeout and was abandoned", human(tool.timeout())))),
     }
 }
@@ -85,6 +89,7 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> 
 struct Exchange<'a> {
     tool: &'a Tool,
     client: &'a Client,
+    redactor: &'a Redactor,
     method: Method,
     headers: Vec<(HeaderName, HeaderValue)>,
     secret_headers: Vec<(HeaderName, HeaderValue)>,
@@ -127,10 +132,10 @@ impl Exchange<'_> {
                 && let Some(location) = location
             {
                 if !self.follow {
-                    return Ok(failure(
-                        "http_status",
-                        format!("HTTP {status}: redirect to {location} not followed (the tool does not set followRedirects)"),
-                    ));
+                    // The location may echo what the request carried, a credential included.
+                    let (location, redacted) = self.redactor.redact(&location);
+                    let message = format!("HTTP {status}: redirect to {location} not followed (the tool does not set followRedirects)");
+                    return Ok(CallResult { redacted, ..failure("http_status", message) });
                 }
                 url = resolve_location(&target, &location);
                 if status == hyper::StatusCode::SEE_OTHER
@@ -213,22 +218,30 @@ impl Exchange<'_> {
 
     async fn result(&self, status: hyper::StatusCode, response: hyper::Response<hyper::body::Incoming>) -> CallResult {
         let cap = self.tool.cap();
+        // Past the cap by the redactor's margin: a credential across the cap is redacted whole, then cut.
+        let keep = cap.saturating_add(self.redactor.margin());
         let mut body = response.into_body();
         let mut kept = Vec::new();
         let mut total = 0u64;
         while let Some(Ok(frame)) = body.frame().await {
             if let Ok(data) = frame.into_data() {
                 total += data.len() as u64;
-                let room = cap.saturating_sub(kept.len());
+                let room = keep.saturating_sub(kept.len());
                 kept.extend_from_slice(&data[..data.len().min(room)]);
                 if total >= DISCARD_LIMIT {
                     break;
                 }
             }
         }
-        let (text, cut) = cap_text(crate::output::text(&kept), cap);
-        let truncated_bytes = total - kept.len() as u64 + cut;
-        let mut result = CallResult { output_bytes: total, truncated: truncated_bytes > 0, truncated_bytes, ..CallResult::default() };
+        let out = shown(&kept, total, cap, self.redactor);
+        let text = out.text;
+        let mut result = CallResult {
+            output_bytes: total,
+            truncated: out.truncated_bytes > 0,
+            truncated_bytes: out.truncated_bytes,
+            redacted: out.redacted,
+            ..CallResult::default()
+        };
         if status.as_u16() >= 400 {
             result.is_error = true;
             result.error_code = Some("http_status".into());

@@ -1,0 +1,88 @@
+//! Attacks on `toolwarden dev` and its local sandbox, end to end over MCP: a tool's credentials never
+//! reach the model, a call's processes never outlive it, a tool sees only what it needs of the machine,
+//! and an exec tool reaches only the destinations it declares. Each test asserts the refusal or
+//! redaction the client sees, the audit line, and that nothing leaked or survived.
+
+mod gateway_support;
+
+use gateway_support::{DEV_TOKEN, Dev, call, text};
+use serde_json::{Value, json};
+
+/// A policy letting developers call `tools`.
+fn allow(name: &str, tools: &[&str]) -> String {
+    format!(
+        "apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {{name: {name}}}
+spec:
+  subjects: {{groups: [developers]}}
+  tools: {{names: [{}]}}
+  decision: allow
+",
+        tools.join(", ")
+    )
+}
+
+/// The result line of the last call of `tool`.
+fn result_line(dev: &Dev, tool: &str) -> Value {
+    dev.audit_lines()
+        .into_iter()
+        .rev()
+        .find(|l| l["event"] == "result" && l["tool"] == tool)
+        .unwrap_or_else(|| panic!("no result line for {tool}"))
+}
+
+/// Whether this machine can sandbox at all (user namespaces allowed); the tests say so when not.
+fn sandboxed(result_text: &str) -> bool {
+    if result_text.contains("refuses unprivileged user namespaces") {
+        eprintln!("user namespaces refused here; only the refusal was checked: {result_text}");
+        return false;
+    }
+    true
+}
+
+const LEAKY_TOOLS: &str = r#"apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: show-token-echo}
+spec:
+  description: Prints its own credential in several encodings, as a careless program would.
+  effect: read
+  outputTrust: trusted
+  inputSchema: {type: object, additionalProperties: false}
+  runtime:
+    exec:
+      image: python:3.12-slim
+      command: [python3, -c, "import base64, os, sys; t = os.environ['API_TOKEN']; print('env', t, base64.b64encode(t.encode()).decode(), t.encode().hex()); print('file', open(os.environ['TOOLWARDEN_CREDENTIALS_DIR'] + '/token').read().strip()); sys.stderr.write('oops ' + t)"]
+  credentials:
+    - secretRef: {name: echo-secret, key: token}
+      env: API_TOKEN
+    - secretRef: {name: echo-secret, key: token}
+      file: token
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: echo-secret}
+stringData: {token: e2e-Leak-Value-0123456789}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_printing_its_own_credential_returns_it_redacted_and_the_audit_line_says_so() {
+    let dev = Dev::start(&[("leaky.yaml", LEAKY_TOOLS), ("leaky-policy.yaml", &allow("leaky", &["show-token-echo"]))]);
+    let client = dev.client(DEV_TOKEN).await;
+    let result = call(&client, "show_token_echo", json!({})).await;
+    let shown = text(&result);
+    if !sandboxed(&shown) {
+        return;
+    }
+    assert_ne!(result.is_error, Some(true), "{result:?}");
+    assert_eq!(shown, "env [redacted] [redacted] [redacted]\nfile [redacted]\n", "{result:?}");
+    let meta = result.meta.as_ref().unwrap();
+    assert_eq!(meta.0.get("toolwarden.dev/redacted"), Some(&json!(true)));
+    let line = result_line(&dev, "show_token_echo");
+    assert_eq!(line["redacted"], true, "{line}");
+    assert_eq!(line["status"], "ok", "{line}");
+    let everything = format!("{result:?}{}", std::fs::read_to_string(&dev.audit).unwrap());
+    for spelling in ["Leak-Value", "ZTJlLUxlYWst", "4c65616b2d56616c7565"] {
+        assert!(!everything.contains(spelling), "{spelling} reached the client or the audit log");
+    }
+}
