@@ -86,3 +86,52 @@ async fn a_tool_printing_its_own_credential_returns_it_redacted_and_the_audit_li
         assert!(!everything.contains(spelling), "{spelling} reached the client or the audit log");
     }
 }
+
+/// A tool whose program starts a daemon (fork, setsid, fork) holding its stdout, then hangs.
+fn escaping_tool(marker: &str) -> String {
+    format!(
+        r#"apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {{name: check-escape}}
+spec:
+  description: Starts a daemon in a new session, then hangs past its timeout.
+  effect: read
+  outputTrust: trusted
+  inputSchema: {{type: object, additionalProperties: false}}
+  runtime:
+    exec:
+      image: python:3.12-slim
+      command: [python3, -c, "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        os.execv('/bin/sleep', ['/bin/sleep', '{marker}'])\n    os._exit(0)\nos.wait()\ntime.sleep(600)"]
+  limits: {{timeout: 2s}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setsid_daemon_does_not_outlive_its_timed_out_call_and_the_timeout_is_answered_on_time() {
+    let marker = format!("{}", 700_000 + std::process::id() % 100_000);
+    let dev = Dev::start(&[("escape.yaml", &escaping_tool(&marker)), ("escape-policy.yaml", &allow("escape", &["check-escape"]))]);
+    let client = dev.client(DEV_TOKEN).await;
+    let started = std::time::Instant::now();
+    let result = call(&client, "check_escape", json!({})).await;
+    let took = started.elapsed();
+    let shown = text(&result);
+    if !sandboxed(&shown) {
+        return;
+    }
+    assert_eq!(gateway_support::code(&result).as_deref(), Some("timeout"), "{result:?}");
+    assert!(shown.contains("with every process it started"), "{shown}");
+    assert!(took < std::time::Duration::from_millis(2_000 + 2_500), "a 2 s timeout answered after {took:?}");
+    let line = result_line(&dev, "check_escape");
+    assert_eq!((line["status"].as_str(), line["code"].as_str()), (Some("timeout"), Some("timeout")), "{line}");
+    let pattern = format!("/bin/sleep {marker}");
+    let mut left = gateway_support::live_processes_with(&pattern);
+    for _ in 0..60 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        left = gateway_support::live_processes_with(&pattern);
+    }
+    assert!(left.is_empty(), "the daemon outlived its call: {left:?}");
+}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex as SyncMutex};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -33,9 +33,8 @@ pub struct Upstream {
 }
 
 struct Session {
-    child: Child,
-    /// Takes the server's process group down when the session goes; `None` once killed.
-    group: Option<process::GroupGuard>,
+    /// The server under its supervisor, which takes down everything it started when the session goes.
+    server: process::Supervised,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     stderr: Arc<SyncMutex<VecDeque<u8>>>,
@@ -147,11 +146,10 @@ impl Session {
         env.extend(process::credential_env(&tool.spec).map_err(|m| Failed("spawn_failed", m))?);
         // A long-lived server accumulates CPU time across calls: the per-call CPU limit does not fit it.
         let limits = process::ChildLimits { cpu_seconds: None, ..tool.limits };
-        let mut child = process::command(&argv, &env, &tool.session_dir, limits)
-            .spawn()
-            .map_err(|e| Failed("spawn_failed", format!("cannot start the MCP server `{}`: {e}", argv[0])))?;
-        let pid = child.id().unwrap_or(0);
-        let group = process::GroupGuard::new(pid);
+        let mut server = process::spawn(&argv, &env, &tool.session_dir, limits)
+            .await
+            .map_err(|m| Failed("spawn_failed", format!("the MCP server: {m}")))?;
+        let child = server.child.as_mut().expect("a started program has its supervisor");
         let stderr = Arc::new(SyncMutex::new(VecDeque::new()));
         let mut err_pipe = child.stderr.take().expect("stderr is piped");
         let tail = stderr.clone();
@@ -170,8 +168,7 @@ impl Session {
         let mut session = Session {
             stdin: child.stdin.take().expect("stdin is piped"),
             stdout: BufReader::new(child.stdout.take().expect("stdout is piped")),
-            child,
-            group: Some(group),
+            server,
             stderr,
             next_id: 1,
             unanswered: None,
@@ -256,9 +253,10 @@ impl Session {
 
     /// The server closed its pipes: say how it ended, with the tail of its stderr.
     async fn crashed(&mut self) -> Failed {
-        let status = tokio::time::timeout(std::time::Duration::from_millis(500), self.child.wait()).await;
+        let status = tokio::time::timeout(std::time::Duration::from_millis(500), self.server.wait()).await;
         let how = match status {
-            Ok(Ok(s)) => format!("exited ({s})"),
+            Ok(process::Ended::Exit(code)) => format!("exited (exit status: {code})"),
+            Ok(process::Ended::Signal(n)) => format!("exited (killed by signal {n})"),
             _ => "closed its output".to_string(),
         };
         let tail = {
@@ -270,10 +268,7 @@ impl Session {
     }
 
     async fn kill(&mut self) {
-        if let Some(group) = self.group.take() {
-            group.stop();
-        }
-        let _ = self.child.kill().await;
+        self.server.stop().await;
     }
 }
 
