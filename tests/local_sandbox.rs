@@ -92,7 +92,8 @@ async fn a_sandboxed_worker_runs_the_tool_with_its_credentials_and_nothing_of_th
     // The credentials reach the program (compared inside it: its output would show them redacted).
     let script = format!(
         "[ \"$(cat \"$TOOLWARDEN_CREDENTIALS_DIR/token.txt\")\" = gh-s3cret ] && echo file-ok; \
-         [ \"$CRED_GH\" = gh-s3cret ] && echo env-ok; echo \"shown=$CRED_GH\"; cat {}; echo; \
+         [ \"$CRED_GH\" = gh-s3cret ] && echo env-ok; echo \"shown=$CRED_GH\"; \
+         cat {} 2>/dev/null || echo manifests-unseen; \
          echo \"state-entries=$(ls {} | wc -l)\"; \
          ls /root/* >/dev/null 2>&1 && echo root-visible || echo root-hidden; \
          echo \"gateway-env=${{CARGO_PKG_NAME:-none}}\"",
@@ -115,6 +116,8 @@ async fn a_sandboxed_worker_runs_the_tool_with_its_credentials_and_nothing_of_th
     // Only its own directory is bound in: the other session's worker directory is not there.
     assert!(out.contains("state-entries=1"), "{out}");
     assert!(out.contains("root-hidden"), "{out}");
+    // Nor the manifests directory (its Secrets are every tool's credentials).
+    assert!(out.contains("manifests-unseen") && !out.contains("from the manifests dir"), "{out}");
     assert!(out.contains("gateway-env=none"), "{out}");
 
     runtime.end_session("s1", "deleted").await;

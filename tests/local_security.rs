@@ -135,3 +135,67 @@ async fn a_setsid_daemon_does_not_outlive_its_timed_out_call_and_the_timeout_is_
     }
     assert!(left.is_empty(), "the daemon outlived its call: {left:?}");
 }
+
+const PEEK: &str = r#"import ctypes, errno, os
+here = os.path.dirname(os.path.abspath(__file__))
+def attempt(what, path):
+    try:
+        open(path).read()
+        print(what, 'READ')
+    except OSError:
+        print(what, 'unreachable')
+attempt('secrets', os.path.join(here, 'secrets.yaml'))
+attempt('tools', os.path.join(here, 'tools.yaml'))
+os.symlink(os.path.join(here, 'secrets.yaml'), 'secrets-link')
+attempt('secrets-link', 'secrets-link')
+os.symlink('/etc/passwd', 'passwd-link')
+users = {line.split(':')[0] for line in open('passwd-link').read().splitlines()}
+print('passwd', 'tool' in users and users <= {'tool', 'nobody'})
+print('checkout', os.path.exists(os.environ.get('CHECKOUT', '/nonexistent')))
+libc = ctypes.CDLL(None, use_errno=True)
+rc = libc.syscall(425, 8, ctypes.create_string_buffer(120))
+print('io_uring_setup', 'ok' if rc >= 0 else errno.errorcode[ctypes.get_errno()])
+"#;
+
+fn peek_tool(checkout: &str) -> String {
+    format!(
+        r#"apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {{name: inspect-sandbox}}
+spec:
+  description: Looks around its sandbox for what it should not see.
+  effect: read
+  outputTrust: trusted
+  inputSchema: {{type: object, additionalProperties: false}}
+  runtime:
+    exec:
+      image: python:3.12-slim
+      command: [python3, ./peek.py]
+      env: {{CHECKOUT: "{checkout}"}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_sees_its_program_but_not_the_manifests_secrets_the_hosts_etc_or_the_checkout() {
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let dev = Dev::start(&[
+        ("peek.py", PEEK),
+        ("peek.yaml", &peek_tool(checkout)),
+        ("peek-policy.yaml", &allow("peek", &["inspect-sandbox"])),
+    ]);
+    let client = dev.client(DEV_TOKEN).await;
+    let result = call(&client, "inspect_sandbox", json!({})).await;
+    let shown = text(&result);
+    if !sandboxed(&shown) {
+        return;
+    }
+    assert_ne!(result.is_error, Some(true), "the program beside the manifests runs: {result:?}");
+    assert_eq!(
+        shown,
+        "secrets unreachable\ntools unreachable\nsecrets-link unreachable\npasswd True\ncheckout False\nio_uring_setup EPERM\n",
+        "{result:?}"
+    );
+    assert!(!shown.contains("replace-with-a-fine-grained-token"));
+    assert_eq!(result_line(&dev, "inspect_sandbox")["status"], "ok");
+}

@@ -2,10 +2,11 @@
 //!
 //! Three processes: this one (stays in the host's namespaces, the gateway's child: forwards SIGTERM,
 //! exits with serve's status); an init, PID 1 of new user, mount, PID, IPC, UTS (and network)
-//! namespaces, which builds the filesystem view and reaps; and `serve`, exec'd under no_new_privs,
+//! namespaces, which builds a fresh root (`root.rs`) and reaps; and `serve`, exec'd under no_new_privs,
 //! rlimits and a seccomp filter. When init exits, the kernel kills everything left in the sandbox.
 
 mod mounts;
+mod root;
 pub mod seccomp;
 
 use std::ffi::{CString, OsString};
@@ -26,7 +27,8 @@ pub const NOBODY: u32 = 65534;
 
 const DEFAULT_TMPFS_BYTES: u64 = 256 * 1024 * 1024;
 const DEFAULT_MAX_PROCESSES: u64 = 256;
-const HIDE_TMPFS_BYTES: u64 = 1024 * 1024;
+/// Size of the root tmpfs (it holds only mount points, links, `passwd` and `group`).
+const ROOT_TMPFS_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Options {
@@ -34,7 +36,7 @@ pub struct Options {
     pub tmpfs_bytes: u64,
     pub max_processes: u64,
     pub memory_bytes: Option<u64>,
-    pub hide: Vec<PathBuf>,
+    /// Host paths (directories or files) shown read-only, and read-write, at their own paths.
     pub ro_bind: Vec<PathBuf>,
     pub rw_bind: Vec<PathBuf>,
     pub unsafe_no_sandbox: bool,
@@ -52,13 +54,8 @@ fn parse(rest: Vec<OsString>) -> Result<Options, String> {
     let tmpfs_bytes = a.number("--tmpfs-size")?.unwrap_or(DEFAULT_TMPFS_BYTES);
     let max_processes = a.number("--max-processes")?.unwrap_or(DEFAULT_MAX_PROCESSES);
     let memory_bytes = a.number("--memory-bytes")?;
-    // Hidden directories that do not exist hide nothing; bound ones must exist.
-    let hide: Vec<PathBuf> = a.all("--hide")?.iter().filter_map(|d| mounts::absolute(d).ok()).collect();
-    if let Some(bad) = hide.iter().find(|d| ["/", "/tmp", "/proc"].contains(&d.to_str().unwrap_or(""))) {
-        return Err(format!("--hide {}: that would hide what the sandbox itself needs", bad.display()));
-    }
-    let ro_bind = a.all("--ro-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
-    let rw_bind = a.all("--rw-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
+    let ro_bind: Vec<PathBuf> = a.all("--ro-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
+    let rw_bind: Vec<PathBuf> = a.all("--rw-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
     let unsafe_no_sandbox = a.switch("--unsafe-no-sandbox");
     let serve = std::mem::take(&mut a.rest);
     a.finish()?;
@@ -68,7 +65,10 @@ fn parse(rest: Vec<OsString>) -> Result<Options, String> {
     if max_processes < 4 {
         return Err("--max-processes must be at least 4 (the sandbox itself needs some)".into());
     }
-    Ok(Options { isolate_network, tmpfs_bytes, max_processes, memory_bytes, hide, ro_bind, rw_bind, unsafe_no_sandbox, serve })
+    if let Some(bad) = ro_bind.iter().chain(&rw_bind).find(|p: &&PathBuf| p.parent().is_none() || p.starts_with("/proc")) {
+        return Err(format!("{}: the sandbox cannot bind that path", bad.display()));
+    }
+    Ok(Options { isolate_network, tmpfs_bytes, max_processes, memory_bytes, ro_bind, rw_bind, unsafe_no_sandbox, serve })
 }
 
 /// The sentence for a kernel that refuses unprivileged user namespaces.
@@ -346,17 +346,11 @@ fn parent_gone(status: &std::fs::File) -> bool {
     unsafe { libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLERR != 0 }
 }
 
-/// The filesystem, network, hostname and limits, in the order that keeps bound directories reachable.
+/// The filesystem, network, hostname and limits.
 fn build(options: &Options, ids: Ids) -> Result<(), Failure> {
     mounts::make_private()?;
-    // Take the bound trees before anything covers them (they may sit in a hidden directory or /tmp).
-    let mut binds = Vec::new();
-    for dir in &options.ro_bind {
-        binds.push((mounts::clone_tree(dir, true)?, dir.clone()));
-    }
-    for dir in &options.rw_bind {
-        binds.push((mounts::clone_tree(dir, false)?, dir.clone()));
-    }
+    // Take every tree the sandbox shows before anything changes (bound ones may lie under /tmp).
+    let taken = root::take(options)?;
     // From here on the process acts as the sandbox user (inside ids), keeping its namespace capabilities.
     // SAFETY: setresgid/setresuid to ids mapped in this namespace.
     unsafe {
@@ -364,26 +358,7 @@ fn build(options: &Options, ids: Ids) -> Result<(), Failure> {
             return Err(Failure { refused: false, message: format!("switching to the sandbox user: {}", std::io::Error::last_os_error()) });
         }
     }
-    mounts::set_attr(std::path::Path::new("/"), mounts::MOUNT_ATTR_RDONLY | mounts::MOUNT_ATTR_NOSUID, true)?;
-    mounts::tmpfs(std::path::Path::new("/tmp"), options.tmpfs_bytes, 0o700, ids.uid, ids.gid)?;
-    // A hidden directory already gone from view (under /tmp or another hidden one) stays covered as it is.
-    let mut covered = Vec::new();
-    for dir in &options.hide {
-        if dir.is_dir() {
-            mounts::tmpfs(dir, HIDE_TMPFS_BYTES, 0o755, ids.uid, ids.gid)?;
-            covered.push(dir);
-        }
-    }
-    for (fd, dir) in &binds {
-        mounts::attach(fd, dir)?;
-    }
-    for dir in covered {
-        mounts::set_attr(dir, mounts::MOUNT_ATTR_RDONLY, false)?;
-    }
-    if !mounts::mount_proc() {
-        eprintln!("toolwarden-worker sandbox: cannot mount a private /proc here; hiding /proc instead");
-        mounts::tmpfs(std::path::Path::new("/proc"), HIDE_TMPFS_BYTES, 0o555, ids.uid, ids.gid)?;
-    }
+    root::enter(taken, options, ids)?;
     if options.isolate_network {
         mounts::loopback_up()?;
     }
@@ -421,9 +396,9 @@ mod tests {
     fn options_need_serve_after_the_separator() {
         assert!(parse(os(&["--network", "none"])).unwrap_err().contains("-- serve"));
         assert!(parse(os(&["--network", "wifi", "--", "serve"])).unwrap_err().contains("wifi"));
-        let o = parse(os(&["--network", "host", "--hide", "/does/not/exist", "--", "serve", "--listen", "x"])).unwrap();
+        let o = parse(os(&["--network", "host", "--", "serve", "--listen", "x"])).unwrap();
         assert!(!o.isolate_network);
-        assert!(o.hide.is_empty());
+        assert!(parse(os(&["--ro-bind", "/", "--", "serve"])).unwrap_err().contains("cannot bind"));
         assert_eq!(o.serve, os(&["serve", "--listen", "x"]));
         assert!(parse(os(&["--ro-bind", "/does/not/exist", "--", "serve"])).unwrap_err().contains("/does/not/exist"));
     }

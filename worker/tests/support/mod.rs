@@ -84,9 +84,9 @@ impl Worker {
 
     fn sandboxed_with(mut cmd: Command, dir: tempfile::TempDir, spec: &Value, sandbox_args: &[&str]) -> Worker {
         let socket = dir.path().join("worker.sock");
-        // The example programs stay visible read-only wherever the checkout lies, even under /tmp or a
-        // hidden home, as the gateway's local runtime keeps its manifests dir visible.
-        cmd.arg("sandbox").args(["--hide", "/root", "--hide", "/home", "--ro-bind"]).arg(programs_dir());
+        // The example programs are bound in read-only wherever the checkout lies (even under /tmp), as
+        // the gateway's local runtime binds a tool's program directory.
+        cmd.arg("sandbox").arg("--ro-bind").arg(programs_dir());
         cmd.arg("--rw-bind").arg(dir.path()).args(sandbox_args);
         cmd.args(["--", "serve", "--listen"]).arg(format!("unix:{}", socket.display()));
         cmd.args(["--token-sha256", &token_hash(), "--work-dir", "/tmp"]);
