@@ -199,3 +199,65 @@ async fn a_tool_sees_its_program_but_not_the_manifests_secrets_the_hosts_etc_or_
     assert!(!shown.contains("replace-with-a-fine-grained-token"));
     assert_eq!(result_line(&dev, "inspect_sandbox")["status"], "ok");
 }
+
+/// A listener on the host's 127.0.0.1 answering `hello`, counting its connections.
+fn host_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let _ = write!(&stream, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+        }
+    });
+    (port, hits)
+}
+
+fn egress_tool(allowed: u16, other: u16) -> String {
+    format!(
+        r#"apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {{name: fetch-egress-probe}}
+spec:
+  description: Tries its declared destination, then the rest of the host.
+  effect: read
+  outputTrust: trusted
+  inputSchema: {{type: object, additionalProperties: false}}
+  runtime:
+    exec:
+      image: python:3.12-slim
+      command: [python3, -c, "import socket, urllib.error, urllib.request\ndef direct(p):\n    try:\n        socket.create_connection(('127.0.0.1', p), timeout=2)\n        return 'connected'\n    except OSError:\n        return 'unreachable'\nprint('direct', direct({allowed}), direct({other}))\nprint('declared', urllib.request.urlopen('http://127.0.0.1:{allowed}/', timeout=5).read().decode())\ntry:\n    urllib.request.urlopen('http://127.0.0.1:{other}/', timeout=5)\n    print('other reached')\nexcept urllib.error.HTTPError as e:\n    print('other', e.code)"]
+  egress:
+    - cidr: 127.0.0.1/32
+      ports: [{allowed}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_tool_with_one_narrow_egress_rule_reaches_only_that_destination() {
+    let (allowed, allowed_hits) = host_server();
+    let (other, other_hits) = host_server();
+    let dev = Dev::start(&[
+        ("egress.yaml", &egress_tool(allowed, other)),
+        ("egress-policy.yaml", &allow("egress", &["fetch-egress-probe"])),
+    ]);
+    let client = dev.client(DEV_TOKEN).await;
+    let result = call(&client, "fetch_egress_probe", json!({})).await;
+    let shown = text(&result);
+    if !sandboxed(&shown) {
+        return;
+    }
+    assert_eq!(shown, "direct unreachable unreachable\ndeclared hello\nother 403\n", "{result:?}");
+    assert_eq!(other_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the undeclared port was reached");
+    assert_eq!(allowed_hits.load(std::sync::atomic::Ordering::SeqCst), 1, "only the proxied request reached the declared one");
+    assert_eq!(result_line(&dev, "fetch_egress_probe")["status"], "ok");
+}

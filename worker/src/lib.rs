@@ -28,7 +28,7 @@ use args::Args;
 const USAGE: &str = "usage:
   toolwarden-worker serve --listen HOST:PORT|unix:/path --token-sha256 HEX --work-dir DIR [--max-concurrent N] [--max-processes N]
                           [--no-call-log]
-  toolwarden-worker sandbox [--network none|host] [--tmpfs-size BYTES] [--max-processes N] [--memory-bytes N]
+  toolwarden-worker sandbox [--network none|proxy|host] [--tmpfs-size BYTES] [--max-processes N] [--memory-bytes N]
                             [--ro-bind PATH]... [--rw-bind PATH]... [--unsafe-no-sandbox] -- serve ...
   toolwarden-worker install DEST
   toolwarden-worker supervise --status-fd N [--cpu-seconds S] [--file-bytes N] [--memory-bytes N] [--processes N] -- PROGRAM ...

@@ -125,6 +125,12 @@ pub async fn spawn(argv: &[String], env: &BTreeMap<String, String>, work_dir: &P
     cmd.env_clear();
     cmd.env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()));
     cmd.env("HOME", work_dir).env("TMPDIR", work_dir).env("LANG", "C.UTF-8");
+    // In a local sandbox with `--network proxy`, the only way out is the egress proxy.
+    if let Some(proxy) = std::env::var_os(crate::sandbox::proxy::ENV) {
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            cmd.env(name, &proxy);
+        }
+    }
     cmd.envs(env);
     cmd.current_dir(work_dir);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -320,7 +320,7 @@ mod tests {
     fn b64(data: &[u8], url: bool, pad: bool) -> String {
         let mut s = base64(data);
         if pad {
-            while s.len() % 4 != 0 {
+            while !s.len().is_multiple_of(4) {
                 s.push('=');
             }
         }

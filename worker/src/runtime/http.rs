@@ -124,8 +124,13 @@ impl Exchange<'_> {
         for _ in 0..=MAX_REDIRECTS {
             let target = parse_target(&url)?;
             let same_origin = (target.https, target.host.clone(), target.port) == origin;
-            let addr = self.resolve(&target).await?;
-            let response = self.send(&target, addr, same_origin).await?;
+            // In a local sandbox with an egress proxy there is no other way out: the proxy resolves the
+            // host and checks egress; elsewhere the worker does both itself.
+            let route = match std::env::var_os(crate::sandbox::proxy::ENV) {
+                Some(_) => Route::Proxy,
+                None => Route::Direct(self.resolve(&target).await?),
+            };
+            let response = self.send(&target, route, same_origin).await?;
             let status = response.status();
             let location = response.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_string);
             if status.is_redirection()
@@ -180,11 +185,18 @@ impl Exchange<'_> {
     async fn send(
         &self,
         target: &Target,
-        addr: SocketAddr,
+        route: Route,
         with_secrets: bool,
     ) -> Result<hyper::Response<hyper::body::Incoming>, Refused> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| Refused("connect_failed", format!("{} ({addr}): {what}: {e}", target.host));
-        let tcp = TcpStream::connect(addr).await.map_err(|e| fail("connect", &e))?;
+        let via = match route {
+            Route::Direct(addr) => addr.to_string(),
+            Route::Proxy => "through the sandbox's egress proxy".to_string(),
+        };
+        let fail = |what: &str, e: &dyn std::fmt::Display| Refused("connect_failed", format!("{} ({via}): {what}: {e}", target.host));
+        let tcp = match route {
+            Route::Direct(addr) => TcpStream::connect(addr).await.map_err(|e| fail("connect", &e))?,
+            Route::Proxy => tunnel(&target.host, target.port).await?,
+        };
         let _ = tcp.set_nodelay(true);
         let mut builder = Request::builder().method(self.method.clone()).uri(target.uri.path_and_query().map_or("/", |p| p.as_str()));
         let host = if (target.https && target.port == 443) || (!target.https && target.port == 80) {
@@ -264,6 +276,42 @@ where
         let _ = connection.await;
     });
     sender.send_request(request).await
+}
+
+/// How a request reaches its destination.
+#[derive(Clone, Copy)]
+enum Route {
+    /// To this address, resolved and checked against egress by the worker.
+    Direct(SocketAddr),
+    /// Through the local sandbox's egress proxy (`sandbox/proxy.rs`), which resolves and checks.
+    Proxy,
+}
+
+/// A TCP stream to `host:port` through the egress proxy (`CONNECT`); its refusal becomes `egress_denied`.
+async fn tunnel(host: &str, port: u16) -> Result<TcpStream, Refused> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fail = |e: &dyn std::fmt::Display| Refused("connect_failed", format!("{host}:{port} through the sandbox's egress proxy: {e}"));
+    let mut stream = TcpStream::connect(("127.0.0.1", crate::sandbox::proxy::PORT)).await.map_err(|e| fail(&e))?;
+    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    stream.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes()).await.map_err(|e| fail(&e))?;
+    // Byte by byte up to the blank line: nothing of the tunnel itself may be read here.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err(fail(&"the proxy's answer is too long"));
+        }
+        let byte = stream.read_u8().await.map_err(|e| fail(&e))?;
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if status == "200" {
+        return Ok(stream);
+    }
+    let mut body = Vec::new();
+    let _ = (&mut stream).take(16 * 1024).read_to_end(&mut body).await;
+    let why = String::from_utf8_lossy(&body).trim().trim_start_matches("toolwarden egress proxy: ").to_string();
+    Err(Refused(if status == "403" { "egress_denied" } else { "connect_failed" }, why))
 }
 
 fn resolve_location(base: &Target, location: &str) -> String {

@@ -6,6 +6,7 @@
 //! rlimits and a seccomp filter. When init exits, the kernel kills everything left in the sandbox.
 
 mod mounts;
+pub mod proxy;
 mod root;
 pub mod seccomp;
 
@@ -32,7 +33,10 @@ const ROOT_TMPFS_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Options {
+    /// A network namespace of its own (only `lo`): `--network none` and `proxy`.
     pub isolate_network: bool,
+    /// `--network proxy`: reaches the tool's declared egress through the sandbox's proxy (`proxy.rs`).
+    pub egress_proxy: bool,
     pub tmpfs_bytes: u64,
     pub max_processes: u64,
     pub memory_bytes: Option<u64>,
@@ -46,10 +50,11 @@ pub struct Options {
 
 fn parse(rest: Vec<OsString>) -> Result<Options, String> {
     let mut a = Args::new(rest)?;
-    let isolate_network = match a.optional("--network")?.as_deref() {
-        None | Some("none") => true,
-        Some("host") => false,
-        Some(other) => return Err(format!("--network must be none or host, not `{other}`")),
+    let (isolate_network, egress_proxy) = match a.optional("--network")?.as_deref() {
+        None | Some("none") => (true, false),
+        Some("proxy") => (true, true),
+        Some("host") => (false, false),
+        Some(other) => return Err(format!("--network must be none, proxy or host, not `{other}`")),
     };
     let tmpfs_bytes = a.number("--tmpfs-size")?.unwrap_or(DEFAULT_TMPFS_BYTES);
     let max_processes = a.number("--max-processes")?.unwrap_or(DEFAULT_MAX_PROCESSES);
@@ -68,7 +73,7 @@ fn parse(rest: Vec<OsString>) -> Result<Options, String> {
     if let Some(bad) = ro_bind.iter().chain(&rw_bind).find(|p: &&PathBuf| p.parent().is_none() || p.starts_with("/proc")) {
         return Err(format!("{}: the sandbox cannot bind that path", bad.display()));
     }
-    Ok(Options { isolate_network, tmpfs_bytes, max_processes, memory_bytes, ro_bind, rw_bind, unsafe_no_sandbox, serve })
+    Ok(Options { isolate_network, egress_proxy, tmpfs_bytes, max_processes, memory_bytes, ro_bind, rw_bind, unsafe_no_sandbox, serve })
 }
 
 /// The sentence for a kernel that refuses unprivileged user namespaces.
@@ -147,6 +152,12 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
     }
     let (status_read, status_write) = pipe()?;
     let (go_read, go_write) = pipe()?;
+    // The proxy's listener comes back from the init over this pair (see proxy.rs).
+    let proxy = if options.egress_proxy { Some((egress()?, socket_pair()?)) } else { None };
+    let (proxy_egress, proxy_ours, proxy_theirs) = match proxy {
+        Some((egress, (ours, theirs))) => (egress, Some(ours), Some(theirs)),
+        None => (Vec::new(), None, None),
+    };
     let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if options.isolate_network {
         flags |= libc::CLONE_NEWNET;
@@ -162,8 +173,10 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
     if pid == 0 {
         drop(status_read);
         drop(go_write);
-        init(options, ids, exe, prefix, go_read, status_write);
+        drop(proxy_ours);
+        init(options, ids, exe, prefix, go_read, status_write, proxy_theirs);
     }
+    drop(proxy_theirs);
     let pid = pid as libc::pid_t;
     drop(status_write);
     drop(go_read);
@@ -178,6 +191,12 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
     let mut go = std::fs::File::from(go_write);
     let _ = go.write_all(b"g");
     drop(go);
+    if let Some(ours) = proxy_ours
+        && let Ok(Some(listener)) = proxy::recv_fd(&ours)
+    {
+        // The proxy's threads must not take the signals this thread forwards.
+        with_signals_blocked(|| proxy::serve(listener, proxy_egress));
+    }
     // The init reports a failed setup on the status pipe; a clean EOF means serve was exec'd.
     let mut report = Vec::new();
     let _ = std::fs::File::from(status_read).read_to_end(&mut report);
@@ -187,6 +206,38 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
         return Err(Failure { refused: kind == b'R', message: String::from_utf8_lossy(message).into_owned() });
     }
     Ok(ExitCode::from(code))
+}
+
+/// The tool's declared egress, from the spec serve will read.
+fn egress() -> Result<Vec<crate::spec::Egress>, Failure> {
+    let json = std::env::var(crate::protocol::SPEC_ENV)
+        .map_err(|_| Failure { refused: false, message: format!("--network proxy needs the tool spec in {}", crate::protocol::SPEC_ENV) })?;
+    crate::spec::ToolSpec::parse(&json).map(|s| s.egress).map_err(|message| Failure { refused: false, message })
+}
+
+fn socket_pair() -> Result<(OwnedFd, OwnedFd), Failure> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills the array with two new descriptors, owned below.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(Failure { refused: false, message: format!("socketpair: {}", std::io::Error::last_os_error()) });
+    }
+    // SAFETY: fresh descriptors from socketpair.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Runs `f` (which starts threads) with SIGTERM, SIGINT and SIGHUP blocked, so the threads inherit the mask.
+fn with_signals_blocked(f: impl FnOnce()) {
+    // SAFETY: sigset operations on our own set; pthread_sigmask on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        f();
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Hands a read-write directory and what it holds (the worker's socket dir, its credential files) to the
@@ -262,7 +313,7 @@ fn exit_code(status: libc::c_int) -> u8 {
 }
 
 /// PID 1 of the sandbox: builds it, starts serve, reaps everything, exits with serve's status.
-fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, go: OwnedFd, status: OwnedFd) -> ! {
+fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, go: OwnedFd, status: OwnedFd, proxy: Option<OwnedFd>) -> ! {
     let mut byte = [0u8; 1];
     if std::fs::File::from(go).read(&mut byte).unwrap_or(0) != 1 {
         // The outer process could not map our ids; it has already reported why.
@@ -270,7 +321,7 @@ fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, 
         unsafe { libc::_exit(1) };
     }
     let mut status = std::fs::File::from(status);
-    if let Err(failure) = build(options, ids) {
+    if let Err(failure) = build(options, ids).and_then(|()| proxy.map_or(Ok(()), |via| open_proxy(&via))) {
         let kind = if failure.refused { b'R' } else { b'F' };
         let _ = status.write_all(&[kind]);
         let _ = status.write_all(failure.message.as_bytes());
@@ -307,8 +358,11 @@ fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, 
         }
         let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         pointers.push(std::ptr::null());
-        let env: Vec<CString> =
+        let mut env: Vec<CString> =
             std::env::vars_os().map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).unwrap_or_default()).collect();
+        if options.egress_proxy {
+            env.push(CString::new(format!("{}={}", proxy::ENV, proxy::url())).unwrap_or_default());
+        }
         let mut env_pointers: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
         env_pointers.push(std::ptr::null());
         // SAFETY: fexecve with NUL-terminated arrays of valid C strings; returns only on failure.
@@ -344,6 +398,13 @@ fn parent_gone(status: &std::fs::File) -> bool {
     let mut poll = libc::pollfd { fd: status.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
     // SAFETY: poll(2) on one descriptor we own, without waiting.
     unsafe { libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLERR != 0 }
+}
+
+/// Opens the proxy's listener on the sandbox's loopback and sends it to the sandbox process.
+fn open_proxy(via: &OwnedFd) -> Result<(), Failure> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", proxy::PORT))
+        .map_err(|e| Failure { refused: false, message: format!("the egress proxy's listener: {e}") })?;
+    proxy::send_fd(via, &listener).map_err(|e| Failure { refused: false, message: format!("handing over the egress proxy: {e}") })
 }
 
 /// The filesystem, network, hostname and limits.

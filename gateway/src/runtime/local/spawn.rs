@@ -40,9 +40,7 @@ pub fn worker_args(plan: &SandboxPlan<'_>) -> Result<Vec<OsString>, RuntimeError
     let memory = quantity(tool.memory.as_deref(), DEFAULT_MEMORY_BYTES, "memory", &tool.name)?;
     let tmpfs = quantity(tool.tmp_size.as_deref(), DEFAULT_TMPFS_BYTES, "tmpSize", &tool.name)?;
     let mut args: Vec<OsString> = vec!["sandbox".into()];
-    // The local sandbox cannot filter by CIDR: a tool with declared egress shares the host network,
-    // a tool without has none at all.
-    let network = if tool.egress.is_empty() { "none" } else { "host" };
+    let network = network(tool);
     args.extend(["--network".into(), network.into()]);
     // The sandbox shows the system directories and nothing else of the host: the tool's own programs
     // are bound in read-only, and its worker directory (socket and credential files) read-write.
@@ -74,6 +72,13 @@ pub fn worker_args(plan: &SandboxPlan<'_>) -> Result<Vec<OsString>, RuntimeError
         args.push("--no-call-log".into());
     }
     Ok(args)
+}
+
+/// The sandbox's network: none without `egress`; with egress, a network of its own whose only way out
+/// is the sandbox's egress proxy, which checks every destination against `egress` (the worker's own
+/// `http` client goes through it too) — never the host's network.
+pub fn network(tool: &ToolConfig) -> &'static str {
+    if tool.egress.is_empty() { "none" } else { "proxy" }
 }
 
 /// The host paths a tool's programs need bound into its sandbox: every absolute path among its exec, mcp
@@ -262,10 +267,14 @@ mod tests {
     }
 
     #[test]
-    fn egress_means_host_network() {
+    fn egress_means_a_network_whose_only_way_out_is_the_egress_proxy() {
         let t = tool(serde_json::json!({"egress": [{"cidr": "140.82.112.0/20"}], "tmpSize": "1Gi"}));
         let a = args(&t, None, &|_| true).join(" ");
-        assert!(a.starts_with("sandbox --network host --rw-bind"), "{a}");
+        assert!(a.starts_with("sandbox --network proxy --rw-bind"), "{a}");
+        let http = tool(serde_json::json!({"egress": [{"cidr": "140.82.112.0/20"}],
+            "runtime": {"http": {"method": "GET", "url": "https://api.github.com/x"}}}));
+        assert_eq!(network(&http), "proxy");
+        assert_eq!(network(&tool(serde_json::json!({}))), "none");
         assert!(a.contains("--tmpfs-size 1073741824"), "{a}");
         assert!(!a.contains("--ro-bind"), "{a}");
     }
