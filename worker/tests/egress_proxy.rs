@@ -113,3 +113,17 @@ fn the_workers_own_http_client_goes_through_the_proxy_in_a_proxied_sandbox() {
     assert!(refused["content"].as_str().unwrap().contains("is not a destination this tool declares"), "{refused}");
     assert_eq!(other_hits.load(Ordering::SeqCst), 0);
 }
+
+#[test]
+fn a_broad_cidr_does_not_open_the_hosts_loopback() {
+    let (port, hits) = server("host");
+    let code = "import socket, sys
+s = socket.create_connection(('127.0.0.1', 3128), timeout=5)
+s.sendall(b'CONNECT 127.0.0.1:%d HTTP/1.1\\r\\n\\r\\n' % int(sys.argv[1]))
+print(s.recv(300).decode().split('\\r\\n')[0])";
+    let mut spec = exec_spec(&["/usr/bin/python3", "-c", code], &["{{port}}"]);
+    spec["egress"] = json!([{"cidr": "0.0.0.0/0", "ports": [port]}]);
+    let worker = Worker::sandboxed(&spec, &["--network", "proxy"]);
+    assert_eq!(worker.ran(json!({"port": port}))["content"], "HTTP/1.1 403 Forbidden\n");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}

@@ -5,7 +5,9 @@
 //! sandbox process, which stays in the host's network namespace and serves it as an HTTP proxy: `CONNECT
 //! host:port` (HTTPS and any TCP) and absolute-form `GET http://host/...` requests. Each destination is
 //! resolved on the host and checked against the tool's `egress` (CIDR and ports, the same check as the
-//! `http` runtime) before a connection is made; refused ones get `403` with the reason. Tools get
+//! `http` runtime, except that a broad CIDR does not open the host's loopback, private, shared or
+//! link-local ranges: see `egress::allowed_narrowly`) before a connection is made; refused ones get `403`
+//! with the reason. Tools get
 //! `HTTP_PROXY`/`HTTPS_PROXY` (and the lowercase forms) pointing at it; a program that ignores them
 //! reaches nothing.
 
@@ -169,7 +171,7 @@ fn split_host_port(authority: &str, default: Option<u16>) -> Result<(String, u16
 pub fn destination(host: &str, port: u16, egress: &[Egress]) -> Result<SocketAddr, String> {
     let addrs: Vec<SocketAddr> =
         (host, port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.collect();
-    addrs.iter().copied().find(|a| crate::egress::allowed(egress, *a)).ok_or_else(|| {
+    addrs.iter().copied().find(|a| crate::egress::allowed_narrowly(egress, *a)).ok_or_else(|| {
         let declared: Vec<String> =
             egress.iter().map(|e| if e.ports.is_empty() { e.cidr.clone() } else { format!("{} ports {:?}", e.cidr, e.ports) }).collect();
         let seen: Vec<String> = addrs.iter().map(ToString::to_string).collect();
@@ -258,5 +260,7 @@ mod tests {
         assert_eq!(destination("127.0.0.1", 8443, &egress).unwrap(), "127.0.0.1:8443".parse().unwrap());
         let refused = destination("127.0.0.1", 22, &egress).unwrap_err();
         assert!(refused.contains("127.0.0.1:22") && refused.contains("127.0.0.1/32 ports [8443]"), "{refused}");
+        let any = [Egress { cidr: "0.0.0.0/0".into(), ports: vec![] }];
+        assert!(destination("127.0.0.1", 8443, &any).is_err(), "a broad CIDR does not open the host's loopback");
     }
 }
