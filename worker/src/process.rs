@@ -145,7 +145,9 @@ pub async fn spawn(argv: &[String], env: &BTreeMap<String, String>, work_dir: &P
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| format!("cannot start the supervisor of `{}`: {e}", argv[0]))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the supervisor of `{}` (the worker runs itself again through /proc/self/exe): {e}", argv[0]))?;
     let pid = child.id().unwrap_or(0);
     SUPERVISORS.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
     drop(theirs);

@@ -39,8 +39,18 @@ fn new_marker() -> String {
     format!("{}", 400_000 + (std::process::id() % 1000) * 100 + NEXT.fetch_add(1, Ordering::SeqCst))
 }
 
+/// The worker unsandboxed, as a pod runs it (uid 65532 without capabilities, when the test runs as root
+/// and can switch users), and in the local sandbox.
 fn workers(timeout_ms: u64) -> Vec<(&'static str, Worker)> {
-    vec![("unsandboxed", Worker::serve(&spec(timeout_ms), &[])), ("sandboxed", Worker::sandboxed(&spec(timeout_ms), &[]))]
+    let mut workers = vec![("unsandboxed", Worker::serve(&spec(timeout_ms), &[]))];
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 && std::process::Command::new("setpriv").arg("--version").output().is_ok() {
+        workers.push(("as a pod: uid 65532, no capabilities", Worker::serve_as_pod(&spec(timeout_ms))));
+    } else {
+        eprintln!("not root or no setpriv: the pod-like case (uid 65532, no capabilities) is not run here");
+    }
+    workers.push(("sandboxed", Worker::sandboxed(&spec(timeout_ms), &[])));
+    workers
 }
 
 fn assert_gone(marker: &str, how: &str) {

@@ -52,7 +52,7 @@ struct Session {
 struct Failed(&'static str, String);
 
 impl Upstream {
-    /// Stops an idle server; one busy with a call is killed with the other calls' process groups.
+    /// Stops an idle server; one busy with a call is stopped by its supervisor when the worker shuts down.
     pub async fn stop(&self) {
         if let Ok(mut slot) = self.session.try_lock()
             && let Some(mut session) = slot.take()

@@ -63,6 +63,17 @@ impl Worker {
         Worker::start(cmd, spec, None, Some(work))
     }
 
+    /// `serve` unsandboxed as a worker pod runs it: uid/gid 65532, no capabilities at all, no_new_privs
+    /// (`setpriv`; the caller must be root).
+    pub fn serve_as_pod(spec: &Value) -> Worker {
+        let work = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(work.path(), Some(65532), Some(65532)).unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65532", "--regid=65532", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", BIN]);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--token-sha256", &token_hash(), "--work-dir"]).arg(work.path());
+        Worker::start(cmd, spec, None, Some(work))
+    }
+
     /// `sandbox ... -- serve` on a Unix socket in a directory bound read-write into the sandbox.
     pub fn sandboxed(spec: &Value, sandbox_args: &[&str]) -> Worker {
         Worker::sandboxed_in(tempfile::tempdir().unwrap(), spec, sandbox_args)
