@@ -100,7 +100,8 @@ pub fn set_self_args(args: Vec<OsString>) {
 pub enum Ended {
     Exit(i32),
     Signal(i32),
-    /// Stopped before it ended (timeout, cancellation), or its supervisor was killed.
+    /// Stopped before it ended (timeout, cancellation), or its supervisor was stopped or killed (by the
+    /// program itself: it runs as the same user).
     Stopped,
 }
 
@@ -114,8 +115,9 @@ pub struct Supervised {
 }
 
 /// Starts `argv` under a supervisor: a clean environment (`PATH`, `HOME` and `TMPDIR` pointing at the
-/// session dir, the tool's static `env`, then `extra_env`), the session dir as working directory, the
-/// limits, and SIGKILL when the worker dies. `Err` says why the program could not be started.
+/// session dir, the egress proxy's variables in a proxied sandbox, then `env`: the tool's static env and
+/// credentials), the session dir as working directory, the limits, and SIGKILL when the worker dies.
+/// `Err` says why the program could not be started.
 pub async fn spawn(argv: &[String], env: &BTreeMap<String, String>, work_dir: &Path, limits: ChildLimits) -> Result<Supervised, String> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot start `{}`: {e}", argv[0]))?;
     let status_fd = theirs.as_raw_fd();
