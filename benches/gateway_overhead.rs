@@ -236,6 +236,9 @@ fn start_gateway(dir: &Path) -> Gateway {
     let mut args: Vec<String> = vec!["dev".into(), "--listen".into(), "127.0.0.1:0".into(), "--worker-threads".into(), threads().to_string()];
     // The idle-memory case opens IDLE_SESSIONS sessions of one subject.
     args.extend(["--max-sessions-per-subject".into(), (IDLE_SESSIONS + 100).to_string()]);
+    // A mode's connections wait while the other mode runs its block (the direct warm-up of 32 clients
+    // can pass the default 30 s on a loaded machine): the gateway must not close them as idle.
+    args.extend(["--header-read-timeout".into(), "1h".into()]);
     args.push("--manifests".into());
     args.push(manifests().display().to_string());
     if std::env::var_os("BENCH_AUDIT_FILE").is_some() {

@@ -362,7 +362,8 @@ spec:
   runtime:
     exec:
       image: busybox
-      command: [sh, -c, "kill -KILL $PPID; sleep 5"]
+      # Its parent is the call's supervisor; the worker is the supervisor's parent.
+      command: [sh, -c, "kill -KILL $(cut -d' ' -f4 /proc/$PPID/stat); sleep 5"]
 ---
 apiVersion: toolwarden.dev/v1alpha1
 kind: ToolPolicy

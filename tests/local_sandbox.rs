@@ -89,8 +89,11 @@ async fn a_sandboxed_worker_runs_the_tool_with_its_credentials_and_nothing_of_th
     runtime.start_session(session("s2")).await.unwrap();
     runtime.call("s2", &echo, request(json!({})), &CancellationToken::new()).await.unwrap();
     assert_eq!(std::fs::read_dir(&state).unwrap().count(), 2);
+    // The credentials reach the program (compared inside it: its output would show them redacted).
     let script = format!(
-        "cat \"$TOOLWARDEN_CREDENTIALS_DIR/token.txt\"; echo; echo \"env=$CRED_GH\"; cat {}; echo; \
+        "[ \"$(cat \"$TOOLWARDEN_CREDENTIALS_DIR/token.txt\")\" = gh-s3cret ] && echo file-ok; \
+         [ \"$CRED_GH\" = gh-s3cret ] && echo env-ok; echo \"shown=$CRED_GH\"; \
+         cat {} 2>/dev/null || echo manifests-unseen; \
          echo \"state-entries=$(ls {} | wc -l)\"; \
          ls /root/* >/dev/null 2>&1 && echo root-visible || echo root-hidden; \
          echo \"gateway-env=${{CARGO_PKG_NAME:-none}}\"",
@@ -107,11 +110,14 @@ async fn a_sandboxed_worker_runs_the_tool_with_its_credentials_and_nothing_of_th
     );
     let result = runtime.call("s1", &probe, request(json!({})), &CancellationToken::new()).await.unwrap();
     assert!(!result.is_error, "{result:?}");
-    let out = result.content;
-    assert!(out.starts_with("gh-s3cret\nenv=gh-s3cret\nfrom the manifests dir\n"), "{out}");
+    let out = result.content.clone();
+    assert!(out.starts_with("file-ok\nenv-ok\nshown=[redacted]\n"), "{out}");
+    assert!(result.redacted, "{out}");
     // Only its own directory is bound in: the other session's worker directory is not there.
     assert!(out.contains("state-entries=1"), "{out}");
     assert!(out.contains("root-hidden"), "{out}");
+    // Nor the manifests directory (its Secrets are every tool's credentials).
+    assert!(out.contains("manifests-unseen") && !out.contains("from the manifests dir"), "{out}");
     assert!(out.contains("gateway-env=none"), "{out}");
 
     runtime.end_session("s1", "deleted").await;

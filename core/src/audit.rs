@@ -49,6 +49,8 @@ pub struct AuditRecord {
     pub duration_ms: Option<u64>,
     pub output_bytes: Option<u64>,
     pub truncated: Option<bool>,
+    /// Result: the worker found one of the tool's credentials in its output and replaced it.
+    pub redacted: Option<bool>,
     pub worker: Option<String>,
     pub message: Option<String>,
 }

@@ -256,6 +256,7 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
         Ok(r) => {
             result.output_bytes = Some(r.output_bytes);
             result.truncated = Some(r.truncated);
+            result.redacted = Some(r.redacted);
             if r.truncated {
                 gw.metrics.truncation(ns, &tool.name);
             }
@@ -363,6 +364,9 @@ fn tool_result(call_id: &str, tool: &ToolConfig, output: CallResult, tainted: bo
     if output.truncated {
         meta.insert("toolwarden.dev/truncated".into(), json!(true));
     }
+    if output.redacted {
+        meta.insert("toolwarden.dev/redacted".into(), json!(true));
+    }
     if tainted {
         meta.insert("toolwarden.dev/sessionTainted".into(), json!(true));
     }
@@ -396,6 +400,7 @@ async fn confirm_preview(
         result.status = Some(if matches!(&outcome, Ok(r) if !r.is_error) { "preview_ok" } else { "preview_failed" }.to_owned());
         result.duration_ms = Some(started.elapsed().as_millis() as u64);
         result.worker = Some(gw.runtime.name().to_owned());
+        result.redacted = outcome.as_ref().ok().map(|r| r.redacted);
         gw.audit.write_result(&result);
         match outcome {
             Ok(r) if !r.is_error => r.content,

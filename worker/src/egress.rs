@@ -51,6 +51,34 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Ranges a broad CIDR does not open in the local sandbox's egress proxy, as the operator's NetworkPolicy
+/// excepts the cluster's and the metadata ranges: the host itself (loopback, unspecified), private and
+/// shared networks, link-local (cloud metadata) — an address there needs an entry no broader than its range.
+pub const PROTECTED: &[&str] = &[
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "::/128",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// [`allowed`], and an address in a [`PROTECTED`] range is allowed only by an entry inside that range
+/// (`127.0.0.1/32` opens the host's loopback; `0.0.0.0/0` does not).
+pub fn allowed_narrowly(egress: &[Egress], addr: SocketAddr) -> bool {
+    let ip = canonical(addr.ip());
+    let protected = PROTECTED.iter().filter_map(|p| Cidr::parse(p).ok()).find(|p| p.contains(ip));
+    egress.iter().any(|e| {
+        Cidr::parse(&e.cidr).is_ok_and(|c| c.contains(ip) && protected.is_none_or(|p| c.prefix >= p.prefix))
+            && (e.ports.is_empty() || e.ports.contains(&addr.port()))
+    })
+}
+
 /// Whether the tool's egress allows a TCP connection to `addr`.
 pub fn allowed(egress: &[Egress], addr: SocketAddr) -> bool {
     egress.iter().any(|e| {
@@ -76,6 +104,21 @@ mod tests {
         assert!(allowed(&egress, "[::ffff:140.82.112.9]:443".parse().unwrap()), "mapped IPv4 is checked as IPv4");
         assert!(!allowed(&[], "127.0.0.1:80".parse().unwrap()), "no egress means no network");
         assert!(allowed(&[rule("0.0.0.0/0", &[])], "8.8.8.8:53".parse().unwrap()));
+    }
+
+    #[test]
+    fn broad_cidrs_do_not_open_the_host_or_internal_ranges_unless_an_entry_lies_inside_them() {
+        let any = [rule("0.0.0.0/0", &[443]), rule("::/0", &[443])];
+        assert!(allowed_narrowly(&any, "93.184.216.34:443".parse().unwrap()));
+        for internal in ["127.0.0.1:443", "10.1.2.3:443", "192.168.1.5:443", "169.254.169.254:443", "[::1]:443", "[::ffff:127.0.0.1]:443", "[fe80::1]:443"] {
+            assert!(!allowed_narrowly(&any, internal.parse().unwrap()), "{internal}");
+            assert!(allowed(&any, internal.parse().unwrap()), "the plain check still matches {internal}");
+        }
+        let narrow = [rule("127.0.0.1/32", &[8080]), rule("10.0.0.0/8", &[])];
+        assert!(allowed_narrowly(&narrow, "127.0.0.1:8080".parse().unwrap()));
+        assert!(!allowed_narrowly(&narrow, "127.0.0.1:22".parse().unwrap()));
+        assert!(allowed_narrowly(&narrow, "10.9.9.9:22".parse().unwrap()));
+        assert!(!allowed_narrowly(&[rule("0.0.0.0/1", &[])], "10.0.0.1:80".parse().unwrap()));
     }
 
     #[test]

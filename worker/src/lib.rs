@@ -8,10 +8,12 @@ pub mod output;
 pub mod process;
 pub mod protocol;
 pub mod quiet_unix;
+pub mod redact;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod spec;
+pub mod supervise;
 pub mod template;
 
 mod args;
@@ -26,9 +28,11 @@ use args::Args;
 const USAGE: &str = "usage:
   toolwarden-worker serve --listen HOST:PORT|unix:/path --token-sha256 HEX --work-dir DIR [--max-concurrent N] [--max-processes N]
                           [--no-call-log]
-  toolwarden-worker sandbox [--network none|host] [--tmpfs-size BYTES] [--max-processes N] [--memory-bytes N]
-                            [--hide DIR]... [--ro-bind DIR]... [--rw-bind DIR]... [--unsafe-no-sandbox] -- serve ...
+  toolwarden-worker sandbox [--network none|proxy|host] [--tmpfs-size BYTES] [--max-processes N] [--memory-bytes N]
+                            [--ro-bind PATH]... [--rw-bind PATH]... [--unsafe-no-sandbox] -- serve ...
   toolwarden-worker install DEST
+  toolwarden-worker supervise --status-fd N [--cpu-seconds S] [--file-bytes N] [--memory-bytes N] [--processes N] -- PROGRAM ...
+                              (started by serve for each call; not for direct use)
 The tool spec is read from the environment variable TOOLWARDEN_TOOL_SPEC.";
 
 /// Default for `--max-concurrent`.
@@ -39,9 +43,12 @@ pub const DEFAULT_MAX_CONCURRENT: usize = 4;
 pub fn main_with_args(args: Vec<OsString>) -> ExitCode {
     let command = args.first().and_then(|a| a.to_str()).unwrap_or("").to_string();
     let rest = args.get(1..).unwrap_or_default().to_vec();
+    let prefix = reexec_prefix(&args);
+    process::set_self_args(prefix.get(1..).unwrap_or_default().to_vec());
     match command.as_str() {
         "serve" => serve_main(rest),
-        "sandbox" => sandbox::main(rest, reexec_prefix(&args)),
+        "supervise" => supervise::main(rest),
+        "sandbox" => sandbox::main(rest, prefix),
         "install" => install_main(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
@@ -164,13 +171,16 @@ fn run_server(options: ServeOptions, spec: spec::ToolSpec, session_dir: &Path) -
             return ExitCode::FAILURE;
         }
     };
+    // Whatever a tool does to escape its supervisor ends up here, and is swept.
+    process::become_subreaper();
     let state = Arc::new(server::State::new(tool, options.token_sha256, options.max_concurrent).log_calls(options.log_calls));
     let served = runtime.block_on(async {
+        process::spawn_orphan_sweeper();
         let served = server::serve(state.clone(), &options.listen).await;
         state.tool.shutdown().await;
         served
     });
-    process::kill_all_groups();
+    process::stop_all();
     drop(runtime);
     match served {
         Ok(()) => ExitCode::SUCCESS,

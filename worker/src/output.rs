@@ -5,6 +5,8 @@ use std::collections::VecDeque;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::redact::Redactor;
+
 /// How much of stderr is kept (the tail: error messages are usually at the end).
 pub const STDERR_TAIL_BYTES: usize = 8 * 1024;
 
@@ -59,6 +61,40 @@ pub async fn read_tail(mut reader: impl AsyncRead + Unpin, cap: usize) -> Vec<u8
     tail.into()
 }
 
+/// What a call shows of a captured stream: its credentials redacted, then cut at the cap.
+#[derive(Debug, Default)]
+pub struct Shown {
+    pub text: String,
+    /// Bytes of the stream not in `text` (left unread, or cut).
+    pub truncated_bytes: u64,
+    pub redacted: bool,
+}
+
+/// `bytes` are the first bytes of a stream of `total` bytes, read up to the cap plus the redactor's
+/// margin, so a credential that straddles the cap is seen whole before the text is cut.
+pub fn shown(bytes: &[u8], total: u64, cap: usize, redactor: &Redactor) -> Shown {
+    let decoded = text(bytes);
+    let dropped = bytes.len().saturating_sub(decoded.len()) as u64;
+    let (clean, redacted) = redactor.redact(&decoded);
+    let (text, cut) = cap_text(clean, cap);
+    Shown { text, truncated_bytes: total.saturating_sub(bytes.len() as u64) + dropped + cut, redacted }
+}
+
+/// The last `keep` bytes (on a character boundary) of a stream's tail, read `keep` plus the redactor's
+/// margin long, with its credentials redacted; whether any were.
+pub fn tail_shown(bytes: &[u8], keep: usize, redactor: &Redactor) -> (String, bool) {
+    let decoded = String::from_utf8_lossy(bytes);
+    let (mut clean, redacted) = redactor.redact(&decoded);
+    if clean.len() > keep {
+        let mut start = clean.len() - keep;
+        while !clean.is_char_boundary(start) {
+            start += 1;
+        }
+        clean.drain(..start);
+    }
+    (clean, redacted)
+}
+
 /// UTF-8 text of `bytes`, dropping an incomplete character at the end (cut by the cap) and replacing
 /// invalid sequences.
 pub fn text(bytes: &[u8]) -> String {
@@ -101,6 +137,22 @@ mod tests {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         let tail = read_tail(&data[..], 100).await;
         assert_eq!(tail, data[data.len() - 100..]);
+    }
+
+    #[test]
+    fn a_credential_across_the_cap_is_redacted_before_the_cut() {
+        let redactor = Redactor::new(&["0123456789abcdef"]);
+        let mut stream = vec![b'x'; 95];
+        stream.extend_from_slice(b"0123456789abcdef and more");
+        // Read as exec does: the cap (100) plus the margin.
+        let read = &stream[..stream.len().min(100 + redactor.margin())];
+        let out = shown(read, stream.len() as u64, 100, &redactor);
+        assert!(out.redacted);
+        assert!(out.text.ends_with("xxx[reda") && !out.text.contains("01234"), "{}", out.text);
+        let tail = [b"0123456789abcdef".as_slice(), &[b'y'; 10]].concat();
+        assert_eq!(tail_shown(&tail, 12, &redactor), ("d]yyyyyyyyyy".to_string(), true));
+        let plain = shown(b"hello", 5, 100, &Redactor::default());
+        assert_eq!((plain.text.as_str(), plain.truncated_bytes, plain.redacted), ("hello", 0, false));
     }
 
     #[test]

@@ -1,10 +1,16 @@
-//! Starting tool processes: clean environment, the session's work dir, their own process group, rlimits,
-//! and death with the worker.
+//! Starting tool processes: clean environment, the session's work dir, rlimits, death with the worker,
+//! and a supervisor per call that takes down every process the call started when it ends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, Command};
 
 use crate::spec::{ToolSpec, parse_quantity};
@@ -78,47 +84,179 @@ pub fn set(resource: Resource, soft: u64, hard: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// A command for a tool program: argv as given (no shell), a clean environment (`PATH`, `HOME` and
-/// `TMPDIR` pointing at the session dir, the tool's static `env`, then `extra_env`), the session dir as
-/// working directory, a new process group, the limits, and SIGKILL when the worker dies.
-pub fn command(argv: &[String], env: &BTreeMap<String, String>, work_dir: &Path, limits: ChildLimits) -> Command {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
+/// How long a supervisor gets to kill and reap a call's processes before it is killed itself.
+pub const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// The arguments that run this binary's subcommands (`[]` for `toolwarden-worker`, `[worker]` for
+/// `toolwarden worker`), set once at start.
+static SELF_ARGS: OnceLock<Vec<OsString>> = OnceLock::new();
+
+pub fn set_self_args(args: Vec<OsString>) {
+    let _ = SELF_ARGS.set(args);
+}
+
+/// How a supervised program ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ended {
+    Exit(i32),
+    Signal(i32),
+    /// Stopped before it ended (timeout, cancellation), or its supervisor was stopped or killed (by the
+    /// program itself: it runs as the same user).
+    Stopped,
+}
+
+/// A tool program running under its own supervisor (`supervise`, see there): `child` is the supervisor,
+/// whose stdin, stdout and stderr are the program's pipes.
+pub struct Supervised {
+    pub child: Option<Child>,
+    pid: u32,
+    status: Lines<BufReader<tokio::net::UnixStream>>,
+    done: bool,
+}
+
+/// Starts `argv` under a supervisor: a clean environment (`PATH`, `HOME` and `TMPDIR` pointing at the
+/// session dir, the egress proxy's variables in a proxied sandbox, then `env`: the tool's static env and
+/// credentials), the session dir as working directory, the limits, and SIGKILL when the worker dies.
+/// `Err` says why the program could not be started.
+pub async fn spawn(argv: &[String], env: &BTreeMap<String, String>, work_dir: &Path, limits: ChildLimits) -> Result<Supervised, String> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot start `{}`: {e}", argv[0]))?;
+    let status_fd = theirs.as_raw_fd();
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(SELF_ARGS.get().map(Vec::as_slice).unwrap_or_default());
+    cmd.args(crate::supervise::args(status_fd, &limits, argv));
     cmd.env_clear();
     cmd.env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()));
     cmd.env("HOME", work_dir).env("TMPDIR", work_dir).env("LANG", "C.UTF-8");
+    // In a local sandbox with `--network proxy`, the only way out is the egress proxy.
+    if let Some(proxy) = std::env::var_os(crate::sandbox::proxy::ENV) {
+        for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            cmd.env(name, &proxy);
+        }
+    }
     cmd.envs(env);
     cmd.current_dir(work_dir);
-    cmd.process_group(0);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.kill_on_drop(true);
-    // SAFETY: the closure only makes async-signal-safe system calls (prctl, getrlimit, setrlimit).
+    // SAFETY: the closure only makes async-signal-safe system calls (prctl, fcntl).
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0
+                || libc::fcntl(status_fd, libc::F_SETFD, 0) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
-            limits.apply()
+            Ok(())
         });
     }
-    cmd
-}
-
-/// SIGKILLs the whole process group led by `child` (the call and everything it forked).
-pub fn kill_group(child: &Child) {
-    if let Some(pid) = child.id() {
-        kill_group_id(pid);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the supervisor of `{}` (the worker runs itself again through /proc/self/exe): {e}", argv[0]))?;
+    let pid = child.id().unwrap_or(0);
+    SUPERVISORS.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
+    drop(theirs);
+    let stream = ours.set_nonblocking(true).and_then(|()| tokio::net::UnixStream::from_std(ours));
+    let mut supervised = match stream {
+        Ok(stream) => Supervised { child: Some(child), pid, status: BufReader::new(stream).lines(), done: false },
+        Err(e) => {
+            signal(pid, libc::SIGKILL);
+            return Err(format!("cannot start `{}`: {e}", argv[0]));
+        }
+    };
+    match supervised.status.next_line().await {
+        Ok(Some(line)) if line.starts_with("started ") => Ok(supervised),
+        Ok(Some(line)) => {
+            supervised.finish().await;
+            let why = line.strip_prefix("spawn_failed ").unwrap_or(&line).to_string();
+            Err(format!("cannot start `{}`: {why}", argv[0]))
+        }
+        _ => {
+            supervised.finish().await;
+            Err(format!("cannot start `{}`: its supervisor ended before it did", argv[0]))
+        }
     }
 }
 
-pub fn kill_group_id(pid: u32) {
+impl Supervised {
+    /// Waits until the program ends; by then its supervisor has killed and reaped every process it left.
+    pub async fn wait(&mut self) -> Ended {
+        let ended = match self.status.next_line().await {
+            Ok(Some(line)) => match line.split_once(' ') {
+                Some(("exit", code)) => Ended::Exit(code.parse().unwrap_or(1)),
+                Some(("signal", n)) => Ended::Signal(n.parse().unwrap_or(0)),
+                _ => Ended::Stopped,
+            },
+            // The supervisor was killed (by the tool itself): its orphans came to this worker.
+            _ => {
+                ORPHANS_POSSIBLE.store(true, Ordering::SeqCst);
+                Ended::Stopped
+            }
+        };
+        self.finish().await;
+        ended
+    }
+
+    /// Stops the program and everything it started, now.
+    pub async fn stop(&mut self) {
+        if self.done {
+            return;
+        }
+        // SIGCONT first: a supervisor the tool stopped (SIGSTOP) must wake to act on SIGTERM.
+        signal(self.pid, libc::SIGCONT);
+        signal(self.pid, libc::SIGTERM);
+        if !matches!(tokio::time::timeout(STOP_GRACE, self.status.next_line()).await, Ok(Ok(Some(_)))) {
+            ORPHANS_POSSIBLE.store(true, Ordering::SeqCst);
+            signal(self.pid, libc::SIGKILL);
+        }
+        self.finish().await;
+    }
+
+    /// Reaps the supervisor and takes down anything that escaped it (only possible if it was killed).
+    async fn finish(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err()
+        {
+            let _ = child.kill().await;
+        }
+        SUPERVISORS.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.pid);
+        self.done = true;
+        if ORPHANS_POSSIBLE.load(Ordering::SeqCst) {
+            sweep_orphans();
+        }
+    }
+}
+
+impl Drop for Supervised {
+    /// An abandoned call (its future dropped: the gateway hung up or cancelled it) leaves nothing running.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        signal(self.pid, libc::SIGCONT);
+        signal(self.pid, libc::SIGTERM);
+        let pid = self.pid;
+        let child = self.child.take();
+        let settle = async move {
+            if let Some(mut child) = child
+                && tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err()
+            {
+                ORPHANS_POSSIBLE.store(true, Ordering::SeqCst);
+                let _ = child.kill().await;
+            }
+            SUPERVISORS.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
+            if ORPHANS_POSSIBLE.load(Ordering::SeqCst) {
+                sweep_orphans();
+            }
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(settle);
+        }
+    }
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
     // 0 would mean "my own group": never signal the worker itself.
-    if pid == 0 {
-        return;
-    }
-    // SAFETY: kill(2) with a negative pid signals the process group; no memory is involved.
-    unsafe {
-        libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
+    if pid != 0 {
+        // SAFETY: kill(2) of our own child; no memory is involved.
+        unsafe { libc::kill(pid as libc::pid_t, signal) };
     }
 }
 
@@ -140,37 +278,84 @@ pub fn credential_env(spec: &ToolSpec) -> Result<BTreeMap<String, String>, Strin
     Ok(env)
 }
 
-/// Process groups of calls still running, so a stopping worker can take them all down.
-static GROUPS: std::sync::Mutex<std::collections::BTreeSet<u32>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// Supervisors of calls still running: the only children this worker should have.
+static SUPERVISORS: Mutex<BTreeSet<u32>> = Mutex::new(BTreeSet::new());
+/// A supervisor died without finishing its work: orphans may have come to this worker. Cleared by a
+/// sweep that finds none (so an ordinary call costs no look through /proc).
+static ORPHANS_POSSIBLE: AtomicBool = AtomicBool::new(false);
 
-/// Keeps a call's process group in the registry while it runs, and takes the group down when it goes:
-/// a call whose future is dropped (the gateway hung up or cancelled it) leaves nothing running.
-pub struct GroupGuard(u32);
+/// Makes the worker the subreaper of everything it starts: if a tool kills its own supervisor, the
+/// tool's processes come here instead of escaping to init, and [`sweep_orphans`] ends them.
+pub fn become_subreaper() {
+    // SAFETY: prctl only changes this process's flag.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
 
-impl GroupGuard {
-    pub fn new(pid: u32) -> GroupGuard {
-        GROUPS.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
-        GroupGuard(pid)
-    }
-
-    /// Kills the group now (the call is over) and forgets it.
-    pub fn stop(self) {
-        drop(self);
+/// Runs [`sweep_orphans`] whenever a child of the worker changes state.
+pub fn spawn_orphan_sweeper() {
+    if let Ok(mut children) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+        tokio::spawn(async move {
+            while children.recv().await.is_some() {
+                if ORPHANS_POSSIBLE.load(Ordering::SeqCst) {
+                    sweep_orphans();
+                }
+            }
+        });
     }
 }
 
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        // Still registered means the group may still run: only this guard removes it.
-        if GROUPS.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0) {
-            kill_group_id(self.0);
+/// SIGKILLs and reaps every child of this worker that is not a supervisor: processes orphaned when a
+/// tool killed its supervisor.
+pub fn sweep_orphans() {
+    // SAFETY: getpid cannot fail.
+    let me = unsafe { libc::getpid() } as u32;
+    let known = SUPERVISORS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let orphans: Vec<u32> = children_of(me).unwrap_or_default().into_iter().filter(|p| !known.contains(p)).collect();
+    for pid in &orphans {
+        // SAFETY: kill and reap our own child (zombies are reaped now, live ones at their SIGCHLD).
+        unsafe {
+            libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+            libc::waitpid(*pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG);
         }
     }
+    if orphans.is_empty() {
+        ORPHANS_POSSIBLE.store(false, Ordering::SeqCst);
+    }
 }
 
-/// SIGKILLs every registered process group (worker shutdown).
-pub fn kill_all_groups() {
-    for pid in GROUPS.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        kill_group_id(*pid);
+/// Children of `parent` (zombies included), from `/proc`; `None` when `/proc` cannot be read.
+pub fn children_of(parent: u32) -> Option<Vec<u32>> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    let mut children = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so split after the last `)`.
+        let ppid = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(1)).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push(pid);
+        }
     }
+    Some(children)
+}
+
+/// Worker shutdown: every supervisor is told to stop its call, given [`STOP_GRACE`], then killed; what
+/// escaped is swept.
+pub fn stop_all() {
+    let supervisors: Vec<u32> = SUPERVISORS.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+    for pid in &supervisors {
+        signal(*pid, libc::SIGCONT);
+        signal(*pid, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + STOP_GRACE;
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| !r.starts_with('Z')))
+    };
+    while supervisors.iter().any(running) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for pid in supervisors.iter().filter(|p| running(p)) {
+        signal(*pid, libc::SIGKILL);
+    }
+    sweep_orphans();
 }

@@ -64,6 +64,10 @@ pub struct CallResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
     pub duration_ms: u64,
+    /// A credential of the tool was found in the output (or an error message) and replaced by
+    /// `[redacted]` before the result left the worker.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
 }
 
 /// Body of every non-200 answer.

@@ -127,12 +127,13 @@ fn preview_runs_the_preview_argv() {
 
 #[test]
 fn env_credentials_reach_the_program_and_nothing_else_of_the_workers_environment() {
-    let mut spec = exec_spec(&["/usr/bin/env"], &[]);
+    let mut spec = exec_spec(&["/bin/sh", "-c", "[ \"$API_TOKEN\" = s3cr3t ] && echo reached; /usr/bin/env"], &[]);
     spec["credentials"] = json!([{"secretRef": {"name": "s", "key": "k"}, "env": "API_TOKEN"}]);
     spec["credentialSources"] = json!([{"env": "WORKER_SECRET_SOURCE"}]);
     let worker = Worker::serve_with_env(&spec, &[], &[("WORKER_SECRET_SOURCE", "s3cr3t")]);
     let content = worker.ran(json!({}))["content"].as_str().unwrap().to_string();
-    assert!(content.contains("API_TOKEN=s3cr3t"), "{content}");
+    // The program has the value; the result shows it redacted.
+    assert!(content.starts_with("reached\n") && content.contains("API_TOKEN=[redacted]"), "{content}");
     assert!(!content.contains("WORKER_SECRET_SOURCE"), "the worker's own environment does not leak: {content}");
     assert!(!content.contains("TOOLWARDEN_TOOL_SPEC"), "{content}");
     assert!(!worker.log().contains("s3cr3t"), "secrets stay out of the worker's log");

@@ -119,7 +119,7 @@ except OSError as e:
 }
 
 #[test]
-fn ptrace_mount_and_new_namespaces_are_refused() {
+fn ptrace_mount_new_namespaces_and_io_uring_are_refused() {
     let worker = python_sandbox(&[]);
     let code = "import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
@@ -128,9 +128,13 @@ def errno_of(rc):
 print('ptrace', errno_of(libc.ptrace(0, 0, None, None)))
 print('mount', errno_of(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None)))
 print('unshare', errno_of(libc.unshare(0x10000000)))
-print('bpf', errno_of(libc.syscall(321, 0, None, 0)))";
+print('bpf', errno_of(libc.syscall(321, 0, None, 0)))
+params = ctypes.create_string_buffer(120)
+print('io_uring_setup', errno_of(libc.syscall(425, 8, params)))
+print('io_uring_enter', errno_of(libc.syscall(426, 0, 0, 0, 0, None, 0)))
+print('io_uring_register', errno_of(libc.syscall(427, 0, 0, None, 0)))";
     let content = run(&worker, code)["content"].as_str().unwrap().to_string();
-    for call in ["ptrace", "mount", "unshare", "bpf"] {
+    for call in ["ptrace", "mount", "unshare", "bpf", "io_uring_setup", "io_uring_enter", "io_uring_register"] {
         assert!(content.contains(&format!("{call} Operation not permitted")), "{call}: {content}");
     }
 }
@@ -138,8 +142,8 @@ print('bpf', errno_of(libc.syscall(321, 0, None, 0)))";
 #[test]
 fn hidden_directories_are_empty_and_the_tool_runs_as_an_unprivileged_user() {
     let worker = python_sandbox(&[]);
-    let content = run(&worker, "import os; print(os.listdir('/root'), os.getuid() != 0, os.getpid() < 10)")["content"].clone();
-    assert_eq!(content, "[] True True\n", "hidden /root, no root user, own PID namespace");
+    let content = run(&worker, "import os; print(os.path.exists('/root'), os.getuid() != 0, os.getpid() < 10)")["content"].clone();
+    assert_eq!(content, "False True True\n", "no /root, no root user, own PID namespace");
 }
 
 #[test]
@@ -217,8 +221,8 @@ fn file_credentials_in_the_bound_worker_dir_reach_the_sandboxed_tool() {
 }
 
 #[test]
-fn a_bound_dir_inside_a_hidden_dir_stays_reachable_while_its_siblings_are_hidden() {
-    // As the gateway does: its state dir is hidden, this worker's own dir inside it is bound back.
+fn a_bound_dir_is_reachable_while_its_siblings_are_not() {
+    // As the gateway does: this worker's own dir inside its state dir is bound, the other workers' are not.
     let state = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let other = state.path().join("other-session");
     std::fs::create_dir(&other).unwrap();
@@ -227,7 +231,7 @@ fn a_bound_dir_inside_a_hidden_dir_stays_reachable_while_its_siblings_are_hidden
     let state_arg = state.path().to_str().unwrap().to_string();
     let mut spec = exec_spec(&["/usr/bin/python3", "-c"], &["{{code}}"]);
     spec["timeoutMs"] = json!(10_000);
-    let worker = Worker::sandboxed_in(mine, &spec, &["--hide", &state_arg]);
+    let worker = Worker::sandboxed_in(mine, &spec, &[]);
     let code = format!(
         "import os
 print(os.path.exists({:?}), len(os.listdir({state_arg:?})))",
@@ -251,7 +255,7 @@ fn an_unprivileged_user_gets_the_same_sandbox() {
     let worker = Worker::sandboxed_as(54_321, &spec, &["--max-processes", "32"]);
     let code = "import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
-print(os.getuid(), os.listdir('/root'), libc.ptrace(0, 0, None, None), libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))
+print(os.getuid(), os.path.exists('/root'), libc.ptrace(0, 0, None, None), libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))
 n = 0
 try:
     while True:
@@ -260,7 +264,7 @@ try:
         n += 1
 except OSError:
     print('forks', n < 32)";
-    assert_eq!(run(&worker, code)["content"], "54321 [] -1 -1\nforks True\n");
+    assert_eq!(run(&worker, code)["content"], "54321 False -1 -1\nforks True\n");
     assert!(run(&worker, &CONNECT.replace("PORT", &port.to_string()))["content"].as_str().unwrap().starts_with("refused"));
     assert_eq!(accepted.load(Ordering::SeqCst), 0);
 }
@@ -268,14 +272,18 @@ except OSError:
 #[test]
 fn a_tool_cannot_read_the_workers_environment_or_memory() {
     let worker = python_sandbox(&[]);
+    // The tool's parent is its call's supervisor; the worker (serve) is the supervisor's parent.
     let code = "import os
-for name in ['environ', 'mem', 'fd/0']:
-    try:
-        open('/proc/%d/%s' % (os.getppid(), name), 'rb').read(1)
-        print(name, 'read')
-    except OSError as e:
-        print(name, 'refused')";
-    assert_eq!(run(&worker, code)["content"], "environ refused\nmem refused\nfd/0 refused\n");
+supervisor = os.getppid()
+serve = int(open('/proc/%d/stat' % supervisor).read().rsplit(') ', 1)[1].split()[1])
+for pid in [supervisor, serve]:
+    for name in ['environ', 'mem', 'fd/0']:
+        try:
+            open('/proc/%d/%s' % (pid, name), 'rb').read(1)
+            print(name, 'read')
+        except OSError as e:
+            print(name, 'refused')";
+    assert_eq!(run(&worker, code)["content"], "environ refused\nmem refused\nfd/0 refused\n".repeat(2));
 }
 
 #[test]
@@ -306,4 +314,48 @@ fn a_sandbox_whose_starter_is_killed_takes_everything_with_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(left.is_empty(), "processes outlived the killed sandbox: {left:?}");
+}
+
+#[test]
+fn the_sandbox_shows_only_system_dirs_its_work_dir_and_its_binds_and_a_symlink_cannot_leave_it() {
+    let worker = python_sandbox(&[]);
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let code = format!(
+        "import os
+print(sorted(os.listdir('/')))
+print(sorted(os.listdir('/etc')))
+os.symlink('/etc/passwd', 'passwd-link')
+print(open('passwd-link').read().strip().replace(chr(10), '|'))
+os.symlink({checkout:?}, 'checkout-link')
+print(os.path.exists({checkout:?}), os.path.exists('checkout-link'), os.path.exists('/etc/shadow'), os.path.exists('/home'))"
+    );
+    let content = run(&worker, &code)["content"].as_str().unwrap().to_string();
+    let lines: Vec<&str> = content.lines().collect();
+    assert_eq!(lines.len(), 4, "{content}");
+    // The top level: the system dirs (or links to them), /etc, /dev, /proc, /tmp, and the first
+    // component of the bound paths (the example programs, the worker's socket dir).
+    let bound: Vec<String> = [support::programs_dir(), std::env::temp_dir()]
+        .iter()
+        .filter_map(|p| p.components().nth(1).map(|c| c.as_os_str().to_string_lossy().into_owned()))
+        .collect();
+    let allowed = ["bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp", "usr"];
+    for entry in lines[0].trim_matches(['[', ']']).split(", ").map(|e| e.trim_matches('\'')) {
+        assert!(allowed.contains(&entry) || bound.iter().any(|b| b == entry), "/{entry} is visible: {}", lines[0]);
+    }
+    for entry in lines[1].trim_matches(['[', ']']).split(", ").map(|e| e.trim_matches('\'')) {
+        let known = ["passwd", "group", "ssl", "pki"].contains(&entry)
+            || entry.starts_with("python3")
+            || ["ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone", "resolv.conf", "hosts",
+                "nsswitch.conf", "host.conf", "gai.conf", "services", "protocols", "mime.types"]
+                .contains(&entry);
+        assert!(known, "/etc/{entry} is visible: {}", lines[1]);
+    }
+    // The link leads to the sandbox's own passwd, which names only its user, not the host's.
+    assert!(lines[2].starts_with("tool:x:"), "{content}");
+    let host = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert_ne!(lines[2], host.trim().replace('\n', "|"));
+    for user in host.lines().filter_map(|l| l.split(':').next()).filter(|u| !["nobody", "tool"].contains(u)) {
+        assert!(!lines[2].split('|').any(|l| l.starts_with(&format!("{user}:"))), "host user {user} visible: {}", lines[2]);
+    }
+    assert_eq!(lines[3], "False False False False", "the checkout, /etc/shadow and /home are not there: {content}");
 }

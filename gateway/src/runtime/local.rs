@@ -217,7 +217,7 @@ impl LocalRuntime {
             .args(&self.config.worker_command[1..])
             .args(&args)
             .env_clear()
-            .env("PATH", spawn::sandbox_path(&host_path, &self.config.state_dir, self.config.manifests_dir.as_deref()))
+            .env("PATH", spawn::sandbox_path(&host_path))
             .env("HOME", "/tmp")
             .env("LANG", "C.UTF-8")
             .env(SPEC_ENV, spawn::tool_spec(tool, credentials.sources))

@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 
 use super::{CallError, Tool, failure, human};
 use crate::egress;
-use crate::output::cap_text;
+use crate::output::shown;
 use crate::protocol::{CallRequest, CallResult};
+use crate::redact::Redactor;
 use crate::template::http_target;
 
 const MAX_REDIRECTS: usize = 5;
@@ -46,7 +47,7 @@ impl Client {
 /// Why a request could not be made; each becomes a failed result with its code.
 struct Refused(&'static str, String);
 
-pub async fn call(tool: &Tool, client: &Client, request: &CallRequest) -> Result<CallResult, CallError> {
+pub async fn call(tool: &Tool, client: &Client, request: &CallRequest, redactor: &Redactor) -> Result<CallResult, CallError> {
     let spec = &tool.spec;
     let http = spec.runtime.http.as_ref().ok_or_else(|| CallError::Internal("not an http tool".into()))?;
     let target = http_target(&http.url, &http.query, &http.body, &request.arguments).map_err(|e| CallError::InvalidArguments(e.0))?;
@@ -68,10 +69,13 @@ pub async fn call(tool: &Tool, client: &Client, request: &CallRequest) -> Result
         }
     }
     let body = target.body.map(|b| Bytes::from(serde_json::to_vec(&b).unwrap_or_default()));
-    let exchange = Exchange { tool, client, method, headers, secret_headers, body, follow: http.follow_redirects };
+    let exchange = Exchange { tool, client, redactor, method, headers, secret_headers, body, follow: http.follow_redirects };
     match tokio::time::timeout(tool.timeout(), exchange.run(target.url)).await {
         Ok(Ok(result)) => Ok(result),
-        Ok(Err(Refused(code, message))) => Ok(failure(code, message)),
+        Ok(Err(Refused(code, message))) => {
+            let (message, redacted) = redactor.redact(&message);
+            Ok(CallResult { redacted, ..failure(code, message) })
+        }
         Err(_) => Ok(failure("timeout", format!("the request ran past its {} timeout and was abandoned", human(tool.timeout())))),
     }
 }
@@ -85,6 +89,7 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> 
 struct Exchange<'a> {
     tool: &'a Tool,
     client: &'a Client,
+    redactor: &'a Redactor,
     method: Method,
     headers: Vec<(HeaderName, HeaderValue)>,
     secret_headers: Vec<(HeaderName, HeaderValue)>,
@@ -119,18 +124,23 @@ impl Exchange<'_> {
         for _ in 0..=MAX_REDIRECTS {
             let target = parse_target(&url)?;
             let same_origin = (target.https, target.host.clone(), target.port) == origin;
-            let addr = self.resolve(&target).await?;
-            let response = self.send(&target, addr, same_origin).await?;
+            // In a local sandbox with an egress proxy there is no other way out: the proxy resolves the
+            // host and checks egress; elsewhere the worker does both itself.
+            let route = match std::env::var_os(crate::sandbox::proxy::ENV) {
+                Some(_) => Route::Proxy,
+                None => Route::Direct(self.resolve(&target).await?),
+            };
+            let response = self.send(&target, route, same_origin).await?;
             let status = response.status();
             let location = response.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok()).map(str::to_string);
             if status.is_redirection()
                 && let Some(location) = location
             {
                 if !self.follow {
-                    return Ok(failure(
-                        "http_status",
-                        format!("HTTP {status}: redirect to {location} not followed (the tool does not set followRedirects)"),
-                    ));
+                    // The location may echo what the request carried, a credential included.
+                    let (location, redacted) = self.redactor.redact(&location);
+                    let message = format!("HTTP {status}: redirect to {location} not followed (the tool does not set followRedirects)");
+                    return Ok(CallResult { redacted, ..failure("http_status", message) });
                 }
                 url = resolve_location(&target, &location);
                 if status == hyper::StatusCode::SEE_OTHER
@@ -175,11 +185,18 @@ impl Exchange<'_> {
     async fn send(
         &self,
         target: &Target,
-        addr: SocketAddr,
+        route: Route,
         with_secrets: bool,
     ) -> Result<hyper::Response<hyper::body::Incoming>, Refused> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| Refused("connect_failed", format!("{} ({addr}): {what}: {e}", target.host));
-        let tcp = TcpStream::connect(addr).await.map_err(|e| fail("connect", &e))?;
+        let via = match route {
+            Route::Direct(addr) => addr.to_string(),
+            Route::Proxy => "through the sandbox's egress proxy".to_string(),
+        };
+        let fail = |what: &str, e: &dyn std::fmt::Display| Refused("connect_failed", format!("{} ({via}): {what}: {e}", target.host));
+        let tcp = match route {
+            Route::Direct(addr) => TcpStream::connect(addr).await.map_err(|e| fail("connect", &e))?,
+            Route::Proxy => tunnel(&target.host, target.port).await?,
+        };
         let _ = tcp.set_nodelay(true);
         let mut builder = Request::builder().method(self.method.clone()).uri(target.uri.path_and_query().map_or("/", |p| p.as_str()));
         let host = if (target.https && target.port == 443) || (!target.https && target.port == 80) {
@@ -213,22 +230,30 @@ impl Exchange<'_> {
 
     async fn result(&self, status: hyper::StatusCode, response: hyper::Response<hyper::body::Incoming>) -> CallResult {
         let cap = self.tool.cap();
+        // Past the cap by the redactor's margin: a credential across the cap is redacted whole, then cut.
+        let keep = cap.saturating_add(self.redactor.margin());
         let mut body = response.into_body();
         let mut kept = Vec::new();
         let mut total = 0u64;
         while let Some(Ok(frame)) = body.frame().await {
             if let Ok(data) = frame.into_data() {
                 total += data.len() as u64;
-                let room = cap.saturating_sub(kept.len());
+                let room = keep.saturating_sub(kept.len());
                 kept.extend_from_slice(&data[..data.len().min(room)]);
                 if total >= DISCARD_LIMIT {
                     break;
                 }
             }
         }
-        let (text, cut) = cap_text(crate::output::text(&kept), cap);
-        let truncated_bytes = total - kept.len() as u64 + cut;
-        let mut result = CallResult { output_bytes: total, truncated: truncated_bytes > 0, truncated_bytes, ..CallResult::default() };
+        let out = shown(&kept, total, cap, self.redactor);
+        let text = out.text;
+        let mut result = CallResult {
+            output_bytes: total,
+            truncated: out.truncated_bytes > 0,
+            truncated_bytes: out.truncated_bytes,
+            redacted: out.redacted,
+            ..CallResult::default()
+        };
         if status.as_u16() >= 400 {
             result.is_error = true;
             result.error_code = Some("http_status".into());
@@ -251,6 +276,42 @@ where
         let _ = connection.await;
     });
     sender.send_request(request).await
+}
+
+/// How a request reaches its destination.
+#[derive(Clone, Copy)]
+enum Route {
+    /// To this address, resolved and checked against egress by the worker.
+    Direct(SocketAddr),
+    /// Through the local sandbox's egress proxy (`sandbox/proxy.rs`), which resolves and checks.
+    Proxy,
+}
+
+/// A TCP stream to `host:port` through the egress proxy (`CONNECT`); its refusal becomes `egress_denied`.
+async fn tunnel(host: &str, port: u16) -> Result<TcpStream, Refused> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fail = |e: &dyn std::fmt::Display| Refused("connect_failed", format!("{host}:{port} through the sandbox's egress proxy: {e}"));
+    let mut stream = TcpStream::connect(("127.0.0.1", crate::sandbox::proxy::PORT)).await.map_err(|e| fail(&e))?;
+    let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    stream.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes()).await.map_err(|e| fail(&e))?;
+    // Byte by byte up to the blank line: nothing of the tunnel itself may be read here.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err(fail(&"the proxy's answer is too long"));
+        }
+        let byte = stream.read_u8().await.map_err(|e| fail(&e))?;
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if status == "200" {
+        return Ok(stream);
+    }
+    let mut body = Vec::new();
+    let _ = (&mut stream).take(16 * 1024).read_to_end(&mut body).await;
+    let why = String::from_utf8_lossy(&body).trim().trim_start_matches("toolwarden egress proxy: ").to_string();
+    Err(Refused(if status == "403" { "egress_denied" } else { "connect_failed" }, why))
 }
 
 fn resolve_location(base: &Target, location: &str) -> String {

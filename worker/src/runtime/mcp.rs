@@ -12,14 +12,15 @@ use std::sync::{Arc, Mutex as SyncMutex};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::process::{ChildStdin, ChildStdout};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::{CallError, Tool, failure, human};
-use crate::output::{STDERR_TAIL_BYTES, cap_text};
+use crate::output::{STDERR_TAIL_BYTES, shown};
 use crate::process;
 use crate::protocol::{CallRequest, CallResult};
+use crate::redact::Redactor;
 
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
 /// Longest JSON-RPC line accepted from the server.
@@ -32,9 +33,8 @@ pub struct Upstream {
 }
 
 struct Session {
-    child: Child,
-    /// Takes the server's process group down when the session goes; `None` once killed.
-    group: Option<process::GroupGuard>,
+    /// The server under its supervisor, which takes down everything it started when the session goes.
+    server: process::Supervised,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     stderr: Arc<SyncMutex<VecDeque<u8>>>,
@@ -52,7 +52,7 @@ struct Session {
 struct Failed(&'static str, String);
 
 impl Upstream {
-    /// Stops an idle server; one busy with a call is killed with the other calls' process groups.
+    /// Stops an idle server; one busy with a call is stopped by its supervisor when the worker shuts down.
     pub async fn stop(&self) {
         if let Ok(mut slot) = self.session.try_lock()
             && let Some(mut session) = slot.take()
@@ -62,7 +62,7 @@ impl Upstream {
     }
 }
 
-pub async fn call(tool: &Tool, upstream: &Upstream, request: &CallRequest) -> Result<CallResult, CallError> {
+pub async fn call(tool: &Tool, upstream: &Upstream, request: &CallRequest, redactor: &Redactor) -> Result<CallResult, CallError> {
     let deadline = Instant::now() + tool.timeout();
     let timed_out = || failure("timeout", format!("the MCP server did not answer within the {} timeout", human(tool.timeout())));
     let Ok(mut guard) = tokio::time::timeout_at(deadline, upstream.session.lock()).await else {
@@ -73,8 +73,12 @@ pub async fn call(tool: &Tool, upstream: &Upstream, request: &CallRequest) -> Re
     let outcome = tokio::time::timeout_at(deadline, exchange(tool, &mut guard, &request.arguments)).await;
     abandoned.disarm();
     let result = match outcome {
-        Ok(Ok(response)) => return Ok(map_result(tool.cap(), response)),
-        Ok(Err(Failed(code, message))) => failure(code, message),
+        Ok(Ok(response)) => return Ok(map_result(tool.cap(), response, redactor)),
+        Ok(Err(Failed(code, message))) => {
+            // The message may quote the server's stderr or output.
+            let (message, redacted) = redactor.redact(&message);
+            CallResult { redacted, ..failure(code, message) }
+        }
         Err(_) => timed_out(),
     };
     // The server is dead, confused or stuck: stop it; the next call starts a fresh one.
@@ -142,11 +146,10 @@ impl Session {
         env.extend(process::credential_env(&tool.spec).map_err(|m| Failed("spawn_failed", m))?);
         // A long-lived server accumulates CPU time across calls: the per-call CPU limit does not fit it.
         let limits = process::ChildLimits { cpu_seconds: None, ..tool.limits };
-        let mut child = process::command(&argv, &env, &tool.session_dir, limits)
-            .spawn()
-            .map_err(|e| Failed("spawn_failed", format!("cannot start the MCP server `{}`: {e}", argv[0])))?;
-        let pid = child.id().unwrap_or(0);
-        let group = process::GroupGuard::new(pid);
+        let mut server = process::spawn(&argv, &env, &tool.session_dir, limits)
+            .await
+            .map_err(|m| Failed("spawn_failed", format!("the MCP server: {m}")))?;
+        let child = server.child.as_mut().expect("a started program has its supervisor");
         let stderr = Arc::new(SyncMutex::new(VecDeque::new()));
         let mut err_pipe = child.stderr.take().expect("stderr is piped");
         let tail = stderr.clone();
@@ -165,8 +168,7 @@ impl Session {
         let mut session = Session {
             stdin: child.stdin.take().expect("stdin is piped"),
             stdout: BufReader::new(child.stdout.take().expect("stdout is piped")),
-            child,
-            group: Some(group),
+            server,
             stderr,
             next_id: 1,
             unanswered: None,
@@ -251,9 +253,10 @@ impl Session {
 
     /// The server closed its pipes: say how it ended, with the tail of its stderr.
     async fn crashed(&mut self) -> Failed {
-        let status = tokio::time::timeout(std::time::Duration::from_millis(500), self.child.wait()).await;
+        let status = tokio::time::timeout(std::time::Duration::from_millis(500), self.server.wait()).await;
         let how = match status {
-            Ok(Ok(s)) => format!("exited ({s})"),
+            Ok(process::Ended::Exit(code)) => format!("exited (exit status: {code})"),
+            Ok(process::Ended::Signal(n)) => format!("exited (killed by signal {n})"),
             _ => "closed its output".to_string(),
         };
         let tail = {
@@ -265,15 +268,13 @@ impl Session {
     }
 
     async fn kill(&mut self) {
-        if let Some(group) = self.group.take() {
-            group.stop();
-        }
-        let _ = self.child.kill().await;
+        self.server.stop().await;
     }
 }
 
-/// An MCP `CallToolResult` → the worker's result: text content joined, structuredContent passed on.
-fn map_result(cap: usize, result: Value) -> CallResult {
+/// An MCP `CallToolResult` → the worker's result: text content joined, structuredContent passed on,
+/// the tool's credentials redacted from both.
+fn map_result(cap: usize, result: Value, redactor: &Redactor) -> CallResult {
     let mut parts = Vec::new();
     for item in result.get("content").and_then(Value::as_array).into_iter().flatten() {
         match item.get("type").and_then(Value::as_str) {
@@ -287,7 +288,8 @@ fn map_result(cap: usize, result: Value) -> CallResult {
             None => {}
         }
     }
-    let structured = result.get("structuredContent").filter(|v| v.is_object()).cloned();
+    let mut structured = result.get("structuredContent").filter(|v| v.is_object()).cloned();
+    let structured_redacted = structured.as_mut().is_some_and(|s| redactor.redact_json(s));
     let mut text = parts.join("\n");
     if text.is_empty()
         && let Some(s) = &structured
@@ -295,16 +297,17 @@ fn map_result(cap: usize, result: Value) -> CallResult {
         text = s.to_string();
     }
     let output_bytes = text.len() as u64;
-    let (content, cut) = cap_text(text, cap);
+    let out = shown(text.as_bytes(), output_bytes, cap, redactor);
     let is_error = result.get("isError").and_then(Value::as_bool).unwrap_or(false);
     CallResult {
-        content,
-        structured: if cut > 0 { None } else { structured },
+        content: out.text,
+        structured: if out.truncated_bytes > 0 { None } else { structured },
         is_error,
         error_code: is_error.then(|| "upstream_error".to_string()),
         output_bytes,
-        truncated: cut > 0,
-        truncated_bytes: cut,
+        truncated: out.truncated_bytes > 0,
+        truncated_bytes: out.truncated_bytes,
+        redacted: out.redacted || structured_redacted,
         ..CallResult::default()
     }
 }
@@ -315,6 +318,8 @@ mod tests {
 
     #[test]
     fn results_map_text_structured_content_and_errors() {
+        let none = Redactor::default();
+        let map_result = |cap, v| map_result(cap, v, &none);
         let ok = map_result(100, json!({"content": [{"type": "text", "text": "a"}, {"type": "image", "data": ""},
             {"type": "resource", "resource": {"uri": "x", "text": "b"}}], "structuredContent": {"n": 1}}));
         assert_eq!(ok.content, "a\n[image content omitted]\nb");
@@ -326,5 +331,16 @@ mod tests {
         assert_eq!(only_structured.content, "{\"n\":2}");
         let cut = map_result(3, json!({"content": [{"type": "text", "text": "abcdef"}], "structuredContent": {"n": 3}}));
         assert_eq!((cut.content.as_str(), cut.truncated_bytes, cut.structured), ("abc", 3, None));
+    }
+
+    #[test]
+    fn credentials_are_redacted_from_text_and_structured_content() {
+        let redactor = Redactor::new(&["upstream-s3cret"]);
+        let r = map_result(100, json!({"content": [{"type": "text", "text": "key upstream-s3cret"}],
+            "structuredContent": {"echo": {"auth": "Bearer upstream-s3cret"}}}), &redactor);
+        assert_eq!(r.content, "key [redacted]");
+        assert_eq!(r.structured, Some(json!({"echo": {"auth": "Bearer [redacted]"}})));
+        assert!(r.redacted);
+        assert!(!map_result(100, json!({"content": [{"type": "text", "text": "fine"}]}), &redactor).redacted);
     }
 }

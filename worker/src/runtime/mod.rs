@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::process::ChildLimits;
 use crate::protocol::{CallRequest, CallResult};
+use crate::redact::Redactor;
 use crate::spec::{Kind, ToolSpec};
 
 /// Why a call did not run (anything that ran, even failing, is a [`CallResult`]).
@@ -39,6 +40,16 @@ pub struct Tool {
 impl Tool {
     pub fn new(spec: ToolSpec, session_dir: PathBuf, max_processes: Option<u64>) -> Result<Tool, String> {
         let kind = spec.kind()?;
+        for i in 0..spec.credentials.len() {
+            if crate::credentials::value(&spec, i).is_ok_and(|v| v.len() < crate::redact::MIN_SECRET_BYTES) {
+                eprintln!(
+                    "toolwarden-worker: tool {}: credentials[{i}] is shorter than {} bytes: it cannot be told apart from \
+                     ordinary text, so its value is not redacted from results",
+                    spec.name,
+                    crate::redact::MIN_SECRET_BYTES
+                );
+            }
+        }
         let limits = ChildLimits::for_spec(&spec, max_processes);
         Ok(Tool { spec, kind, session_dir, limits, mcp: mcp::Upstream::default(), http: http::Client::new() })
     }
@@ -53,14 +64,24 @@ impl Tool {
 
     pub async fn call(&self, request: &CallRequest) -> Result<CallResult, CallError> {
         let started = Instant::now();
+        let redactor = self.redactor()?;
         let mut result = match self.kind {
-            _ if request.preview => exec::preview(self, request).await?,
-            Kind::Exec => exec::call(self, request).await?,
-            Kind::Http => http::call(self, &self.http, request).await?,
-            Kind::Mcp => mcp::call(self, &self.mcp, request).await?,
+            _ if request.preview => exec::preview(self, request, &redactor).await?,
+            Kind::Exec => exec::call(self, request, &redactor).await?,
+            Kind::Http => http::call(self, &self.http, request, &redactor).await?,
+            Kind::Mcp => mcp::call(self, &self.mcp, request, &redactor).await?,
         };
         result.duration_ms = started.elapsed().as_millis() as u64;
         Ok(result)
+    }
+
+    /// Every credential value of the tool, read now (as the runtimes read them for this call).
+    fn redactor(&self) -> Result<Redactor, CallError> {
+        let values = (0..self.spec.credentials.len())
+            .map(|i| crate::credentials::value(&self.spec, i))
+            .collect::<Result<Vec<String>, String>>()
+            .map_err(CallError::Internal)?;
+        Ok(Redactor::new(&values))
     }
 
     /// Stops long-lived children (the MCP upstream) when the worker exits.

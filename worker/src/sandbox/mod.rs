@@ -2,10 +2,12 @@
 //!
 //! Three processes: this one (stays in the host's namespaces, the gateway's child: forwards SIGTERM,
 //! exits with serve's status); an init, PID 1 of new user, mount, PID, IPC, UTS (and network)
-//! namespaces, which builds the filesystem view and reaps; and `serve`, exec'd under no_new_privs,
+//! namespaces, which builds a fresh root (`root.rs`) and reaps; and `serve`, exec'd under no_new_privs,
 //! rlimits and a seccomp filter. When init exits, the kernel kills everything left in the sandbox.
 
 mod mounts;
+pub mod proxy;
+mod root;
 pub mod seccomp;
 
 use std::ffi::{CString, OsString};
@@ -26,15 +28,19 @@ pub const NOBODY: u32 = 65534;
 
 const DEFAULT_TMPFS_BYTES: u64 = 256 * 1024 * 1024;
 const DEFAULT_MAX_PROCESSES: u64 = 256;
-const HIDE_TMPFS_BYTES: u64 = 1024 * 1024;
+/// Size of the root tmpfs (it holds only mount points, links, `passwd` and `group`).
+const ROOT_TMPFS_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Options {
+    /// A network namespace of its own (only `lo`): `--network none` and `proxy`.
     pub isolate_network: bool,
+    /// `--network proxy`: reaches the tool's declared egress through the sandbox's proxy (`proxy.rs`).
+    pub egress_proxy: bool,
     pub tmpfs_bytes: u64,
     pub max_processes: u64,
     pub memory_bytes: Option<u64>,
-    pub hide: Vec<PathBuf>,
+    /// Host paths (directories or files) shown read-only, and read-write, at their own paths.
     pub ro_bind: Vec<PathBuf>,
     pub rw_bind: Vec<PathBuf>,
     pub unsafe_no_sandbox: bool,
@@ -44,21 +50,17 @@ pub struct Options {
 
 fn parse(rest: Vec<OsString>) -> Result<Options, String> {
     let mut a = Args::new(rest)?;
-    let isolate_network = match a.optional("--network")?.as_deref() {
-        None | Some("none") => true,
-        Some("host") => false,
-        Some(other) => return Err(format!("--network must be none or host, not `{other}`")),
+    let (isolate_network, egress_proxy) = match a.optional("--network")?.as_deref() {
+        None | Some("none") => (true, false),
+        Some("proxy") => (true, true),
+        Some("host") => (false, false),
+        Some(other) => return Err(format!("--network must be none, proxy or host, not `{other}`")),
     };
     let tmpfs_bytes = a.number("--tmpfs-size")?.unwrap_or(DEFAULT_TMPFS_BYTES);
     let max_processes = a.number("--max-processes")?.unwrap_or(DEFAULT_MAX_PROCESSES);
     let memory_bytes = a.number("--memory-bytes")?;
-    // Hidden directories that do not exist hide nothing; bound ones must exist.
-    let hide: Vec<PathBuf> = a.all("--hide")?.iter().filter_map(|d| mounts::absolute(d).ok()).collect();
-    if let Some(bad) = hide.iter().find(|d| ["/", "/tmp", "/proc"].contains(&d.to_str().unwrap_or(""))) {
-        return Err(format!("--hide {}: that would hide what the sandbox itself needs", bad.display()));
-    }
-    let ro_bind = a.all("--ro-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
-    let rw_bind = a.all("--rw-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
+    let ro_bind: Vec<PathBuf> = a.all("--ro-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
+    let rw_bind: Vec<PathBuf> = a.all("--rw-bind")?.iter().map(|d| mounts::absolute(d)).collect::<Result<_, _>>()?;
     let unsafe_no_sandbox = a.switch("--unsafe-no-sandbox");
     let serve = std::mem::take(&mut a.rest);
     a.finish()?;
@@ -68,7 +70,10 @@ fn parse(rest: Vec<OsString>) -> Result<Options, String> {
     if max_processes < 4 {
         return Err("--max-processes must be at least 4 (the sandbox itself needs some)".into());
     }
-    Ok(Options { isolate_network, tmpfs_bytes, max_processes, memory_bytes, hide, ro_bind, rw_bind, unsafe_no_sandbox, serve })
+    if let Some(bad) = ro_bind.iter().chain(&rw_bind).find(|p: &&PathBuf| p.parent().is_none() || p.starts_with("/proc")) {
+        return Err(format!("{}: the sandbox cannot bind that path", bad.display()));
+    }
+    Ok(Options { isolate_network, egress_proxy, tmpfs_bytes, max_processes, memory_bytes, ro_bind, rw_bind, unsafe_no_sandbox, serve })
 }
 
 /// The sentence for a kernel that refuses unprivileged user namespaces.
@@ -147,6 +152,12 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
     }
     let (status_read, status_write) = pipe()?;
     let (go_read, go_write) = pipe()?;
+    // The proxy's listener comes back from the init over this pair (see proxy.rs).
+    let proxy = if options.egress_proxy { Some((egress()?, socket_pair()?)) } else { None };
+    let (proxy_egress, proxy_ours, proxy_theirs) = match proxy {
+        Some((egress, (ours, theirs))) => (egress, Some(ours), Some(theirs)),
+        None => (Vec::new(), None, None),
+    };
     let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
     if options.isolate_network {
         flags |= libc::CLONE_NEWNET;
@@ -162,8 +173,10 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
     if pid == 0 {
         drop(status_read);
         drop(go_write);
-        init(options, ids, exe, prefix, go_read, status_write);
+        drop(proxy_ours);
+        init(options, ids, exe, prefix, go_read, status_write, proxy_theirs);
     }
+    drop(proxy_theirs);
     let pid = pid as libc::pid_t;
     drop(status_write);
     drop(go_read);
@@ -178,6 +191,12 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
     let mut go = std::fs::File::from(go_write);
     let _ = go.write_all(b"g");
     drop(go);
+    if let Some(ours) = proxy_ours
+        && let Ok(Some(listener)) = proxy::recv_fd(&ours)
+    {
+        // The proxy's threads must not take the signals this thread forwards.
+        with_signals_blocked(|| proxy::serve(listener, proxy_egress));
+    }
     // The init reports a failed setup on the status pipe; a clean EOF means serve was exec'd.
     let mut report = Vec::new();
     let _ = std::fs::File::from(status_read).read_to_end(&mut report);
@@ -187,6 +206,38 @@ fn run(options: &Options, prefix: Vec<OsString>) -> Result<ExitCode, Failure> {
         return Err(Failure { refused: kind == b'R', message: String::from_utf8_lossy(message).into_owned() });
     }
     Ok(ExitCode::from(code))
+}
+
+/// The tool's declared egress, from the spec serve will read.
+fn egress() -> Result<Vec<crate::spec::Egress>, Failure> {
+    let json = std::env::var(crate::protocol::SPEC_ENV)
+        .map_err(|_| Failure { refused: false, message: format!("--network proxy needs the tool spec in {}", crate::protocol::SPEC_ENV) })?;
+    crate::spec::ToolSpec::parse(&json).map(|s| s.egress).map_err(|message| Failure { refused: false, message })
+}
+
+fn socket_pair() -> Result<(OwnedFd, OwnedFd), Failure> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills the array with two new descriptors, owned below.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(Failure { refused: false, message: format!("socketpair: {}", std::io::Error::last_os_error()) });
+    }
+    // SAFETY: fresh descriptors from socketpair.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Runs `f` (which starts threads) with SIGTERM, SIGINT and SIGHUP blocked, so the threads inherit the mask.
+fn with_signals_blocked(f: impl FnOnce()) {
+    // SAFETY: sigset operations on our own set; pthread_sigmask on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        f();
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
 }
 
 /// Hands a read-write directory and what it holds (the worker's socket dir, its credential files) to the
@@ -262,7 +313,7 @@ fn exit_code(status: libc::c_int) -> u8 {
 }
 
 /// PID 1 of the sandbox: builds it, starts serve, reaps everything, exits with serve's status.
-fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, go: OwnedFd, status: OwnedFd) -> ! {
+fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, go: OwnedFd, status: OwnedFd, proxy: Option<OwnedFd>) -> ! {
     let mut byte = [0u8; 1];
     if std::fs::File::from(go).read(&mut byte).unwrap_or(0) != 1 {
         // The outer process could not map our ids; it has already reported why.
@@ -270,7 +321,7 @@ fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, 
         unsafe { libc::_exit(1) };
     }
     let mut status = std::fs::File::from(status);
-    if let Err(failure) = build(options, ids) {
+    if let Err(failure) = build(options, ids).and_then(|()| proxy.map_or(Ok(()), |via| open_proxy(&via))) {
         let kind = if failure.refused { b'R' } else { b'F' };
         let _ = status.write_all(&[kind]);
         let _ = status.write_all(failure.message.as_bytes());
@@ -307,8 +358,11 @@ fn init(options: &Options, ids: Ids, exe: std::fs::File, prefix: Vec<OsString>, 
         }
         let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         pointers.push(std::ptr::null());
-        let env: Vec<CString> =
+        let mut env: Vec<CString> =
             std::env::vars_os().map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()).unwrap_or_default()).collect();
+        if options.egress_proxy {
+            env.push(CString::new(format!("{}={}", proxy::ENV, proxy::url())).unwrap_or_default());
+        }
         let mut env_pointers: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
         env_pointers.push(std::ptr::null());
         // SAFETY: fexecve with NUL-terminated arrays of valid C strings; returns only on failure.
@@ -346,17 +400,18 @@ fn parent_gone(status: &std::fs::File) -> bool {
     unsafe { libc::poll(&mut poll, 1, 0) > 0 && poll.revents & libc::POLLERR != 0 }
 }
 
-/// The filesystem, network, hostname and limits, in the order that keeps bound directories reachable.
+/// Opens the proxy's listener on the sandbox's loopback and sends it to the sandbox process.
+fn open_proxy(via: &OwnedFd) -> Result<(), Failure> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", proxy::PORT))
+        .map_err(|e| Failure { refused: false, message: format!("the egress proxy's listener: {e}") })?;
+    proxy::send_fd(via, &listener).map_err(|e| Failure { refused: false, message: format!("handing over the egress proxy: {e}") })
+}
+
+/// The filesystem, network, hostname and limits.
 fn build(options: &Options, ids: Ids) -> Result<(), Failure> {
     mounts::make_private()?;
-    // Take the bound trees before anything covers them (they may sit in a hidden directory or /tmp).
-    let mut binds = Vec::new();
-    for dir in &options.ro_bind {
-        binds.push((mounts::clone_tree(dir, true)?, dir.clone()));
-    }
-    for dir in &options.rw_bind {
-        binds.push((mounts::clone_tree(dir, false)?, dir.clone()));
-    }
+    // Take every tree the sandbox shows before anything changes (bound ones may lie under /tmp).
+    let taken = root::take(options)?;
     // From here on the process acts as the sandbox user (inside ids), keeping its namespace capabilities.
     // SAFETY: setresgid/setresuid to ids mapped in this namespace.
     unsafe {
@@ -364,26 +419,7 @@ fn build(options: &Options, ids: Ids) -> Result<(), Failure> {
             return Err(Failure { refused: false, message: format!("switching to the sandbox user: {}", std::io::Error::last_os_error()) });
         }
     }
-    mounts::set_attr(std::path::Path::new("/"), mounts::MOUNT_ATTR_RDONLY | mounts::MOUNT_ATTR_NOSUID, true)?;
-    mounts::tmpfs(std::path::Path::new("/tmp"), options.tmpfs_bytes, 0o700, ids.uid, ids.gid)?;
-    // A hidden directory already gone from view (under /tmp or another hidden one) stays covered as it is.
-    let mut covered = Vec::new();
-    for dir in &options.hide {
-        if dir.is_dir() {
-            mounts::tmpfs(dir, HIDE_TMPFS_BYTES, 0o755, ids.uid, ids.gid)?;
-            covered.push(dir);
-        }
-    }
-    for (fd, dir) in &binds {
-        mounts::attach(fd, dir)?;
-    }
-    for dir in covered {
-        mounts::set_attr(dir, mounts::MOUNT_ATTR_RDONLY, false)?;
-    }
-    if !mounts::mount_proc() {
-        eprintln!("toolwarden-worker sandbox: cannot mount a private /proc here; hiding /proc instead");
-        mounts::tmpfs(std::path::Path::new("/proc"), HIDE_TMPFS_BYTES, 0o555, ids.uid, ids.gid)?;
-    }
+    root::enter(taken, options, ids)?;
     if options.isolate_network {
         mounts::loopback_up()?;
     }
@@ -421,9 +457,9 @@ mod tests {
     fn options_need_serve_after_the_separator() {
         assert!(parse(os(&["--network", "none"])).unwrap_err().contains("-- serve"));
         assert!(parse(os(&["--network", "wifi", "--", "serve"])).unwrap_err().contains("wifi"));
-        let o = parse(os(&["--network", "host", "--hide", "/does/not/exist", "--", "serve", "--listen", "x"])).unwrap();
+        let o = parse(os(&["--network", "host", "--", "serve", "--listen", "x"])).unwrap();
         assert!(!o.isolate_network);
-        assert!(o.hide.is_empty());
+        assert!(parse(os(&["--ro-bind", "/", "--", "serve"])).unwrap_err().contains("cannot bind"));
         assert_eq!(o.serve, os(&["serve", "--listen", "x"]));
         assert!(parse(os(&["--ro-bind", "/does/not/exist", "--", "serve"])).unwrap_err().contains("/does/not/exist"));
     }

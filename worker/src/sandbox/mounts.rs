@@ -1,6 +1,5 @@
-//! The sandbox's view of the filesystem, built inside its new user and mount namespaces: the host tree
-//! read-only, a fresh tmpfs on `/tmp`, empty read-only tmpfs over hidden directories, chosen directories
-//! bound back in, and a `/proc` of the new PID namespace. Also the loopback interface.
+//! Mount primitives for the sandbox's filesystem (built in `root.rs` inside its new user and mount
+//! namespaces): detached copies of host trees, tmpfs, attaching, `/proc`. Also the loopback interface.
 
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -53,8 +52,9 @@ pub fn make_private() -> Result<(), Failure> {
     Ok(())
 }
 
-/// A detached copy of the mount tree at `path`, taken before anything covers it.
-pub fn clone_tree(path: &Path, read_only: bool) -> Result<OwnedFd, Failure> {
+/// A detached copy of the mount tree at `path` (a directory or a file; a final symlink is followed),
+/// taken before anything covers it, with mount `attributes` (`MOUNT_ATTR_*`) set on all of it.
+pub fn clone_tree(path: &Path, attributes: u64) -> Result<OwnedFd, Failure> {
     let c = c_path(path);
     // SAFETY: open_tree(2) with a valid path; the returned fd is owned below.
     let fd = unsafe {
@@ -65,8 +65,7 @@ pub fn clone_tree(path: &Path, read_only: bool) -> Result<OwnedFd, Failure> {
     }
     // SAFETY: the kernel just returned this descriptor to us.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if read_only { MOUNT_ATTR_RDONLY } else { 0 };
-    set_attr_fd(&fd, flags, 0).map_err(|f| Failure { message: format!("bind {}: {}", path.display(), f.message), ..f })?;
+    set_attr_fd(&fd, attributes, 0).map_err(|f| Failure { message: format!("bind {}: {}", path.display(), f.message), ..f })?;
     Ok(fd)
 }
 
@@ -102,7 +101,7 @@ pub fn set_attr(path: &Path, set: u64, recursive: bool) -> Result<(), Failure> {
             std::mem::size_of::<MountAttr>(),
         )
     };
-    if rc != 0 { Err(os_error(format!("making {} read-only", path.display()))) } else { Ok(()) }
+    if rc != 0 { Err(os_error(format!("setting the mount attributes of {}", path.display()))) } else { Ok(()) }
 }
 
 /// Mounts a tmpfs owned by the sandbox user.
@@ -116,12 +115,9 @@ pub fn tmpfs(path: &Path, size: u64, mode: u32, uid: u32, gid: u32) -> Result<()
     if rc != 0 { Err(os_error(format!("mounting a tmpfs on {}", path.display()))) } else { Ok(()) }
 }
 
-/// Attaches a tree from [`clone_tree`] at `path`, creating the mount point inside a covering tmpfs.
+/// Attaches a tree from [`clone_tree`] at `path` (an existing mount point).
 pub fn attach(fd: &OwnedFd, path: &Path) -> Result<(), Failure> {
     use std::os::fd::AsRawFd;
-    if !path.exists() {
-        let _ = std::fs::create_dir_all(path);
-    }
     let c = c_path(path);
     // SAFETY: move_mount(2) with a descriptor we own and a valid path.
     let rc = unsafe {
@@ -130,14 +126,15 @@ pub fn attach(fd: &OwnedFd, path: &Path) -> Result<(), Failure> {
     if rc != 0 { Err(os_error(format!("binding {}", path.display()))) } else { Ok(()) }
 }
 
-/// A `/proc` for the new PID namespace (only its own processes). Returns false when the kernel refuses
-/// (inside some containers); the caller then hides `/proc` instead.
-pub fn mount_proc() -> bool {
+/// A `/proc` for the new PID namespace (only its own processes) at `path`. Returns false when the kernel
+/// refuses (inside some containers).
+pub fn mount_proc(path: &Path) -> bool {
+    let target = c_path(path);
     // SAFETY: mount(2) with valid C strings.
     unsafe {
         libc::mount(
             c"proc".as_ptr(),
-            c"/proc".as_ptr(),
+            target.as_ptr(),
             c"proc".as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             std::ptr::null(),
@@ -168,7 +165,7 @@ pub fn loopback_up() -> Result<(), Failure> {
     }
 }
 
-/// Canonical absolute form of a directory given on the command line.
+/// Canonical absolute form of a path given on the command line.
 pub fn absolute(dir: &str) -> Result<PathBuf, String> {
     let path = Path::new(dir);
     if !path.is_absolute() {

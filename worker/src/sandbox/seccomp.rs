@@ -1,6 +1,7 @@
 //! The seccomp filter of the local sandbox: everything is allowed except system calls a tool has no
 //! business making, which fail with EPERM: debugging other processes, mounting, loading kernels, modules
-//! or BPF programs, the kernel keyring, perf events, and making or entering namespaces.
+//! or BPF programs, the kernel keyring, perf events, io_uring (its operations bypass seccomp: a ring can
+//! open, read and connect without one filtered system call), and making or entering namespaces.
 
 use std::collections::BTreeMap;
 
@@ -35,6 +36,9 @@ const DENIED: &[libc::c_long] = &[
     libc::SYS_add_key,
     libc::SYS_request_key,
     libc::SYS_perf_event_open,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
     libc::SYS_unshare,
     libc::SYS_setns,
     libc::SYS_userfaultfd,

@@ -63,6 +63,17 @@ impl Worker {
         Worker::start(cmd, spec, None, Some(work))
     }
 
+    /// `serve` unsandboxed as a worker pod runs it: uid/gid 65532, no capabilities at all, no_new_privs
+    /// (`setpriv`; the caller must be root).
+    pub fn serve_as_pod(spec: &Value) -> Worker {
+        let work = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(work.path(), Some(65532), Some(65532)).unwrap();
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65532", "--regid=65532", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", BIN]);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--token-sha256", &token_hash(), "--work-dir"]).arg(work.path());
+        Worker::start(cmd, spec, None, Some(work))
+    }
+
     /// `sandbox ... -- serve` on a Unix socket in a directory bound read-write into the sandbox.
     pub fn sandboxed(spec: &Value, sandbox_args: &[&str]) -> Worker {
         Worker::sandboxed_in(tempfile::tempdir().unwrap(), spec, sandbox_args)
@@ -84,9 +95,9 @@ impl Worker {
 
     fn sandboxed_with(mut cmd: Command, dir: tempfile::TempDir, spec: &Value, sandbox_args: &[&str]) -> Worker {
         let socket = dir.path().join("worker.sock");
-        // The example programs stay visible read-only wherever the checkout lies, even under /tmp or a
-        // hidden home, as the gateway's local runtime keeps its manifests dir visible.
-        cmd.arg("sandbox").args(["--hide", "/root", "--hide", "/home", "--ro-bind"]).arg(programs_dir());
+        // The example programs are bound in read-only wherever the checkout lies (even under /tmp), as
+        // the gateway's local runtime binds a tool's program directory.
+        cmd.arg("sandbox").arg("--ro-bind").arg(programs_dir());
         cmd.arg("--rw-bind").arg(dir.path()).args(sandbox_args);
         cmd.args(["--", "serve", "--listen"]).arg(format!("unix:{}", socket.display()));
         cmd.args(["--token-sha256", &token_hash(), "--work-dir", "/tmp"]);

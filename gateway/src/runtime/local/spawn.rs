@@ -13,9 +13,9 @@ use crate::runtime::RuntimeError;
 pub const DEFAULT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_TMPFS_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_PROCESSES: u32 = 128;
-/// Host directories a tool never needs to see: users' homes (keys, tokens, shell history) and the
-/// runtime's own state (other sessions' sockets and credentials).
-pub const HIDDEN: &[&str] = &["/home", "/root"];
+/// Host directories the sandbox shows read-only as its system (see the worker's `sandbox/root.rs`):
+/// programs there need no bind of their own.
+pub const SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
 
 /// Everything the sandbox command line depends on.
 #[derive(Clone)]
@@ -30,7 +30,7 @@ pub struct SandboxPlan<'a> {
     /// Whether the worker writes a stderr line per finished call. The gateway shows those lines only at
     /// debug level, and each one wakes it to read the pipe.
     pub log_calls: bool,
-    /// Which of the directories to hide exist on this machine (only those are hidden).
+    /// Which paths exist on this machine (only existing programs are bound).
     pub exists: &'a dyn Fn(&Path) -> bool,
 }
 
@@ -40,18 +40,12 @@ pub fn worker_args(plan: &SandboxPlan<'_>) -> Result<Vec<OsString>, RuntimeError
     let memory = quantity(tool.memory.as_deref(), DEFAULT_MEMORY_BYTES, "memory", &tool.name)?;
     let tmpfs = quantity(tool.tmp_size.as_deref(), DEFAULT_TMPFS_BYTES, "tmpSize", &tool.name)?;
     let mut args: Vec<OsString> = vec!["sandbox".into()];
-    // The local sandbox cannot filter by CIDR: a tool with declared egress shares the host network,
-    // a tool without has none at all.
-    let network = if tool.egress.is_empty() { "none" } else { "host" };
+    let network = network(tool);
     args.extend(["--network".into(), network.into()]);
-    for hidden in hidden_dirs(plan.state_dir) {
-        if (plan.exists)(&hidden) {
-            args.extend(["--hide".into(), hidden.into_os_string()]);
-        }
-    }
-    // Bound back after the hides, so a manifests dir (or the worker dir) below a hidden one stays visible.
-    if let Some(manifests) = plan.manifests_dir {
-        args.extend(["--ro-bind".into(), manifests.as_os_str().to_owned()]);
+    // The sandbox shows the system directories and nothing else of the host: the tool's own programs
+    // are bound in read-only, and its worker directory (socket and credential files) read-write.
+    for program in program_binds(tool, plan.manifests_dir, plan.exists) {
+        args.extend(["--ro-bind".into(), program.into_os_string()]);
     }
     args.extend(["--rw-bind".into(), plan.worker_dir.as_os_str().to_owned()]);
     args.extend(["--max-processes".into(), DEFAULT_MAX_PROCESSES.to_string().into()]);
@@ -80,28 +74,51 @@ pub fn worker_args(plan: &SandboxPlan<'_>) -> Result<Vec<OsString>, RuntimeError
     Ok(args)
 }
 
-/// `/home`, `/root` and the state dir (unless already below one of those, or below `/tmp`, which every
-/// sandbox replaces with its own tmpfs).
-pub fn hidden_dirs(state_dir: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = HIDDEN.iter().map(PathBuf::from).collect();
-    if !dirs.iter().any(|d| state_dir.starts_with(d)) && !state_dir.starts_with("/tmp") {
-        dirs.push(state_dir.to_owned());
+/// The sandbox's network: none without `egress`; with egress, a network of its own whose only way out
+/// is the sandbox's egress proxy, which checks every destination against `egress` (the worker's own
+/// `http` client goes through it too) — never the host's network.
+pub fn network(tool: &ToolConfig) -> &'static str {
+    if tool.egress.is_empty() { "none" } else { "proxy" }
+}
+
+/// The host paths a tool's programs need bound into its sandbox: every absolute path among its exec, mcp
+/// and preview commands and their fixed arguments that is not in a system directory. A program inside
+/// the manifests directory brings the first-level subdirectory holding it (`programs/`, for modules it
+/// imports); one at the manifests directory's top level comes alone — never the directory itself,
+/// whose Secrets are every tool's credentials. Any other program comes alone.
+pub fn program_binds(tool: &ToolConfig, manifests_dir: Option<&Path>, exists: &dyn Fn(&Path) -> bool) -> Vec<PathBuf> {
+    let runtime = &tool.runtime;
+    let lists = [
+        runtime.exec.as_ref().map(|e| [&e.command, &e.args]),
+        runtime.mcp.as_ref().map(|m| [&m.command, &m.args]),
+        tool.preview.as_ref().map(|p| [p.command.as_ref().unwrap_or(&p.args), &p.args]),
+    ];
+    let mut binds: Vec<PathBuf> = Vec::new();
+    for entry in lists.iter().flatten().flatten().flat_map(|list| list.iter()) {
+        let path = Path::new(entry);
+        if !path.is_absolute() || entry.contains("{{") || SYSTEM_DIRS.iter().any(|d| path.starts_with(d)) || !exists(path) {
+            continue;
+        }
+        let bind = match manifests_dir.and_then(|m| Some((m, path.strip_prefix(m).ok()?))) {
+            Some((manifests, inside)) if inside.components().count() > 1 => {
+                manifests.join(inside.components().next().map(|c| c.as_os_str()).unwrap_or_default())
+            }
+            _ => path.to_path_buf(),
+        };
+        if !binds.contains(&bind) {
+            binds.push(bind);
+        }
     }
-    dirs
+    binds
 }
 
 pub fn socket_path(worker_dir: &Path) -> PathBuf {
     worker_dir.join("worker.sock")
 }
 
-/// `PATH` for the worker without the directories the sandbox hides (their programs are not there).
-pub fn sandbox_path(host_path: &str, state_dir: &Path, manifests_dir: Option<&Path>) -> String {
-    let hidden = hidden_dirs(state_dir);
-    let visible = |dir: &str| {
-        let dir = Path::new(dir);
-        !dir.as_os_str().is_empty()
-            && (manifests_dir.is_some_and(|m| dir.starts_with(m)) || !hidden.iter().any(|h| dir.starts_with(h)))
-    };
+/// `PATH` for the worker: only the entries inside the system directories the sandbox shows.
+pub fn sandbox_path(host_path: &str) -> String {
+    let visible = |dir: &str| SYSTEM_DIRS.iter().any(|d| Path::new(dir).starts_with(d));
     let kept: Vec<&str> = host_path.split(':').filter(|d| visible(d)).collect();
     if kept.is_empty() { "/usr/local/bin:/usr/bin:/bin".to_owned() } else { kept.join(":") }
 }
@@ -224,12 +241,13 @@ mod tests {
     }
 
     #[test]
-    fn a_tool_without_egress_gets_no_network_and_hidden_homes() {
-        let t = tool(serde_json::json!({"memory": "128Mi"}));
+    fn a_tool_without_egress_gets_no_network_and_only_its_programs_bound() {
+        let t = tool(serde_json::json!({"memory": "128Mi",
+            "runtime": {"exec": {"image": "x", "command": ["/usr/bin/python3", "/home/dev/examples/programs/notes.py"], "args": ["{{path}}"]}}}));
         let a = args(&t, Some(Path::new("/home/dev/examples")), &|_| true).join(" ");
         assert_eq!(
             a,
-            "sandbox --network none --hide /home --hide /root --hide /var/lib/tw --ro-bind /home/dev/examples \
+            "sandbox --network none --ro-bind /home/dev/examples/programs \
              --rw-bind /var/lib/tw/w-1 --max-processes 128 --memory-bytes 134217728 --tmpfs-size 67108864 \
              -- serve --listen unix:/var/lib/tw/w-1/worker.sock --token-sha256 ab --work-dir /tmp --max-concurrent 4 --no-call-log"
         );
@@ -238,10 +256,25 @@ mod tests {
     }
 
     #[test]
-    fn egress_means_host_network_and_only_existing_dirs_are_hidden() {
+    fn a_program_beside_the_manifests_comes_alone_never_with_their_secrets() {
+        let manifests = Some(Path::new("/m"));
+        let t = tool(serde_json::json!({"runtime": {"mcp": {"image": "x", "command": ["/m/server.py"], "args": ["/opt/tool/run", "/m/lib/x.py"], "tool": "t"}},
+            "preview": {"command": ["/m/server.py"], "args": ["--dry-run", "/usr/share/x"]}}));
+        assert_eq!(program_binds(&t, manifests, &|_| true), [PathBuf::from("/m/server.py"), PathBuf::from("/opt/tool/run"), PathBuf::from("/m/lib")]);
+        assert!(program_binds(&t, manifests, &|p| p != Path::new("/opt/tool/run")).iter().all(|p| p != Path::new("/opt/tool/run")), "missing paths are left out");
+        let plain = tool(serde_json::json!({}));
+        assert!(program_binds(&plain, manifests, &|_| true).is_empty(), "`cat` from PATH needs no bind");
+    }
+
+    #[test]
+    fn egress_means_a_network_whose_only_way_out_is_the_egress_proxy() {
         let t = tool(serde_json::json!({"egress": [{"cidr": "140.82.112.0/20"}], "tmpSize": "1Gi"}));
-        let a = args(&t, None, &|p| p != Path::new("/home")).join(" ");
-        assert!(a.starts_with("sandbox --network host --hide /root --hide /var/lib/tw --rw-bind"), "{a}");
+        let a = args(&t, None, &|_| true).join(" ");
+        assert!(a.starts_with("sandbox --network proxy --rw-bind"), "{a}");
+        let http = tool(serde_json::json!({"egress": [{"cidr": "140.82.112.0/20"}],
+            "runtime": {"http": {"method": "GET", "url": "https://api.github.com/x"}}}));
+        assert_eq!(network(&http), "proxy");
+        assert_eq!(network(&tool(serde_json::json!({}))), "none");
         assert!(a.contains("--tmpfs-size 1073741824"), "{a}");
         assert!(!a.contains("--ro-bind"), "{a}");
     }
@@ -260,15 +293,10 @@ mod tests {
     }
 
     #[test]
-    fn a_state_dir_in_tmp_is_not_hidden_twice() {
-        assert_eq!(hidden_dirs(Path::new("/tmp/toolwarden-0")), [PathBuf::from("/home"), PathBuf::from("/root")]);
-        assert_eq!(hidden_dirs(Path::new("/root/.local/state/tw")).len(), 2);
-    }
-
-    #[test]
-    fn path_drops_hidden_dirs_but_keeps_the_manifests_dir() {
-        let p = sandbox_path("/root/.pyenv/shims:/home/dev/ex/bin:/usr/bin:/bin", Path::new("/var/lib/tw"), Some(Path::new("/home/dev/ex")));
-        assert_eq!(p, "/home/dev/ex/bin:/usr/bin:/bin");
+    fn path_keeps_only_the_system_dirs() {
+        let p = sandbox_path("/root/.pyenv/shims:/home/dev/ex/bin:/usr/local/bin:/usr/bin:/bin:/opt/x");
+        assert_eq!(p, "/usr/local/bin:/usr/bin:/bin");
+        assert_eq!(sandbox_path("/opt/x"), "/usr/local/bin:/usr/bin:/bin");
     }
 
     #[test]
