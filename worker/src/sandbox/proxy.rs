@@ -110,7 +110,10 @@ pub fn serve(listener: OwnedFd, egress: Vec<Egress>) {
 
 fn answer(mut client: &TcpStream, status: &str, why: &str) {
     let body = format!("toolwarden egress proxy: {why}\n");
-    let _ = write!(client, "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    // One write: `write!` on a socket sends each formatted piece as its own segment, and a client that
+    // reads the status line with one recv would see half of it.
+    let answer = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let _ = client.write_all(answer.as_bytes());
 }
 
 /// What a request asks for: the destination, and the bytes to send it first (none for CONNECT).
