@@ -2,6 +2,7 @@
 # A real single-node Kubernetes cluster on this machine, for the e2e tier. No container registry and no
 # download site is needed: only the Go module proxy and Debian's package archive.
 #
+#   scripts/cluster.sh build         build (or take from the cache) what `up` needs, start nothing
 #   scripts/cluster.sh up            build what is missing, start the cluster, wait until the node is Ready
 #   scripts/cluster.sh load FILE...  import OCI image archives (deploy/oci-image.sh) into the node
 #   scripts/cluster.sh env           print `export KUBECONFIG=...` (eval it)
@@ -353,6 +354,14 @@ EOF
 }
 
 # ----------------------------------------------------------------------------------------- commands
+build() { # everything `up` needs that takes time, cached under .tools/cluster
+  mkdir -p "$CACHE/images"
+  build_kubernetes
+  install_node_packages
+  build_pause
+  build_node_images
+}
+
 up() {
   [ "$(id -u)" = 0 ] || die "run as root (the node needs namespaces, mounts and cgroups)"
   if [ -f "$DIR/up" ]; then
@@ -366,11 +375,7 @@ up() {
   ls /sys/fs/cgroup/memory >/dev/null 2>&1 || [ -f /sys/fs/cgroup/cgroup.controllers ] || die "no cgroup hierarchy is mounted"
   KUBECTL="$(command -v kubectl || echo "$REPO/.tools/bin/kubectl")"
   [ -x "$KUBECTL" ] || die "kubectl is needed (scripts/install-tools.sh puts it in .tools/bin)"
-  mkdir -p "$CACHE/images"
-  build_kubernetes
-  install_node_packages
-  build_pause
-  build_node_images
+  build
 
   mkdir -p "$DIR" "$LOGS" "$PIDS"
   make_pki
@@ -504,10 +509,11 @@ status() {
 }
 
 case "${1:-}" in
+  build) build ;;
   up) up ;;
   down) down ;;
   load) shift; load "$@" ;;
   env) echo "export KUBECONFIG=$DIR/admin.kubeconfig" ;;
   status) status ;;
-  *) echo "usage: $0 up|down|load FILE...|env|status" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|load FILE...|env|status" >&2; exit 2 ;;
 esac
