@@ -249,7 +249,14 @@ make_node_mounts() {
   : >"$created"
   for d in /run/containerd /var/lib/containerd /var/lib/kubelet /var/log/pods /var/log/containers \
            /etc/cni/net.d /opt/cni/bin /var/lib/cni /run/netns /var/run/toolwarden-sysctl; do
-    [ -d "$d" ] || { mkdir -p "$d"; echo "$d" >>"$created"; }
+    # Record every directory created on the host (parents too), so `down` removes exactly those.
+    local missing="$d"
+    while [ ! -d "$(dirname "$missing")" ]; do missing="$(dirname "$missing")"; done
+    if [ ! -d "$d" ]; then
+      mkdir -p "$d"
+      local part="$d"
+      while :; do echo "$part" >>"$created"; [ "$part" = "$missing" ] && break; part="$(dirname "$part")"; done
+    fi
     mkdir -p "$NODE_ROOT$d"
     nsenter --mount="$MNT_NS" mount --bind "$NODE_ROOT$d" "$d"
   done
@@ -455,8 +462,8 @@ kill_pid_file() { # NAME
 kill_containers() {
   local pids
   for _ in 1 2 3; do
-    pids="$( (find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs -exec cat {} + 2>/dev/null; \
-              pgrep -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null) | sort -u)"
+    pids="$( (find /sys/fs/cgroup -path '*kubepods*' -name cgroup.procs -exec cat {} + 2>/dev/null || true; \
+              pgrep -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true) | sort -u)"
     [ -z "$pids" ] && return 0
     # shellcheck disable=SC2086
     kill -KILL $pids 2>/dev/null || true
@@ -467,7 +474,7 @@ kill_containers() {
 remove_cgroups() {
   local d
   # Deepest first: a cgroup directory can only be removed once it has no children.
-  find /sys/fs/cgroup -depth -type d -name 'kubepods*' 2>/dev/null | while read -r top; do
+  { find /sys/fs/cgroup -depth -type d -name 'kubepods*' 2>/dev/null || true; } | while read -r top; do
     find "$top" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   for d in $(find /sys/fs/cgroup -maxdepth 2 -type d -name 'kubepods*' 2>/dev/null); do
@@ -490,7 +497,7 @@ down_quietly() {
     sort -r "$DIR/created-mountpoints" | while read -r d; do rmdir "$d" 2>/dev/null || true; done
   fi
   # Anything still mounted under $DIR (a mount namespace that outlived its processes) would stop rm.
-  grep -o " $DIR[^ ]*" /proc/self/mountinfo 2>/dev/null | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  { grep -o " $DIR[^ ]*" /proc/self/mountinfo 2>/dev/null || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   rm -rf "$DIR"
 }
 
