@@ -256,8 +256,12 @@ impl GatewayArgs {
     }
 
     /// Sessions as McpSessions and workers as pods, in the cluster of the pod's service account or of
-    /// `KUBECONFIG`. Cleans up what a previous run of this gateway id left before serving.
-    async fn kubernetes_runtime(&self, metrics: crate::kubernetes::Metrics) -> anyhow::Result<Arc<dyn WorkerRuntime>> {
+    /// `KUBECONFIG`. Not started: [`start_kubernetes_runtime`] cleans up what a previous run of this
+    /// gateway id left, and the gateway is ready only after that.
+    async fn kubernetes_runtime(
+        &self,
+        metrics: crate::kubernetes::Metrics,
+    ) -> anyhow::Result<(Arc<dyn WorkerRuntime>, Arc<crate::kubernetes::KubernetesRuntime>)> {
         let client = kube::Client::try_default()
             .await
             .context("--runtime kubernetes needs a cluster: run in a pod with a service account, or set KUBECONFIG")?;
@@ -270,14 +274,7 @@ impl GatewayArgs {
             ..crate::kubernetes::KubernetesConfig::default()
         };
         let inner = crate::kubernetes::KubernetesRuntime::new(client, config, metrics);
-        let report = inner.start().await.context("recovering the sessions and pods a previous run left")?;
-        tracing::info!(
-            resumed = report.resumed.len(),
-            ended = report.ended.len(),
-            pods_deleted = report.pods_deleted,
-            "kubernetes runtime started; leftovers of the previous run cleaned up"
-        );
-        Ok(crate::runtime::kubernetes::KubernetesWorkerRuntime::new(inner))
+        Ok((crate::runtime::kubernetes::KubernetesWorkerRuntime::new(inner.clone()), inner))
     }
 
     pub async fn run(self) -> anyhow::Result<()> {
@@ -285,12 +282,15 @@ impl GatewayArgs {
         let auth = Authenticator::new(self.auth_config()?).await?;
         let runtime_metrics = crate::kubernetes::Metrics::default();
         let (metrics, registry) = GatewayMetrics::new(runtime_metrics.clone());
-        let runtime: Arc<dyn WorkerRuntime> = match self.runtime.as_str() {
+        let (runtime, to_start): (Arc<dyn WorkerRuntime>, _) = match self.runtime.as_str() {
             "local" => {
                 let secrets: LocalSecrets = Arc::new(std::sync::RwLock::new(BTreeMap::new()));
-                local_runtime(None, self.serve.unsafe_no_sandbox, secrets, runtime_metrics)?
+                (local_runtime(None, self.serve.unsafe_no_sandbox, secrets, runtime_metrics)?, None)
             }
-            _ => self.kubernetes_runtime(runtime_metrics).await?,
+            _ => {
+                let (runtime, inner) = self.kubernetes_runtime(runtime_metrics).await?;
+                (runtime, Some(inner))
+            }
         };
         let audit = AuditLog::open(self.serve.audit_log.as_deref(), true)?;
         let settings = Settings {
@@ -303,6 +303,10 @@ impl GatewayArgs {
             ..self.serve.settings(self.listen)?
         };
         let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
+        if let Some(inner) = to_start {
+            gateway.set_runtime_starting();
+            tokio::spawn(start_kubernetes_runtime(inner, gateway.clone()));
+        }
         crate::config_kube::start(gateway.clone(), self.namespaces.clone()).await?;
         let listener = tokio::net::TcpListener::bind(self.listen).await.with_context(|| format!("cannot listen on {}", self.listen))?;
         let metrics_listener = match self.metrics_listen {
@@ -311,6 +315,36 @@ impl GatewayArgs {
         };
         tracing::info!(listen = %listener.local_addr()?, gateway_id = %self.gateway_id, "gateway listening");
         crate::serve::serve(gateway, listener, metrics_listener, crate::serve::shutdown_signal()).await
+    }
+}
+
+/// Starts the kubernetes runtime (recovery of the previous run, then its background duties), retrying
+/// while the API server cannot be reached or refuses: the gateway serves `/healthz` and stays unready
+/// meanwhile instead of exiting into a crash loop.
+async fn start_kubernetes_runtime(inner: Arc<crate::kubernetes::KubernetesRuntime>, gateway: Arc<Gateway>) {
+    let mut wait = std::time::Duration::from_secs(1);
+    loop {
+        match inner.start().await {
+            Ok(report) => {
+                tracing::info!(
+                    resumed = report.resumed.len(),
+                    ended = report.ended.len(),
+                    pods_deleted = report.pods_deleted,
+                    "kubernetes runtime started; leftovers of the previous run cleaned up"
+                );
+                gateway.set_runtime_started();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    retry_in_seconds = wait.as_secs(),
+                    "cannot start the kubernetes runtime (recovering the previous run's sessions and pods); the gateway stays unready until it can: check that the API server is reachable and that this gateway's RBAC allows McpSessions and pods"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use toolwarden_core::config::{CONFIG_MAP_KEY, CONFIG_MAP_LABEL, CONFIG_MAP_NAME, GatewayConfig};
@@ -53,7 +54,8 @@ async fn watch_scope(gateway: Arc<Gateway>, client: Client, namespace: Option<St
         None => Api::all(client),
     };
     let config = watcher::Config::default().labels(CONFIG_MAP_LABEL).fields(&format!("metadata.name={CONFIG_MAP_NAME}"));
-    let mut stream = watcher::watcher(api, config).boxed();
+    // With backoff: a watcher alone retries a failing API server without pause.
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut counted = false;
     while let Some(event) = stream.next().await {
         match event {

@@ -70,6 +70,8 @@ pub struct Gateway {
     /// Calls running in workers, so that disabling a tool stops them.
     pub running: crate::running::RunningCalls,
     ready: AtomicBool,
+    /// False while the worker runtime is still starting (the kubernetes runtime waits for the API server).
+    runtime_started: AtomicBool,
     in_flight: AtomicUsize,
     /// Session ends under way (workers stopping, pods being deleted): shutdown waits for them, or the
     /// process would exit halfway through and leave workers' directories or pods behind.
@@ -111,6 +113,7 @@ impl Gateway {
             limits: RateLimits::default(),
             running: Default::default(),
             ready: AtomicBool::new(false),
+            runtime_started: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             ending: TaskTracker::new(),
         }
@@ -135,9 +138,18 @@ impl Gateway {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Config has been loaded once (`/readyz`).
+    /// Config has been loaded once and the worker runtime has started (`/readyz`).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.runtime_started.load(Ordering::SeqCst)
+    }
+
+    /// The worker runtime starts in the background: not ready until [`Gateway::set_runtime_started`].
+    pub fn set_runtime_starting(&self) {
+        self.runtime_started.store(false, Ordering::SeqCst);
+    }
+
+    pub fn set_runtime_started(&self) {
+        self.runtime_started.store(true, Ordering::SeqCst);
     }
 
     pub fn set_ready(&self) {
