@@ -13,6 +13,9 @@
 #                 and never when switched off
 #   rules         every alert has severity, summary, description and a runbook section in
 #                 docs/alerts.md; promtool check rules (default and all-on thresholds), test rules
+#   dashboard     the Grafana dashboard ConfigMap is off by default; rendered, it is valid (ci/checks/
+#                 dashboard.py: JSON, a query in every panel, the datasource variable used everywhere,
+#                 the release's job names) and every broken copy in ci/bad-dashboards.yaml is refused
 #   bad-values    every ci/bad-values/*.yaml fails helm lint and helm template, naming the bad key
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -100,6 +103,20 @@ expect_kinds "auto with monitoring.coreos.com/v1 renders both" yes --api-version
 expect_kinds "enabled=false wins over a served API" no --api-versions monitoring.coreos.com/v1 \
   --set serviceMonitor.enabled=false --set prometheusRule.enabled=false
 expect_kinds "enabled=true renders both without the API" yes --set serviceMonitor.enabled=true --set prometheusRule.enabled=true
+
+# --- dashboard ----------------------------------------------------------------------------------------
+if render >"$TMP/dash-off.yaml" 2>"$TMP/out"; then
+  if grep -q 'grafana_dashboard' "$TMP/dash-off.yaml"; then bad "dashboard: off by default (a ConfigMap was rendered)"; else ok "dashboard: off by default"; fi
+else
+  bad "dashboard: render with default values"; sed 's/^/     /' "$TMP/out"
+fi
+run "dashboard: default jobs: valid JSON, a query in every panel, \${datasource} everywhere" \
+  bash -c "'$HELM' template $RELEASE $CHART --namespace $NAMESPACE --set grafanaDashboard.enabled=true >'$TMP/dash.yaml' \
+    && '$PY' $CHECKS/dashboard.py check '$TMP/dash.yaml' toolwarden-gateway toolwarden-operator"
+run "dashboard: all-on values: valid, with the release's job names" \
+  "$PY" "$CHECKS/dashboard.py" check "$TMP/all-on.yaml" tw-gateway tw-operator
+run "dashboard: every broken copy in ci/bad-dashboards.yaml is refused, naming the problem" \
+  "$PY" "$CHECKS/dashboard.py" self-test "$CHART/dashboards/toolwarden.json" "$CHART/ci/bad-dashboards.yaml"
 
 # --- rules --------------------------------------------------------------------------------------------
 mkdir -p "$TMP/rules"
