@@ -33,6 +33,8 @@ export TOOLWARDEN_E2E_REQUIRED=1
 export TOOLWARDEN_E2E_IMAGE="ghcr.io/toolwarden/toolwarden:$version"
 export TOOLWARDEN_E2E_WORKER_IMAGE="ghcr.io/toolwarden/worker:$version"
 export TOOLWARDEN_E2E_TOOL_IMAGE="toolwarden.local/lab-tools:1"
+scripts/prometheus.sh build >/dev/null   # cached after the first build
+eval "$(scripts/prometheus.sh env)"
 
 # One test binary at a time (cargo's order); tests inside a binary share the cluster, each in its own
 # namespaces.

@@ -13,13 +13,23 @@ export PATH="$PWD/.tools/bin:$PATH"
 # Kubernetes for the e2e tier builds (Go, 10-15 minutes cold) while cargo builds and tests: cargo's link
 # steps leave a core idle. The e2e step below waits for it.
 cluster_build=""
+mkdir -p target
 if [ -z "${TOOLWARDEN_SKIP_CLUSTER:-}" ]; then
-  mkdir -p target
   nice -n 10 scripts/cluster.sh build >target/cluster-build.log 2>&1 &
   cluster_build=$!
 fi
+# A real Prometheus (Go, a few minutes cold) for the alert and dashboard tests, built the same way.
+nice -n 10 scripts/prometheus.sh build >target/prometheus-build.log 2>&1 &
+prometheus_build=$!
 
-echo "== cargo test (unit, integration, drift checks)"
+echo "== cargo test (unit, integration, drift checks, alerts on a real Prometheus)"
+cargo test --workspace --all-targets --locked --no-run
+if ! wait "$prometheus_build"; then
+  echo "test: building Prometheus failed:" >&2
+  tail -n 40 target/prometheus-build.log >&2
+  exit 1
+fi
+eval "$(scripts/prometheus.sh env)"   # TOOLWARDEN_PROMETHEUS, for tests/prometheus_alerts.rs and the e2e tier
 cargo test --workspace --all-targets --locked
 
 echo "== toolwarden policy test on examples/"
