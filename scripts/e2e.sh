@@ -38,5 +38,5 @@ eval "$(scripts/prometheus.sh env)"
 
 # One test binary at a time (cargo's order); tests inside a binary share the cluster, each in its own
 # namespaces.
-cargo test --locked --workspace --test 'e2e_*' -- "$@"
+cargo test --locked --workspace --no-fail-fast --test 'e2e_*' -- "$@"
 echo "e2e: passed after $(( $(date +%s) - started ))s"

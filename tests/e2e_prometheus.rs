@@ -75,6 +75,7 @@ async fn prometheus_scrapes_the_chart_on_a_cluster_and_sees_reconciles_config_ge
         return;
     }
     let Some(binary) = prometheus_support::binary(test) else { return };
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let release = HelmRelease::install(&["gateway.replicas=1"]);
     let ns = release.namespace.0.clone();
     let tenant = TestNamespace::create("tw-e2e-prom");
