@@ -47,6 +47,7 @@ DEB="$CACHE/debroot"
 PKI="$DIR/pki"
 LOGS="$DIR/logs"
 PIDS="$DIR/pids"
+COMPONENTS="etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy"
 NODE_ROOT="$DIR/node"                # bind-mounted over the node's default paths inside its mount namespace
 MNT_NS="$DIR/ns/mnt"
 CONTAINERD_SOCK="/run/containerd/containerd.sock"   # as the node's mount namespace sees it
@@ -372,8 +373,14 @@ build() { # everything `up` needs that takes time, cached under .tools/cluster
 up() {
   [ "$(id -u)" = 0 ] || die "run as root (the node needs namespaces, mounts and cgroups)"
   if [ -f "$DIR/up" ]; then
-    log "already up ($DIR); run down first"
-    return 0
+    local n dead=""
+    for n in $COMPONENTS; do running "$n" || dead="$dead $n"; done
+    if [ -z "$dead" ]; then
+      log "already up ($DIR); reusing it (run down first for a fresh one)"
+      return 0
+    fi
+    # A machine restart or a killed run leaves the state behind with its processes gone.
+    log "stale cluster state in $DIR (not running:$dead); taking it down and starting afresh"
   fi
   [ -d "$DIR" ] && down_quietly
   for c in openssl ip unshare nsenter gcc apt-get dpkg python3; do
@@ -508,7 +515,7 @@ down() {
 }
 
 status() {
-  for n in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy; do
+  for n in $COMPONENTS; do
     if running "$n"; then echo "$n: running (pid $(cat "$PIDS/$n"))"; else echo "$n: not running"; fi
   done
   KUBECTL="$(command -v kubectl || echo "$REPO/.tools/bin/kubectl")"
