@@ -123,3 +123,33 @@ fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<b
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_whole_across_buffer_refills_and_say_whether_a_newline_ended_them() {
+        let mut reader = BufReader::with_capacity(4, &b"ab\ncdefghij\n\nlast"[..]);
+        let mut read = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let terminated = read_line(&mut reader, &mut line).unwrap();
+            if line.is_empty() && !terminated {
+                break;
+            }
+            read.push((String::from_utf8(line).unwrap(), terminated));
+        }
+        let expected = [("ab", true), ("cdefghij", true), ("", true), ("last", false)].map(|(l, t)| (l.to_owned(), t));
+        assert_eq!(read, expected);
+    }
+
+    #[test]
+    fn a_line_too_long_to_be_an_audit_line_is_refused_not_buffered_whole() {
+        let text = vec![b'x'; MAX_LINE + 100_000];
+        let mut verifier = Verifier::new(VerifyOptions::default());
+        verifier.begin_file("big.log");
+        let error = feed_lines(&mut verifier, &text[..], "big.log").unwrap_err();
+        assert_eq!(error.to_string(), "big.log:1: a line longer than 16 MiB: not an audit log");
+    }
+}

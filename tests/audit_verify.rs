@@ -42,10 +42,14 @@ async fn serve_calls(audit: &Path) -> Vec<String> {
         done.expect("the calls succeed");
     }
     drop(clients);
+    // Prometheus sees how far the chain got.
+    let metrics = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let gauge = metrics.lines().find_map(|l| l.strip_prefix("toolwarden_audit_chain_seq{chain=\"")).expect("the chain's gauge").to_owned();
     let status = dev.terminate();
     assert!(status.success(), "{status}");
     // The reader of stdout may still be draining the pipe: wait for the file's last line there.
     let last = lines_of(audit).pop().expect("audit lines were written");
+    assert_eq!(gauge, format!("{}\"}} {}", field(&last, "chain").as_str().unwrap(), field(&last, "seq")), "the gauge holds the last seq");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let stdout = dev.stdout.lock().unwrap().clone();

@@ -303,3 +303,48 @@ fn a_chain_that_starts_twice_in_one_file_is_caught() {
     let found = broken([lines.concat(), lines[0].clone()].concat());
     assert_eq!(at(&found), (BreakKind::Reordered, 4, Some(0)), "{found}");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Whatever the bytes, the verifier answers; it never panics.
+        #[test]
+        fn any_bytes_get_an_answer(text in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'{'), Just(b'"'), any::<u8>()], 0..400)) {
+            let mut verifier = Verifier::new(VerifyOptions { skip_other_lines: text.len() % 2 == 0, ..VerifyOptions::default() });
+            verifier.feed_text("x", &text);
+            let _ = verifier.finish();
+        }
+
+        /// Changing any byte of any line but the chain's last is found.
+        #[test]
+        fn any_changed_byte_before_the_last_line_is_found(line in 0usize..5, at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut lines: Vec<Vec<u8>> = chain("a", 6, None).into_iter().map(String::into_bytes).collect();
+            let target = &mut lines[line];
+            let at = at.index(target.len() - 1);
+            prop_assume!(target[at] != byte);
+            target[at] = byte;
+            let mut verifier = Verifier::new(VerifyOptions::default());
+            verifier.feed_text("x", &lines.concat());
+            prop_assert!(verifier.finish().is_err());
+        }
+
+        /// Removing any line but the last, or swapping any two, is found; a swap at the first line out of place.
+        #[test]
+        fn removed_or_swapped_lines_are_found(a in 0usize..8, b in 0usize..8) {
+            let lines = chain("a", 8, None);
+            let mut removed = lines.clone();
+            prop_assume!(a < 7);
+            removed.remove(a);
+            prop_assert!(verify(removed.concat()).is_err());
+            prop_assume!(a != b);
+            let mut swapped = lines;
+            swapped.swap(a, b);
+            let found = verify(swapped.concat()).unwrap_err();
+            prop_assert_eq!(found.line as usize, a.min(b) + 1, "the first line out of place is named: {}", found);
+        }
+    }
+}
