@@ -1,5 +1,6 @@
 //! `toolwarden`: the operator, the gateway, the embedded default (`dev`) and the tools around them.
 
+mod audit_cmd;
 mod policy_cmd;
 
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ enum Command {
     Policy(policy_cmd::PolicyCommand),
     /// List and decide pending human approvals on a gateway.
     Approvals(toolwarden_gateway::cli::ApprovalsArgs),
+    /// Check audit logs: no line removed, changed or reordered.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy(command) => command.run(),
+        Command::Audit(command) => command.run(),
         Command::Dev(args) => block_on(args.serve.worker_threads, args.run()),
         Command::Gateway(args) => block_on(args.serve.worker_threads, args.run()),
         Command::Operator(args) => block_on(None, args.run()),

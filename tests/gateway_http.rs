@@ -190,6 +190,7 @@ async fn audit_lines_hold_every_required_field_and_no_secret() {
     let fields = [
         "timestamp", "event", "call_id", "session_id", "subject", "client", "namespace", "tool", "arguments", "argument_provenance",
         "policy", "rule", "decision", "code", "approval", "status", "duration_ms", "output_bytes", "truncated", "worker", "message",
+        "chain_start", "chain", "seq", "prev_hash",
     ];
     for line in &lines {
         for field in fields {

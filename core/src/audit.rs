@@ -1,5 +1,9 @@
 //! The audit record: one JSON line per decision (written before acting), one per result, and one per
-//! approver's decision on a human approval.
+//! approver's decision on a human approval. Each gateway process's lines form a hash chain ([`chain`]),
+//! which [`verify`] checks.
+
+pub mod chain;
+pub mod verify;
 
 use std::collections::HashSet;
 
@@ -18,9 +22,12 @@ pub enum AuditEvent {
     Result,
     /// An approver's decision on a pending human approval, or its refusal.
     Approval,
+    /// The first line of a gateway process's audit chain: which process, and what it appended to.
+    ChainStart,
 }
 
-/// One audit line. Field names are stable: alerting and log pipelines match on them.
+/// One audit line. Field names are stable: alerting and log pipelines match on them. The gateway's audit
+/// log appends the chain fields (`chain`, `seq`, `prev_hash`, see [`chain`]) as it writes each line.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// RFC 3339 with milliseconds.
@@ -53,9 +60,17 @@ pub struct AuditRecord {
     pub redacted: Option<bool>,
     pub worker: Option<String>,
     pub message: Option<String>,
+    /// `chain_start` lines: the process that began the chain.
+    pub chain_start: Option<chain::ChainStart>,
 }
 
 impl AuditRecord {
+    /// The record that begins a chain.
+    pub fn chain_start(timestamp: String, start: chain::ChainStart) -> AuditRecord {
+        let message = format!("audit chain started by gateway {} (pid {}, toolwarden {})", start.gateway, start.pid, start.version);
+        AuditRecord { timestamp, event: Some(AuditEvent::ChainStart), message: Some(message), chain_start: Some(start), ..AuditRecord::default() }
+    }
+
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("audit records serialise")
     }

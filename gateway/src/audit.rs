@@ -1,15 +1,21 @@
 //! The audit log: one JSON line per decision (before acting) and per result, to stdout and optionally a
 //! file. The record type and argument sanitising live in core (`toolwarden_core::audit`).
+//!
+//! The lines of one process form a hash chain (`toolwarden_core::audit::chain`): each line is sealed with
+//! its chain id, seq and the previous line's hash under the same lock that queues it, so the chain follows
+//! the order the lines are written in, whichever task writes them. Stdout and the file get the same bytes.
 
 use std::fs::{File, OpenOptions};
 use std::fmt::Write as _;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
+use prometheus_client::metrics::gauge::Gauge;
 use toolwarden_core::audit::AuditRecord;
+use toolwarden_core::audit::chain::{self, ChainPoint, ChainStart, ChainWriter};
 
 /// How long a result line may wait to share one write with the next decision line. Each write to a
 /// pipe wakes its reader (the container runtime's log collector), so this halves the writes of a busy
@@ -18,10 +24,17 @@ pub const RESULT_DELAY: Duration = Duration::from_millis(20);
 /// Result lines waiting beyond this many bytes are written at once.
 const MAX_PENDING: usize = 64 * 1024;
 
+/// The longest last line of an existing audit file that a new chain links to.
+const MAX_TAIL: u64 = 1024 * 1024;
+
 pub struct AuditLog {
     sinks: Mutex<Sinks>,
     /// Told when result lines start waiting, so [`AuditLog::flush_waiting`] writes them in time.
     waiting: tokio::sync::Notify,
+    /// The seq of the last line sealed (`toolwarden_audit_chain_seq`): Prometheus keeps each chain's
+    /// progress outside the log.
+    seq: Gauge,
+    chain_id: String,
 }
 
 struct Sinks {
@@ -31,6 +44,7 @@ struct Sinks {
     pending: Vec<u8>,
     /// When the oldest of them was queued.
     oldest: Option<tokio::time::Instant>,
+    chain: ChainWriter,
 }
 
 impl Sinks {
@@ -56,25 +70,55 @@ impl Sinks {
 }
 
 impl AuditLog {
-    /// Appends to `path` when given (created with mode 0600: arguments may still be sensitive).
-    pub fn open(path: Option<&Path>, stdout: bool) -> anyhow::Result<AuditLog> {
-        let file = match path {
+    /// Appends to `path` when given (created with mode 0600: arguments may still be sensitive), and
+    /// begins a new chain with its start record, naming `gateway` and this process. When the file's last
+    /// line belongs to a chain, the start record names it (`continues`); a last line cut short by a
+    /// crash is ended with a newline first, so that the new chain starts on a line of its own.
+    pub fn open(path: Option<&Path>, stdout: bool, gateway: &str) -> anyhow::Result<AuditLog> {
+        let (file, continues) = match path {
             Some(path) => {
                 let mut options = OpenOptions::new();
-                options.create(true).append(true);
+                options.read(true).create(true).append(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                Some(options.open(path).with_context(|| format!("cannot open audit log {}", path.display()))?)
+                let mut file = options.open(path).with_context(|| format!("cannot open audit log {}", path.display()))?;
+                let continues = continue_after(&mut file).with_context(|| format!("cannot read the end of audit log {}", path.display()))?;
+                (Some(file), continues)
             }
-            None => None,
+            None => (None, None),
         };
-        Ok(AuditLog { sinks: Mutex::new(Sinks { file, stdout, pending: Vec::new(), oldest: None }), waiting: tokio::sync::Notify::new() })
+        let chain = ChainWriter::new(&crate::approvals::random_hex(8))?;
+        let chain_id = chain.id().to_owned();
+        let log = AuditLog {
+            sinks: Mutex::new(Sinks { file, stdout, pending: Vec::new(), oldest: None, chain }),
+            waiting: tokio::sync::Notify::new(),
+            seq: Gauge::default(),
+            chain_id,
+        };
+        let start = ChainStart { gateway: gateway.to_owned(), pid: std::process::id(), version: env!("CARGO_PKG_VERSION").to_owned(), continues };
+        log.write(&AuditRecord::chain_start(timestamp(), start));
+        tracing::info!(chain = %log.chain_id, "audit chain started");
+        Ok(log)
+    }
+
+    /// This process's chain id.
+    pub fn chain_id(&self) -> &str {
+        &self.chain_id
+    }
+
+    /// Registers `toolwarden_audit_chain_seq{chain}`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.sub_registry_with_label(("chain".into(), self.chain_id.clone().into())).register(
+            "toolwarden_audit_chain_seq",
+            "Sequence number of the last audit line this gateway process wrote, by audit chain",
+            self.seq.clone(),
+        );
     }
 
     /// Writes a decision line now, after any result lines still waiting: the call acts only after this.
     pub fn write(&self, record: &AuditRecord) {
         let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
-        push_line(&mut sinks.pending, record);
+        sinks.push_line(record, &self.seq);
         sinks.write_pending();
     }
 
@@ -83,7 +127,7 @@ impl AuditLog {
     pub fn write_result(&self, record: &AuditRecord) {
         let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
         let first = sinks.pending.is_empty();
-        push_line(&mut sinks.pending, record);
+        sinks.push_line(record, &self.seq);
         if sinks.pending.len() > MAX_PENDING {
             sinks.write_pending();
         } else if first {
@@ -122,15 +166,53 @@ impl Drop for AuditLog {
     }
 }
 
-/// Serialises `record` straight into the buffer (it keeps its capacity between writes): no string per line.
-fn push_line(buffer: &mut Vec<u8>, record: &AuditRecord) {
-    let start = buffer.len();
-    match serde_json::to_writer(&mut *buffer, record) {
-        Ok(()) => buffer.push(b'\n'),
-        Err(e) => {
-            // Unreachable with serde_json's own values; never half a line.
-            buffer.truncate(start);
-            tracing::error!(error = %e, call_id = %record.call_id, "cannot serialise an audit record");
+impl Sinks {
+    /// Serialises `record` straight into the pending buffer (it keeps its capacity between writes: no
+    /// string per line) and seals it as the chain's next line.
+    fn push_line(&mut self, record: &AuditRecord, seq: &Gauge) {
+        let start = self.pending.len();
+        match serde_json::to_writer(&mut self.pending, record) {
+            Ok(()) => {
+                self.chain.seal(&mut self.pending, start);
+                if let Some((last, _)) = self.chain.head() {
+                    seq.set(i64::try_from(last).unwrap_or(i64::MAX));
+                }
+            }
+            Err(e) => {
+                // Unreachable with serde_json's own values; never half a line, and no seq spent.
+                self.pending.truncate(start);
+                tracing::error!(error = %e, call_id = %record.call_id, "cannot serialise an audit record");
+            }
+        }
+    }
+}
+
+/// Where a new chain joins an existing audit file: the chain line it ends with, if any. A last line
+/// without its newline (the previous process died writing it) is ended with one, and left as it is for
+/// `audit verify` to report.
+fn continue_after(file: &mut File) -> std::io::Result<Option<ChainPoint>> {
+    let len = file.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok(None);
+    }
+    let from = len.saturating_sub(MAX_TAIL);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::with_capacity((len - from) as usize);
+    Read::take(&mut *file, len - from).read_to_end(&mut tail)?;
+    if tail.last() != Some(&b'\n') {
+        file.write_all(b"\n")?;
+        tracing::warn!("the audit log file ended in the middle of a line (a previous gateway stopped while writing it); the new chain starts on the next line and does not link to it");
+        return Ok(None);
+    }
+    tail.pop();
+    let Some(line) = tail.rsplit(|&b| b == b'\n').next().filter(|line| from == 0 || line.len() < tail.len()) else {
+        return Ok(None);
+    };
+    match chain::parse_line(line) {
+        Ok(link) => Ok(Some(ChainPoint { chain: link.chain.into_owned(), seq: link.seq, hash: chain::to_hex(&chain::line_hash(line)) })),
+        Err(problem) => {
+            tracing::warn!(%problem, "the audit log file's last line is not a chained audit line; the new chain does not link to it");
+            Ok(None)
         }
     }
 }
@@ -173,18 +255,27 @@ pub fn rfc3339(time: std::time::SystemTime) -> String {
 mod tests {
     use super::*;
     use toolwarden_core::audit::AuditEvent;
+    use toolwarden_core::audit::verify::{Break, BreakKind, Summary, Verifier, VerifyOptions};
 
     fn record(call: &str, event: AuditEvent) -> AuditRecord {
         AuditRecord { call_id: call.into(), event: Some(event), ..AuditRecord::default() }
     }
 
+    /// The lines after the chain's start record.
     fn lines(path: &Path) -> Vec<(String, Option<AuditEvent>)> {
         std::fs::read_to_string(path)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap())
+            .filter(|r| r.event != Some(AuditEvent::ChainStart))
             .map(|r| (r.call_id, r.event))
             .collect()
+    }
+
+    fn verify(path: &Path, options: VerifyOptions) -> Result<Summary, Break> {
+        let mut verifier = Verifier::new(options);
+        verifier.feed_text("audit.jsonl", &std::fs::read(path).unwrap());
+        verifier.finish()
     }
 
     #[test]
@@ -201,7 +292,7 @@ mod tests {
     fn decisions_are_written_at_once_and_results_ride_along_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(Some(&path), false).unwrap();
+        let log = AuditLog::open(Some(&path), false, "test").unwrap();
         log.write(&record("c1", AuditEvent::Decision));
         assert_eq!(lines(&path), [("c1".into(), Some(AuditEvent::Decision))], "a decision is on disk before the call acts");
         log.write_result(&record("c1", AuditEvent::Result));
@@ -218,7 +309,7 @@ mod tests {
     fn log_with_flusher() -> (tempfile::TempDir, std::path::PathBuf, std::sync::Arc<AuditLog>, tokio::task::JoinHandle<()>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = std::sync::Arc::new(AuditLog::open(Some(&path), false).unwrap());
+        let log = std::sync::Arc::new(AuditLog::open(Some(&path), false, "test").unwrap());
         let flusher = tokio::spawn({
             let log = log.clone();
             async move { log.flush_waiting().await }
@@ -258,7 +349,7 @@ mod tests {
     fn many_waiting_results_are_written_without_waiting() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(Some(&path), false).unwrap();
+        let log = AuditLog::open(Some(&path), false, "test").unwrap();
         let mut count = 0;
         while lines(&path).is_empty() {
             log.write_result(&AuditRecord { message: Some("x".repeat(1000)), ..record("c", AuditEvent::Result) });
@@ -266,5 +357,89 @@ mod tests {
             assert!(count < 100, "a full buffer is written");
         }
         drop(log);
+    }
+
+    #[test]
+    fn lines_written_from_many_threads_form_one_chain_in_file_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = std::sync::Arc::new(AuditLog::open(Some(&path), false, "gw-1").unwrap());
+        let writers: Vec<_> = (0..8)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let call = format!("t{t}-{i}");
+                        log.write(&record(&call, AuditEvent::Decision));
+                        log.write_result(&record(&call, AuditEvent::Result));
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        log.flush();
+        assert_eq!(log.seq.get(), 3200, "the gauge holds the last seq written");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let seqs: Vec<u64> = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (0..=3200).collect::<Vec<u64>>(), "seqs follow the file order");
+        let summary = verify(&path, VerifyOptions::default()).unwrap();
+        let [chain] = &summary.chains[..] else { panic!("{summary:?}") };
+        assert_eq!((chain.id.as_str(), chain.lines), (log.chain_id(), 3201));
+        let started = chain.started.as_ref().unwrap();
+        assert_eq!((started.gateway.as_str(), started.pid), ("gw-1", std::process::id()));
+    }
+
+    #[test]
+    fn a_reopened_file_continues_from_the_previous_chains_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let first = AuditLog::open(Some(&path), false, "test").unwrap();
+        let first_id = first.chain_id().to_owned();
+        first.write(&record("c1", AuditEvent::Decision));
+        first.write(&record("c2", AuditEvent::Decision));
+        drop(first);
+        let second = AuditLog::open(Some(&path), false, "test").unwrap();
+        assert_ne!(second.chain_id(), first_id, "a new process, a new chain");
+        second.write(&record("c3", AuditEvent::Decision));
+        drop(second);
+
+        let summary = verify(&path, VerifyOptions::default()).unwrap();
+        assert_eq!(summary.chains.len(), 2);
+        assert_eq!(summary.chains[1].notes, [format!("continues chain {first_id} at seq 2: checked")]);
+
+        // The first process's last line removed: the second chain's start record still names it.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.remove(2);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let found = verify(&path, VerifyOptions::default()).unwrap_err();
+        assert_eq!((found.kind, found.line, found.chain.clone()), (BreakKind::Removed, 2, Some(first_id)), "{found}");
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_crash_stays_visible_and_the_next_chain_starts_on_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let first = AuditLog::open(Some(&path), false, "test").unwrap();
+        first.write(&record("c1", AuditEvent::Decision));
+        first.write(&record("c2", AuditEvent::Decision));
+        drop(first);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, &text[..text.len() - 40]).unwrap();
+        let second = AuditLog::open(Some(&path), false, "test").unwrap();
+        second.write(&record("c3", AuditEvent::Decision));
+        drop(second);
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        let start: AuditRecord = serde_json::from_str(lines[3]).unwrap();
+        assert_eq!(start.event, Some(AuditEvent::ChainStart));
+        assert_eq!(start.chain_start.unwrap().continues, None, "nothing to link to");
+        let found = verify(&path, VerifyOptions::default()).unwrap_err();
+        assert_eq!((found.kind, found.line), (BreakKind::Garbled, 3), "{found}");
+        assert!(found.detail.contains("EOF while parsing"), "{found}");
     }
 }

@@ -169,7 +169,10 @@ async fn session(gw: &Gateway) -> Arc<crate::sessions::SessionRecord> {
 
 fn audit_lines(path: &std::path::Path, gw: &Gateway) -> Vec<serde_json::Value> {
     gw.audit.flush();
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    let lines = std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>();
+    // The chain's start record first, then the calls' lines.
+    assert_eq!(lines.first().map(|l| l["event"].clone()), Some("chain_start".into()));
+    lines.into_iter().skip(1).collect()
 }
 
 fn result_text(response: rmcp::model::CallToolResponse) -> (Option<bool>, Option<String>, String) {

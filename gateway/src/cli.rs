@@ -152,7 +152,7 @@ impl DevArgs {
         let (metrics, registry) = GatewayMetrics::new(runtime_metrics.clone());
         let secrets: LocalSecrets = Arc::new(std::sync::RwLock::new(BTreeMap::new()));
         let runtime = local_runtime(Some(dir.clone()), self.serve.unsafe_no_sandbox, secrets.clone(), runtime_metrics)?;
-        let audit = AuditLog::open(self.serve.audit_log.as_deref(), true)?;
+        let audit = AuditLog::open(self.serve.audit_log.as_deref(), true, "dev")?;
         let settings = Settings {
             // A laptop server: only loopback names (DNS-rebinding guard on top of the bearer token).
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), self.listen.ip().to_string()],
@@ -292,7 +292,7 @@ impl GatewayArgs {
                 (runtime, Some(inner))
             }
         };
-        let audit = AuditLog::open(self.serve.audit_log.as_deref(), true)?;
+        let audit = AuditLog::open(self.serve.audit_log.as_deref(), true, &self.gateway_id)?;
         let settings = Settings {
             idle_timeout: self.idle_timeout,
             max_session_lifetime: self.max_session_lifetime,

@@ -98,8 +98,9 @@ impl Gateway {
         runtime: Arc<dyn WorkerRuntime>,
         audit: AuditLog,
         metrics: GatewayMetrics,
-        registry: Registry,
+        mut registry: Registry,
     ) -> Gateway {
+        audit.register_metrics(&mut registry);
         Gateway {
             settings,
             auth,
@@ -306,7 +307,7 @@ impl Gateway {
         let token = crate::auth::StaticToken { token: "t".repeat(32), subject: "s".into(), groups: vec![] };
         let auth = Authenticator::new(crate::auth::AuthConfig { static_tokens: vec![token], ..Default::default() }).await.unwrap();
         let (metrics, registry) = GatewayMetrics::new(crate::kubernetes::Metrics::default());
-        let audit = AuditLog::open(audit, false).unwrap();
+        let audit = AuditLog::open(audit, false, "test").unwrap();
         Arc::new(Gateway::new(Settings::default(), auth, runtime, audit, metrics, registry))
     }
 }

@@ -61,6 +61,15 @@ impl Dev {
 
     /// [`Dev::start`] with more command-line arguments for `toolwarden dev`.
     pub fn start_with_args(extra: &[(&str, &str)], args: &[&str]) -> Dev {
+        Dev::start_inner(extra, args, None)
+    }
+
+    /// [`Dev::start`] appending its audit lines to `audit` (which may outlive this run).
+    pub fn start_logging_to(audit: &Path) -> Dev {
+        Dev::start_inner(&[], &[], Some(audit.to_owned()))
+    }
+
+    fn start_inner(extra: &[(&str, &str)], args: &[&str], audit: Option<PathBuf>) -> Dev {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("manifests");
@@ -68,7 +77,7 @@ impl Dev {
         for (name, text) in extra {
             std::fs::write(manifests.join(name), text).unwrap();
         }
-        let audit = dir.path().join("audit.jsonl");
+        let audit = audit.unwrap_or_else(|| dir.path().join("audit.jsonl"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_toolwarden"))
             .args(["dev", "--listen", "127.0.0.1:0", "--manifests"])
             .arg(&manifests)
@@ -121,8 +130,9 @@ impl Dev {
         rmcp::ServiceExt::serve(info, transport).await.expect("client connects")
     }
 
-    /// The audit lines so far. Result lines may wait up to 20 ms to share a write with the next decision
-    /// line, so this first waits until the file has stopped growing.
+    /// The audit lines of calls and approvals so far (the chain's start record left out). Result lines may
+    /// wait up to 20 ms to share a write with the next decision line, so this first waits until the file
+    /// has stopped growing.
     pub fn audit_lines(&self) -> Vec<Value> {
         let size = || std::fs::metadata(&self.audit).map(|m| m.len()).unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -138,7 +148,8 @@ impl Dev {
         std::fs::read_to_string(&self.audit)
             .unwrap_or_default()
             .lines()
-            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .map(|l| serde_json::from_str::<Value>(l).expect("audit lines are JSON"))
+            .filter(|l| l["event"] != "chain_start")
             .collect()
     }
 
