@@ -202,7 +202,7 @@ async fn direct_mode(runtime: &Arc<LocalRuntime>, clients: usize) -> Mode {
             let id = id.clone();
             let never = never.clone();
             Box::pin(async move {
-                let request = CallRequest { call_id: "c".into(), arguments: json!({"text": "hello"}), preview: false };
+                let request = CallRequest::new("c", json!({"text": "hello"}), false);
                 let result = runtime.call(&id, &tool, request, &never).await.expect("direct call");
                 assert!(!result.is_error && result.content.contains("hello"), "{result:?}");
             })
