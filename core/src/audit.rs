@@ -53,6 +53,10 @@ pub struct AuditRecord {
     pub redacted: Option<bool>,
     pub worker: Option<String>,
     pub message: Option<String>,
+    /// The call's OpenTelemetry trace id (32 hex digits) when the gateway traces it; absent otherwise
+    /// (docs/tracing.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl AuditRecord {

@@ -61,6 +61,11 @@ impl Dev {
 
     /// [`Dev::start`] with more command-line arguments for `toolwarden dev`.
     pub fn start_with_args(extra: &[(&str, &str)], args: &[&str]) -> Dev {
+        Dev::start_with_env(extra, args, &[])
+    }
+
+    /// [`Dev::start_with_args`] with environment variables for `toolwarden dev` (`OTEL_*`...).
+    pub fn start_with_env(extra: &[(&str, &str)], args: &[&str], env: &[(&str, &str)]) -> Dev {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("manifests");
@@ -78,6 +83,7 @@ impl Dev {
             .env("TOOLWARDEN_DEV_TOKEN", DEV_TOKEN)
             .env("TOOLWARDEN_DEV_APPROVER_TOKEN", APPROVER_TOKEN)
             .env("TMPDIR", dir.path())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
