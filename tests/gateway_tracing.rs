@@ -195,3 +195,23 @@ async fn an_unusable_tracing_setting_stops_the_gateway_with_the_variable_named()
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL=\"grpc\"") && stderr.contains("http/protobuf"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_rmcp_routes_is_traced_the_same_way() {
+    let pages = PageServer::start();
+    let extra = manifests(pages.port);
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let dev = Dev::start_with_env(&extra.iter().map(|(n, t)| (*n, t.as_str())).collect::<Vec<_>>(), &[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", down.as_str())]);
+    let (client, session) = open(&dev).await;
+    // A `_meta` key the direct path does not serve hands the request to rmcp's handler.
+    let meta = json!({"traceparent": caller_traceparent(), "example.com/note": "via rmcp"});
+    let result = raw_call(&dev, &client, &session, &[], Some(meta)).await;
+    assert_eq!(trace_id_of(&result).as_deref(), Some(CALLER_TRACE), "{result}");
+    // The header is honoured on this path too.
+    let header = raw_call(&dev, &client, &session, &[("traceparent", &caller_traceparent())], Some(json!({"example.com/note": "x"}))).await;
+    assert_eq!(trace_id_of(&header).as_deref(), Some(CALLER_TRACE), "{header}");
+    let sent = pages.traceparents();
+    assert!(sent.iter().all(|t| t.as_deref().is_some_and(|t| trace_in(t) == CALLER_TRACE)), "{sent:?}");
+    let lines = dev.audit_lines();
+    assert!(lines.iter().filter(|l| l["tool"] == "fetch_traced_page").all(|l| l["trace_id"] == CALLER_TRACE), "{lines:?}");
+}
