@@ -5,7 +5,7 @@
 //! slow only makes this thread's exports fail or wait (each bounded by its timeout); their spans are
 //! counted as dropped too (`reason="export_failed"`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -50,17 +50,29 @@ const EXPORT_FAILED: &str = "export_failed";
 /// Failures are logged at most this often (with the count since the last line), not once per batch.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
-enum Message {
-    Spans(Vec<SpanData>),
-    /// Export everything queued, then answer.
-    Flush(mpsc::SyncSender<()>),
+/// What the calls and the export thread share.
+struct Shared {
+    state: Mutex<Waiting>,
+    /// Told when the thread has something to do: a first span to time, a full batch, a flush, the end.
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Waiting {
+    spans: Vec<SpanData>,
+    /// When the oldest waiting span arrived.
+    since: Option<Instant>,
+    /// Flushes asked for: each is answered once everything waiting before it was exported.
+    flushes: Vec<mpsc::SyncSender<()>>,
+    closed: bool,
 }
 
 pub(crate) struct ExportQueue {
-    sender: mpsc::Sender<Message>,
+    shared: Arc<Shared>,
     /// Spans handed over and not yet exported or dropped, the batch being sent included.
     queued: Arc<AtomicUsize>,
     limit: usize,
+    batch_size: usize,
     counters: SpanCounters,
 }
 
@@ -72,10 +84,11 @@ impl ExportQueue {
         counters: SpanCounters,
         endpoint: String,
     ) -> std::io::Result<ExportQueue> {
-        let (sender, receiver) = mpsc::channel();
+        let shared = Arc::new(Shared { state: Mutex::default(), wake: Condvar::new() });
         let queued = Arc::new(AtomicUsize::new(0));
         let exporting = Exporting {
             exporter,
+            shared: shared.clone(),
             queued: queued.clone(),
             counters: counters.clone(),
             batch_size: settings.max_export_batch_size,
@@ -84,11 +97,13 @@ impl ExportQueue {
             endpoint,
             failures: Failures::default(),
         };
-        std::thread::Builder::new().name("otlp-export".into()).spawn(move || exporting.run(receiver))?;
-        Ok(ExportQueue { sender, queued, limit: settings.max_queue_size, counters })
+        std::thread::Builder::new().name("otlp-export".into()).spawn(move || exporting.run())?;
+        Ok(ExportQueue { shared, queued, limit: settings.max_queue_size, batch_size: settings.max_export_batch_size, counters })
     }
 
-    /// Hands `spans` over for export, or drops (and counts) them when the queue is at its limit.
+    /// Hands `spans` over for export, or drops (and counts) them when the queue is at its limit. The
+    /// export thread is woken only for the first span of a batch (to time it) and for a full batch:
+    /// waking it for every call would cost each call two context switches.
     pub(crate) fn push(&self, spans: Vec<SpanData>) {
         let count = spans.len();
         if count == 0 {
@@ -100,16 +115,34 @@ impl ExportQueue {
             self.counters.drop_spans(QUEUE_FULL, count);
             return;
         }
-        if self.sender.send(Message::Spans(spans)).is_err() {
-            self.queued.fetch_sub(count, Ordering::Relaxed);
-            self.counters.drop_spans(EXPORT_FAILED, count);
+        let wake = {
+            let mut waiting = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            let first = waiting.spans.is_empty();
+            if first {
+                waiting.since = Some(Instant::now());
+            }
+            let full_before = waiting.spans.len() >= self.batch_size;
+            waiting.spans.extend(spans);
+            first || (!full_before && waiting.spans.len() >= self.batch_size)
+        };
+        if wake {
+            self.shared.wake.notify_one();
         }
     }
 
     /// Exports what is queued, waiting at most `limit`; whether it finished in time.
     pub(crate) fn flush(&self, limit: Duration) -> bool {
         let (done, finished) = mpsc::sync_channel(1);
-        self.sender.send(Message::Flush(done)).is_ok() && finished.recv_timeout(limit).is_ok()
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).flushes.push(done);
+        self.shared.wake.notify_one();
+        finished.recv_timeout(limit).is_ok()
+    }
+}
+
+impl Drop for ExportQueue {
+    fn drop(&mut self) {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.shared.wake.notify_one();
     }
 }
 
@@ -122,6 +155,7 @@ struct Failures {
 /// The export thread's state.
 struct Exporting {
     exporter: opentelemetry_otlp::SpanExporter,
+    shared: Arc<Shared>,
     queued: Arc<AtomicUsize>,
     counters: SpanCounters,
     batch_size: usize,
@@ -132,61 +166,65 @@ struct Exporting {
 }
 
 impl Exporting {
-    fn run(mut self, receiver: mpsc::Receiver<Message>) {
+    fn run(mut self) {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
+            Ok(runtime) => Some(runtime),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the trace export thread's runtime; spans are dropped");
-                for message in receiver {
-                    if let Message::Spans(spans) = message {
-                        self.queued.fetch_sub(spans.len(), Ordering::Relaxed);
-                        self.counters.drop_spans(EXPORT_FAILED, spans.len());
-                    }
-                }
-                return;
+                None
             }
         };
-        let mut batch: Vec<SpanData> = Vec::new();
-        // When the oldest span of `batch` must be on its way.
-        let mut due: Option<Instant> = None;
         loop {
-            let message = match due {
-                None => receiver.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                Some(due) => receiver.recv_timeout(due.saturating_duration_since(Instant::now())),
-            };
-            match message {
-                Ok(Message::Spans(spans)) => {
-                    due.get_or_insert_with(|| Instant::now() + self.delay);
-                    batch.extend(spans);
-                    while batch.len() >= self.batch_size {
-                        let rest = batch.split_off(self.batch_size);
-                        self.export(&runtime, std::mem::replace(&mut batch, rest));
-                    }
-                    if batch.is_empty() {
-                        due = None;
+            let (batch, flushes, closed) = self.next_batch();
+            match &runtime {
+                Some(runtime) => {
+                    let mut batch = batch;
+                    while !batch.is_empty() {
+                        let rest = batch.split_off(batch.len().min(self.batch_size));
+                        let this = std::mem::replace(&mut batch, rest);
+                        self.export(runtime, this);
                     }
                 }
-                Ok(Message::Flush(done)) => {
-                    self.export_all(&runtime, &mut batch);
-                    due = None;
-                    let _ = done.send(());
+                None => {
+                    self.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+                    self.counters.drop_spans(EXPORT_FAILED, batch.len());
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.export_all(&runtime, &mut batch);
-                    due = None;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.export_all(&runtime, &mut batch);
-                    return;
-                }
+            }
+            for done in flushes {
+                let _ = done.send(());
+            }
+            if closed {
+                return;
             }
         }
     }
 
-    fn export_all(&mut self, runtime: &tokio::runtime::Runtime, batch: &mut Vec<SpanData>) {
-        while !batch.is_empty() {
-            let rest = batch.split_off(batch.len().min(self.batch_size));
-            self.export(runtime, std::mem::replace(batch, rest));
+    /// Waits for work: a full batch, the oldest span's delay over, a flush or the end. Returns the spans
+    /// to send now (one batch, or everything for a flush or the end) and the flushes to answer after.
+    fn next_batch(&self) -> (Vec<SpanData>, Vec<mpsc::SyncSender<()>>, bool) {
+        let mut waiting = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if !waiting.flushes.is_empty() || waiting.closed {
+                waiting.since = None;
+                let flushes = std::mem::take(&mut waiting.flushes);
+                return (std::mem::take(&mut waiting.spans), flushes, waiting.closed);
+            }
+            let due = waiting.since.map(|since| since + self.delay);
+            if waiting.spans.len() >= self.batch_size || due.is_some_and(|due| due <= Instant::now()) {
+                let spans = &mut waiting.spans;
+                let rest = spans.split_off(spans.len().min(self.batch_size));
+                let batch = std::mem::replace(spans, rest);
+                // What stays waits a full delay from now: it arrived after the batch began.
+                waiting.since = (!waiting.spans.is_empty()).then(Instant::now);
+                return (batch, Vec::new(), false);
+            }
+            waiting = match due {
+                None => self.shared.wake.wait(waiting).unwrap_or_else(|e| e.into_inner()),
+                Some(due) => {
+                    let left = due.saturating_duration_since(Instant::now());
+                    self.shared.wake.wait_timeout(waiting, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
         }
     }
 
