@@ -18,6 +18,10 @@
 //! The gateway runs with `BENCH_THREADS` threads (default 1, as in the chart's one-CPU pod), and so does
 //! this process, so both modes pay the same scheduler costs. The audit log goes to stdout (read by this
 //! process); `BENCH_AUDIT_FILE=1` also appends it to a file.
+//!
+//! `BENCH_OTLP_ENDPOINT=http://127.0.0.1:4318` (a collector that answers, such as `scripts/jaeger.sh run`)
+//! measures tracing instead: two gateways, one with tracing off and one exporting to that collector, the
+//! same alternating blocks, and the gateway CPU per call that tracing adds (docs/tracing.md).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -202,7 +206,7 @@ async fn direct_mode(runtime: &Arc<LocalRuntime>, clients: usize) -> Mode {
             let id = id.clone();
             let never = never.clone();
             Box::pin(async move {
-                let request = CallRequest { call_id: "c".into(), arguments: json!({"text": "hello"}), preview: false };
+                let request = CallRequest::new("c", json!({"text": "hello"}), false);
                 let result = runtime.call(&id, &tool, request, &never).await.expect("direct call");
                 assert!(!result.is_error && result.content.contains("hello"), "{result:?}");
             })
@@ -233,6 +237,11 @@ impl Drop for Gateway {
 }
 
 fn start_gateway(dir: &Path) -> Gateway {
+    start_gateway_with(dir, &[])
+}
+
+/// [`start_gateway`] with environment variables (`OTEL_*`).
+fn start_gateway_with(dir: &Path, env: &[(&str, &str)]) -> Gateway {
     let mut args: Vec<String> = vec!["dev".into(), "--listen".into(), "127.0.0.1:0".into(), "--worker-threads".into(), threads().to_string()];
     // The idle-memory case opens IDLE_SESSIONS sessions of one subject.
     args.extend(["--max-sessions-per-subject".into(), (IDLE_SESSIONS + 100).to_string()]);
@@ -251,6 +260,7 @@ fn start_gateway(dir: &Path) -> Gateway {
         .args(&args)
         .env("TOOLWARDEN_DEV_TOKEN", TOKEN)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -414,6 +424,30 @@ async fn idle_memory(dir: &Path) -> (u64, f64) {
     (idle, (with_sessions.saturating_sub(idle)) as f64 / IDLE_SESSIONS as f64)
 }
 
+/// Tracing off against tracing on (exporting to `endpoint`): two gateways, the same calls in alternating
+/// blocks; prints the gateway CPU per call each way and the difference.
+async fn tracing_overhead(dir: &Path, endpoint: &str, total: usize) {
+    let off = start_gateway(dir);
+    let on = start_gateway_with(dir, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]);
+    println!("tracing: off vs on (OTLP/HTTP to {endpoint})");
+    let mut added = Vec::new();
+    for clients in [1, 32] {
+        let mut untraced = gateway_mode(&off, clients).await;
+        let mut traced = gateway_mode(&on, clients).await;
+        compare(&mut untraced, &mut traced, clients, total).await;
+        let (cpu_off, cpu_on) = (untraced.stats.cpu_per_call() * 1e6, traced.stats.cpu_per_call() * 1e6);
+        println!(
+            "  {clients:>2} client(s): CPU per call off {cpu_off:.1} µs, on {cpu_on:.1} µs, added {:.1} µs; p50 off {:.0} µs, on {:.0} µs",
+            cpu_on - cpu_off,
+            micros(untraced.stats.pct(0.5)),
+            micros(traced.stats.pct(0.5))
+        );
+        added.push(cpu_on - cpu_off);
+    }
+    let verdict = if added.iter().all(|a| *a <= 10.0) { "met" } else { "MISSED" };
+    println!("\ntarget: tracing adds at most 10 µs of gateway CPU per call: {:.1} / {:.1} µs, {verdict}", added[0], added[1]);
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored. Without it
     // (`cargo test --all-targets`) this is a smoke run: a few calls prove the bench still works.
@@ -422,6 +456,9 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads().into()).enable_all().build().unwrap();
     runtime.block_on(async move {
         let dir = tempfile::Builder::new().prefix("twb").tempdir_in("/tmp").unwrap();
+        if let Ok(endpoint) = std::env::var("BENCH_OTLP_ENDPOINT") {
+            return tracing_overhead(dir.path(), &endpoint, total).await;
+        }
         println!("gateway_overhead: {total} timed calls per case, tool `cat` in the local sandbox, {} thread(s)", threads());
 
         let (idle, per_session) = idle_memory(dir.path()).await;

@@ -58,7 +58,7 @@ fn session(id: &str) -> SessionInfo {
 }
 
 fn request(arguments: Value) -> CallRequest {
-    CallRequest { call_id: "c-1".into(), arguments, preview: false }
+    CallRequest::new("c-1", arguments, false)
 }
 
 #[tokio::test]

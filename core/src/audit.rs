@@ -62,6 +62,10 @@ pub struct AuditRecord {
     pub message: Option<String>,
     /// `chain_start` lines: the process that began the chain.
     pub chain_start: Option<chain::ChainStart>,
+    /// The call's OpenTelemetry trace id (32 hex digits) when the gateway traces it; absent otherwise
+    /// (docs/tracing.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 impl AuditRecord {

@@ -24,6 +24,7 @@ use crate::refusal::Refusal;
 use crate::runtime::{CANCELLED, RuntimeError};
 use crate::sessions::SessionRecord;
 use crate::state::Gateway;
+use crate::trace::{CallTrace, TRACE_ID_META_KEY};
 
 /// Extra time past the runtime's own bounds (worker start, tool timeout) before the gateway gives up on
 /// a call: a last resort against a runtime that fails to bound them.
@@ -37,6 +38,31 @@ struct Call<'a> {
     record: AuditRecord,
     /// The decision line is already written (a confirm preview writes its own).
     audited: bool,
+    /// The call's trace, when tracing is on; its root span is written when the call is dropped.
+    trace: Option<CallTrace>,
+    /// When the approval step began and its mode, until its span is written.
+    approval_started: Option<(SystemTime, &'static str)>,
+}
+
+impl Call<'_> {
+    /// Writes the approval step's span, once, when the step is over (the call runs or was answered).
+    fn end_approval(&mut self) {
+        if let (Some((start, mode)), Some(trace)) = (self.approval_started.take(), self.trace.as_mut()) {
+            trace.approval(start, mode, &self.record.approval);
+        }
+    }
+}
+
+impl Drop for Call<'_> {
+    /// The call is over, however it ended (answered, refused, or dropped when its client went away).
+    fn drop(&mut self) {
+        if self.trace.is_some() {
+            self.end_approval();
+            if let Some(trace) = self.trace.as_mut() {
+                trace.finish(&self.record);
+            }
+        }
+    }
 }
 
 impl Call<'_> {
@@ -69,11 +95,8 @@ fn next_call_id() -> String {
     format!("c-{prefix}{:08x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Runs one call for `session`.
-/// The rare paths (confirm previews, asking the user) are boxed, which keeps this future, and every
-/// copy of it, a fraction of their size.
-/// `asking` is how its user can be asked to approve it, when a policy allows that (see [`crate::elicit`]);
-/// only then can the answer be `input_required` rather than a complete result.
+/// Runs one call for `session`; `trace` is its trace when tracing is on, and its id is then in the
+/// result's `_meta` (`toolwarden.dev/traceId`) as well as in the call's audit lines.
 pub async fn call_tool(
     gw: &Gateway,
     session: &Arc<SessionRecord>,
@@ -81,8 +104,34 @@ pub async fn call_tool(
     arguments: Option<JsonObject>,
     asking: Asking<'_>,
     cancel: &CancellationToken,
+    trace: Option<CallTrace>,
+) -> CallToolResponse {
+    let Some(trace) = trace else {
+        return answer(gw, session, name, arguments, asking, cancel, None).await;
+    };
+    let trace_id = trace.trace_id_hex();
+    let mut response = answer(gw, session, name, arguments, asking, cancel, Some(trace)).await;
+    if let CallToolResponse::Complete(result) = &mut response {
+        result.meta.get_or_insert_with(Default::default).0.insert(TRACE_ID_META_KEY.into(), json!(trace_id));
+    }
+    response
+}
+
+/// The rare paths (confirm previews, asking the user) are boxed, which keeps this future, and every
+/// copy of it, a fraction of their size.
+/// `asking` is how its user can be asked to approve it, when a policy allows that (see [`crate::elicit`]);
+/// only then can the answer be `input_required` rather than a complete result.
+async fn answer(
+    gw: &Gateway,
+    session: &Arc<SessionRecord>,
+    name: &str,
+    arguments: Option<JsonObject>,
+    asking: Asking<'_>,
+    cancel: &CancellationToken,
+    trace: Option<CallTrace>,
 ) -> CallToolResponse {
     let _in_flight = gw.call_started();
+    let decide_start = trace.as_ref().map(|_| SystemTime::now());
     session.touch();
     gw.runtime.touch(&session.id);
     let mut args = Value::Object(arguments.unwrap_or_default());
@@ -120,10 +169,16 @@ pub async fn call_tool(
             argument_provenance: provenance,
             decision: decision.label().to_owned(),
             approval: "none".to_owned(),
+            trace_id: trace.as_ref().map(CallTrace::trace_id_hex),
             ..AuditRecord::default()
         },
         audited: false,
+        trace,
+        approval_started: None,
     };
+    if let (Some(start), Some(trace)) = (decide_start, call.trace.as_mut()) {
+        trace.decided(start, &decision, &call.record);
+    }
     let label = decision.label();
     let (tool, limits, approval) = match decision {
         Decision::Deny(denial) => {
@@ -139,12 +194,20 @@ pub async fn call_tool(
             (tool.expect("tools needing approval exist"), request.rate_limits.clone(), Some(request))
         }
     };
-    if let Err(limited) = check_limits(gw, session, tool, &limits) {
+    let limits_start = call.trace.as_ref().filter(|_| !limits.is_empty()).map(|_| SystemTime::now());
+    let limited = check_limits(gw, session, tool, &limits);
+    if let (Some(start), Some(trace)) = (limits_start, call.trace.as_mut()) {
+        trace.rate_limited(start, limited.as_ref().err().map(|l| l.policy.as_str()));
+    }
+    if let Err(limited) = limited {
         let refusal = Refusal::new(DenialCode::RateLimited.as_str(), limited.message).policy(limited.policy);
         return call.refuse(refusal, label, "refused", Some(tool)).into();
     }
 
     if let Some(request) = approval {
+        if call.trace.is_some() {
+            call.approval_started = Some((SystemTime::now(), request.mode.as_str()));
+        }
         let hash = arguments_hash(&args);
         call.record.approval = "pending".to_owned();
         match request.mode {
@@ -170,6 +233,7 @@ pub async fn call_tool(
             }
             ApprovalMode::None => call.record.approval = "none".to_owned(),
         }
+        call.end_approval();
     }
     run(call, tool, args, label, cancel).await.into()
 }
@@ -217,19 +281,48 @@ const TOOL_DISABLED: &str = "tool_disabled";
 /// The call is registered as running, so that a config disabling its tool stops it (`TOOL_DISABLED`).
 /// The current config is read again once registered: a config applied since the call was decided (an
 /// approval waited, a preview ran) is seen either here or by the kill switch.
+///
+/// A traced call sends the worker the `traceparent` of its `worker.call` span (passed on to http tools
+/// and MCP upstreams), and gets `worker.start` and `worker.call` spans.
 async fn dispatch(
     gw: &Gateway,
     session: &SessionRecord,
     tool: &ToolConfig,
-    request: CallRequest,
+    mut request: CallRequest,
     cancel: &CancellationToken,
+    trace: Option<&mut CallTrace>,
 ) -> Result<CallResult, RuntimeError> {
     let running = gw.running.start(&session.namespace, &tool.name, cancel);
     if let Some(reason) = crate::running::unserved(&tool.name, gw.engine(&session.namespace).as_deref()) {
         return Err(RuntimeError::new(TOOL_DISABLED, format!("{reason}; nothing ran")));
     }
     let limit = gw.runtime.start_timeout() + Duration::from_millis(tool.timeout_ms) + WORKER_GRACE;
-    match tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request, &running.cancel)).await {
+    let Some(trace) = trace else {
+        let answer = tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request, &running.cancel)).await;
+        return worker_outcome(answer, &running, tool, limit);
+    };
+    let start = SystemTime::now();
+    let call_span = trace.worker_call_context().map(|(id, traceparent)| {
+        request.traceparent = Some(traceparent);
+        id
+    });
+    let preview = request.preview;
+    let exchange = tokio::time::timeout(limit, gw.runtime.call(&session.id, tool, request, &running.cancel));
+    let (answer, started_worker) = crate::trace::noting_worker_start(exchange).await;
+    let outcome = worker_outcome(answer, &running, tool, limit);
+    let tool_runtime = tool.runtime.kind().map_or("unknown", |k| k.as_str());
+    trace.worker(start, started_worker, call_span, gw.runtime.name(), tool_runtime, preview, &outcome);
+    outcome
+}
+
+/// The outcome of a call's exchange with its worker, bounded by `limit`.
+fn worker_outcome(
+    answer: Result<Result<CallResult, RuntimeError>, tokio::time::error::Elapsed>,
+    running: &crate::running::Registration<'_>,
+    tool: &ToolConfig,
+    limit: Duration,
+) -> Result<CallResult, RuntimeError> {
+    match answer {
         Ok(Err(e)) if e.code == CANCELLED && running.stopped().is_some() => {
             let reason = running.stopped().unwrap_or_default();
             Err(RuntimeError::new(TOOL_DISABLED, format!("{reason}; the call was stopped while it ran (its worker stopped it)")))
@@ -318,10 +411,11 @@ async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str,
     let session = call.session;
     gw.audit.write(&call.record);
     let started = Instant::now();
-    let request = CallRequest { call_id: call.record.call_id.clone(), arguments: args, preview: false };
-    let outcome = dispatch(gw, session, tool, request, cancel).await;
+    let request = CallRequest::new(call.record.call_id.clone(), args, false);
+    let outcome = dispatch(gw, session, tool, request, cancel, call.trace.as_mut()).await;
+    let result_start = call.trace.as_ref().map(|_| SystemTime::now());
     let status = account(&mut call, tool, &outcome, started, decision);
-    match outcome {
+    let result = match outcome {
         Ok(output) => {
             let tainted_by = taint(session, tool, &output);
             gw.runtime.record_call(&session.id, false, tainted_by.as_deref());
@@ -344,7 +438,11 @@ async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str,
                 .detail("status", json!(status));
             refusal.into_result(tool.output_schema.is_some())
         }
+    };
+    if let (Some(start), Some(trace)) = (result_start, call.trace.as_mut()) {
+        trace.result(start, &call.record);
     }
+    result
 }
 
 fn tool_result(call_id: &str, tool: &ToolConfig, output: CallResult, tainted: bool) -> CallToolResult {
@@ -392,8 +490,8 @@ async fn confirm_preview(
         call.audited = true;
         call.record.status = None;
         let started = Instant::now();
-        let request = CallRequest { call_id: call.record.call_id.clone(), arguments: args.clone(), preview: true };
-        let outcome = dispatch(gw, call.session, tool, request, cancel).await;
+        let request = CallRequest::new(call.record.call_id.clone(), args.clone(), true);
+        let outcome = dispatch(gw, call.session, tool, request, cancel, call.trace.as_mut()).await;
         let mut result = call.record.clone();
         result.timestamp = timestamp();
         result.event = Some(AuditEvent::Result);

@@ -67,8 +67,8 @@ async fn dispatch_on(runtime: SlowRuntime) -> Result<CallResult, RuntimeError> {
     };
     let new = NewSession { id: "s1".into(), caller, client_name: "t".into(), client_version: "1".into(), protocol_version: None, stateless: false };
     let session = gw.start_session(new).await;
-    let request = CallRequest { call_id: "c-1".into(), arguments: json!({}), preview: false };
-    super::dispatch(&gw, &session, &tool(), request, &CancellationToken::new()).await
+    let request = CallRequest::new("c-1", json!({}), false);
+    super::dispatch(&gw, &session, &tool(), request, &CancellationToken::new(), None).await
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,7 +196,7 @@ async fn disabling_a_tool_stops_its_running_calls_with_the_reason() {
     let started = runtime.started.notified();
     let call = tokio::spawn({
         let (gw, session) = (gw.clone(), session.clone());
-        async move { super::call_tool(&gw, &session, "sync_notes", None, crate::elicit::Asking::No, &CancellationToken::new()).await }
+        async move { super::call_tool(&gw, &session, "sync_notes", None, crate::elicit::Asking::No, &CancellationToken::new(), None).await }
     });
     started.await;
     assert_eq!(gw.running.len(), 1);
@@ -228,12 +228,12 @@ async fn a_call_reaching_its_worker_after_the_tool_was_disabled_does_not_run() {
     let tool = gw.engine("default").unwrap().tool("sync_notes").unwrap().clone();
     // Decided under the old config (the call held `tool`), dispatched after the new one applied.
     gw.apply_config(config(&disabled(SLOW_SYNC, "archive writes are frozen (INC-9)"))).unwrap();
-    let request = CallRequest { call_id: "c-1".into(), arguments: json!({}), preview: false };
-    let error = super::dispatch(&gw, &session, &tool, request, &CancellationToken::new()).await.unwrap_err();
+    let request = CallRequest::new("c-1", json!({}), false);
+    let error = super::dispatch(&gw, &session, &tool, request, &CancellationToken::new(), None).await.unwrap_err();
     assert_eq!((error.code, error.message.as_str()), ("tool_disabled", "sync_notes is disabled: archive writes are frozen (INC-9); nothing ran"));
     assert_eq!(runtime.calls.load(std::sync::atomic::Ordering::SeqCst), 0, "the worker never saw the call");
     gw.remove_config("default");
-    let request = CallRequest { call_id: "c-2".into(), arguments: json!({}), preview: false };
-    let error = super::dispatch(&gw, &session, &tool, request, &CancellationToken::new()).await.unwrap_err();
+    let request = CallRequest::new("c-2", json!({}), false);
+    let error = super::dispatch(&gw, &session, &tool, request, &CancellationToken::new(), None).await.unwrap_err();
     assert_eq!(error.message, "sync_notes was removed from the configuration; nothing ran");
 }

@@ -158,7 +158,8 @@ impl DevArgs {
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), self.listen.ip().to_string()],
             ..self.serve.settings(self.listen)?
         };
-        let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
+        let telemetry = toolwarden_telemetry::Telemetry::from_env("toolwarden-gateway", &metrics.spans)?;
+        let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry).with_telemetry(telemetry));
         let namespaces: Vec<String> = loaded.configs.iter().map(|c| c.namespace.clone()).collect();
         let tools: usize = loaded.configs.iter().map(|c| c.tools.len()).sum();
         crate::config_dev::apply(&gateway, &secrets, loaded, 1);
@@ -302,7 +303,8 @@ impl GatewayArgs {
             allowed_hosts: Vec::new(),
             ..self.serve.settings(self.listen)?
         };
-        let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry));
+        let telemetry = toolwarden_telemetry::Telemetry::from_env("toolwarden-gateway", &metrics.spans)?;
+        let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry).with_telemetry(telemetry));
         if let Some(inner) = to_start {
             gateway.set_runtime_starting();
             tokio::spawn(start_kubernetes_runtime(inner, gateway.clone()));

@@ -13,7 +13,7 @@
 //! - a Host rmcp would refuse, an `Origin` header, an `Accept` without both JSON and SSE, another
 //!   content type, an unknown or 2026-07-28 `MCP-Protocol-Version`, SEP-2243 `Mcp-*` headers;
 //! - a body that is not a well-formed `tools/call` request, or that carries `_meta` other than a
-//!   progress token, or 2026-07-28 input responses;
+//!   progress token and W3C trace context, or 2026-07-28 input responses;
 //! - a session the gateway does not know (yet), a stateless one, or one whose client has not finished
 //!   initializing;
 //! - a call that may ask the user through elicitation (the client supports it and a policy of the
@@ -144,13 +144,16 @@ fn split_authority(value: &str) -> Option<(&str, Option<u16>)> {
     (!host.is_empty() && host.bytes().all(valid)).then_some((host, port))
 }
 
+/// `_meta` keys of a `tools/call` the direct path serves: rmcp does nothing with them either.
+const DIRECT_META_KEYS: [&str; 3] = ["progressToken", "traceparent", "tracestate"];
+
 /// The parsed call, when the body is a plain `tools/call` request the direct path may serve.
 fn plain_call(body: &[u8]) -> Option<ToolsCall<'_>> {
     let call: ToolsCall = serde_json::from_slice(body).ok()?;
     if call.jsonrpc != "2.0" || call.method != "tools/call" {
         return None;
     }
-    let meta_ok = call.params.meta.as_ref().is_none_or(|m| m.0.keys().all(|k| k == "progressToken"));
+    let meta_ok = call.params.meta.as_ref().is_none_or(|m| m.0.0.keys().all(|k| DIRECT_META_KEYS.contains(&k.as_str())));
     (meta_ok && call.params.input_responses.is_none() && call.params.request_state.is_none()).then_some(call)
 }
 
@@ -172,18 +175,30 @@ fn serves_directly(gateway: &Gateway, session: &SessionRecord) -> bool {
 
 /// Answers a plain `tools/call` of `session` (one the gateway knows), or returns `None` to let rmcp handle
 /// the request. The caller has authenticated the request and checked that the session belongs to it.
-pub async fn answer(gateway: &Arc<Gateway>, session: &Arc<SessionRecord>, body: &Bytes) -> Option<Response> {
+///
+/// `edge` is when the request arrived and was authenticated (measured while tracing).
+pub async fn answer(
+    gateway: &Arc<Gateway>,
+    session: &Arc<SessionRecord>,
+    body: &Bytes,
+    headers: &HeaderMap,
+    edge: Option<crate::trace::Edge>,
+) -> Option<Response> {
     let call = plain_call(body)?;
     if !serves_directly(gateway, session) {
         return None;
     }
     let (gw, session) = (gateway.clone(), session.clone());
     let ToolsCall { id, params, .. } = call;
+    let trace = gw.telemetry.as_ref().map(|telemetry| {
+        let parent = crate::trace::caller_parent(Some(headers), params.meta.as_ref().map(|m| &m.0.0));
+        crate::trace::CallTrace::start(telemetry, parent, edge)
+    });
     let request_id = id.clone();
     let run = async move {
         // Registered for as long as the call runs, in this task or (after a hang-up) its own.
         let running = session.direct_calls.start(request_id);
-        let response = crate::call::call_tool(&gw, &session, &params.name, params.arguments, Asking::No, &running.cancel).await;
+        let response = crate::call::call_tool(&gw, &session, &params.name, params.arguments, Asking::No, &running.cancel, trace).await;
         (response, running.cancel.is_cancelled())
     };
     let reply = match RunToEnd::new(run).await {
@@ -428,6 +443,7 @@ mod tests {
         assert_eq!(call.id, RequestId::Number(7));
         assert_eq!(call.params.name, "t");
         assert!(plain_call(br#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"t","_meta":{"progressToken":1}}}"#).is_some());
+        assert!(plain_call(br#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"t","_meta":{"traceparent":"00-x","tracestate":"a=b"}}}"#).is_some());
         for body in [
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"name":"t"}}"#,
             r#"{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"t"}}"#,
@@ -437,6 +453,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"t"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"traceparent":"00-x","example.com/note":"x"}}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","requestState":"s"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#,
         ] {

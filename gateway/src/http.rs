@@ -203,6 +203,8 @@ pub fn refuse_origin(gateway: &Gateway, headers: &HeaderMap) -> Option<crate::or
 
 async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Response {
     let gateway = &app.gateway;
+    // Measured only while tracing: the `authenticate` span of a `tools/call` in this request.
+    let received = gateway.telemetry.as_ref().map(|_| std::time::SystemTime::now());
     if refuse_origin(gateway, request.headers()).is_some() {
         return rpc_error(StatusCode::FORBIDDEN, INVALID_REQUEST, crate::origin::REFUSAL.into());
     }
@@ -210,6 +212,7 @@ async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Respons
         Ok(p) => p,
         Err(e) => return unauthorized(gateway, request.headers(), Some(&namespace), e),
     };
+    let edge = received.map(|received| crate::trace::Edge { received, authenticated: std::time::SystemTime::now() });
     if gateway.engine(&namespace).is_none() {
         return rpc_error(StatusCode::NOT_FOUND, INVALID_REQUEST, format!("no tools are served at /mcp/{namespace}"));
     }
@@ -251,7 +254,7 @@ async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Respons
         // A body that parses as a plain `tools/call` is a well-formed JSON-RPC request: no other check.
         if let Some(session) = &session
             && crate::direct_call::plain_headers(&parts.headers, &app.allowed_hosts)
-            && let Some(response) = crate::direct_call::answer(gateway, session, &body).await
+            && let Some(response) = crate::direct_call::answer(gateway, session, &body, &parts.headers, edge).await
         {
             return response;
         }
@@ -277,6 +280,9 @@ async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Respons
         request
     };
     request.extensions_mut().insert(Caller { namespace, principal });
+    if let Some(edge) = edge {
+        request.extensions_mut().insert(edge);
+    }
     // Boxed: rmcp's future is large, and keeping it out of this one makes every request's future cheaper
     // to set up, the direct `tools/call`s included.
     let response = Box::pin(app.mcp.handle(request)).await;

@@ -31,3 +31,4 @@ pub mod serve;
 pub mod session_manager;
 pub mod sessions;
 pub mod state;
+pub mod trace;

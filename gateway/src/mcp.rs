@@ -119,9 +119,16 @@ impl ServerHandler for McpHandler {
         } else {
             Asking::No
         };
+        let trace = self.gateway.telemetry.as_ref().map(|telemetry| {
+            // rmcp moves the request's `_meta` to the context; the request keeps it in older paths.
+            let meta = request.meta.as_ref().map(|m| &m.0.0).filter(|m| m.contains_key("traceparent")).unwrap_or(&context.meta.0.0);
+            let http = parts(&context.extensions);
+            let parent = crate::trace::caller_parent(http.map(|p| &p.headers), Some(meta));
+            crate::trace::CallTrace::start(telemetry, parent, http.and_then(|p| p.extensions.get::<crate::trace::Edge>().copied()))
+        });
         // rmcp cancels `context.ct` when the client sends `notifications/cancelled` for this request (or, for
         // a 2026-07-28 client, closes it).
-        Ok(crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments, asking, &context.ct).await)
+        Ok(crate::call::call_tool(&self.gateway, &session, &request.name, request.arguments, asking, &context.ct, trace).await)
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {

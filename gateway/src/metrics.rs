@@ -35,6 +35,8 @@ pub struct GatewayMetrics {
     pub http_refused: Family<Labels, Counter>,
     /// Shared with the worker runtimes (sessions, worker starts, warm pools).
     pub runtime: crate::kubernetes::Metrics,
+    /// Spans exported and dropped (docs/tracing.md); zero while tracing is off.
+    pub spans: toolwarden_telemetry::SpanCounters,
 }
 
 fn ns(namespace: &str) -> Labels {
@@ -63,6 +65,7 @@ impl GatewayMetrics {
             sessions_refused: Family::default(),
             http_refused: Family::default(),
             runtime,
+            spans: toolwarden_telemetry::SpanCounters::default(),
         };
         let mut registry = Registry::default();
         let m = &metrics;
@@ -109,6 +112,7 @@ impl GatewayMetrics {
             m.http_refused.clone(),
         );
         metrics.runtime.register(&mut registry);
+        metrics.spans.register(&mut registry);
         (metrics, registry)
     }
 

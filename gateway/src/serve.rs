@@ -18,6 +18,8 @@ use crate::state::Gateway;
 
 /// How long shutdown waits for session ends under way (stopping workers, deleting pods).
 const SESSION_END_WAIT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the last spans to reach the collector.
+const TRACE_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Ends a session everywhere: the gateway's record and workers, and rmcp's session (its stream closes).
 async fn end(gateway: &Gateway, manager: &GatewaySessionManager, id: &str, reason: &'static str) {
@@ -191,6 +193,13 @@ pub async fn serve(
     }
     gateway.runtime.shutdown().await;
     gateway.audit.flush();
+    if let Some(telemetry) = gateway.telemetry.clone() {
+        // The last calls' spans; a collector that does not answer costs at most this wait.
+        let flushed = tokio::task::spawn_blocking(move || telemetry.flush(TRACE_FLUSH_WAIT)).await.unwrap_or(false);
+        if !flushed {
+            tracing::warn!("spans still queued for the OTLP collector at exit were dropped");
+        }
+    }
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -63,6 +63,8 @@ pub struct Gateway {
     pub audit: AuditLog,
     pub metrics: GatewayMetrics,
     pub registry: Registry,
+    /// Tracing (docs/tracing.md); `None` when off, which costs nothing.
+    pub telemetry: Option<Arc<toolwarden_telemetry::Telemetry>>,
     configs: RwLock<HashMap<String, Arc<Engine>>>,
     pub sessions: Sessions,
     pub approvals: Approvals,
@@ -108,6 +110,7 @@ impl Gateway {
             audit,
             metrics,
             registry,
+            telemetry: None,
             configs: RwLock::default(),
             sessions: Sessions::default(),
             approvals: Approvals::default(),
@@ -118,6 +121,12 @@ impl Gateway {
             in_flight: AtomicUsize::new(0),
             ending: TaskTracker::new(),
         }
+    }
+
+    /// Traces calls with `telemetry` (set before the gateway is shared).
+    pub fn with_telemetry(mut self, telemetry: Option<Arc<toolwarden_telemetry::Telemetry>>) -> Gateway {
+        self.telemetry = telemetry;
+        self
     }
 
     pub fn engine(&self, namespace: &str) -> Option<Arc<Engine>> {

@@ -60,7 +60,7 @@ fn start(tcp: bool, labels: Value) -> Fake {
 }
 
 fn request(arguments: Value) -> CallRequest {
-    CallRequest { call_id: "c-1".into(), arguments, preview: false }
+    CallRequest::new("c-1", arguments, false)
 }
 
 async fn seen(client: &WorkerClient, arguments: Value) -> Value {

@@ -107,7 +107,9 @@ impl OperatorArgs {
             None => std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).context("--identity: not given and HOSTNAME is unset")?,
         };
         let client = Client::try_default().await.context("connecting to the Kubernetes API server (in-cluster or KUBECONFIG)")?;
-        let metrics = Arc::new(Metrics::default());
+        let mut metrics = Metrics::default();
+        metrics.telemetry = toolwarden_telemetry::Telemetry::from_env("toolwarden-operator", &metrics.spans)?;
+        let metrics = Arc::new(metrics);
         let lease = LeaseConfig::new(&self.lease_namespace, &identity);
 
         let listener = tokio::net::TcpListener::bind(self.listen).await.with_context(|| format!("--listen {}", self.listen))?;
@@ -118,7 +120,13 @@ impl OperatorArgs {
             }
         });
         tracing::info!(listen = %self.listen, identity, lease_namespace = %self.lease_namespace, "operator starting");
-        run_until_shutdown(client, settings, lease, metrics, Some(identity), shutdown_signal()).await
+        let telemetry = metrics.telemetry.clone();
+        let outcome = run_until_shutdown(client, settings, lease, metrics, Some(identity), shutdown_signal()).await;
+        if let Some(telemetry) = telemetry {
+            // The last reconciles' spans; a collector that does not answer costs at most this wait.
+            tokio::task::spawn_blocking(move || telemetry.flush(std::time::Duration::from_secs(2))).await.ok();
+        }
+        outcome
     }
 }
 

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub last_lease_contact: AtomicI64,
     /// Set once the leader-election loop ends unexpectedly (for `/healthz`).
     pub broken: AtomicBool,
+    /// Spans exported and dropped (docs/tracing.md); zero while tracing is off.
+    pub spans: toolwarden_telemetry::SpanCounters,
+    /// Tracing of reconciles; `None` when off.
+    pub telemetry: Option<std::sync::Arc<toolwarden_telemetry::Telemetry>>,
 }
 
 impl Default for Metrics {
@@ -49,6 +53,8 @@ impl Default for Metrics {
             sessions_expired: Counter::default(),
             last_lease_contact: AtomicI64::new(0),
             broken: AtomicBool::new(false),
+            spans: Default::default(),
+            telemetry: None,
         }
     }
 }
@@ -78,7 +84,27 @@ impl Metrics {
             "McpSessions the operator expired because the gateway stopped updating them",
             self.sessions_expired.clone(),
         );
+        self.spans.register(&mut registry);
         registry
+    }
+
+    /// The trace of one reconcile of `object` by `controller` that took `elapsed` (when tracing is on):
+    /// one span `reconcile {controller}` with the object, the result and the error's kind and sentence
+    /// (names and API errors, never Secret data: the operator reads Secrets' keys, not their values into errors).
+    pub fn trace_reconcile(&self, controller: &'static str, object: &str, elapsed: std::time::Duration, error: Option<&crate::error::Error>) {
+        use toolwarden_telemetry::{KeyValue, Span, Trace};
+        let Some(telemetry) = &self.telemetry else { return };
+        let end = std::time::SystemTime::now();
+        let start = end.checked_sub(elapsed).unwrap_or(end);
+        Trace::start(telemetry, None, "reconcile").finish(|| {
+            let mut attributes = vec![
+                KeyValue::new("toolwarden.controller", controller),
+                KeyValue::new("toolwarden.object", object.to_owned()),
+                KeyValue::new("toolwarden.reconcile.result", if error.is_some() { "error" } else { "success" }),
+            ];
+            attributes.extend(error.map(|e| KeyValue::new("error.type", e.metric_label())));
+            Span::new(format!("reconcile {controller}"), start, end, attributes).error(error.map(|e| e.to_string()))
+        });
     }
 
     /// Counts one reconcile of `controller` and its duration; `error` is the error's `metric_label`.
@@ -157,6 +183,31 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reconcile_is_one_span_when_tracing_is_on_and_nothing_when_off() {
+        let off = Metrics::default();
+        off.trace_reconcile("mcptool", "McpTool default/t", std::time::Duration::from_millis(3), None);
+        // On, to a collector that is down: the span is recorded, handed over, and counted when dropped.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut on = Metrics::default();
+        let settings = toolwarden_telemetry::config::Settings {
+            sampler: toolwarden_telemetry::Sampler::AlwaysOn,
+            max_queue_size: 16,
+            max_export_batch_size: 16,
+            schedule_delay: std::time::Duration::from_millis(10),
+            export_timeout: std::time::Duration::from_millis(500),
+        };
+        let endpoint = format!("http://127.0.0.1:{port}/v1/traces");
+        on.telemetry = Some(toolwarden_telemetry::Telemetry::start("test", settings, &on.spans, Some(&endpoint)).unwrap());
+        let error = crate::error::Error::Timeout { object: "McpTool default/t".into(), seconds: 30 };
+        on.trace_reconcile("mcptool", "McpTool default/t", std::time::Duration::from_millis(3), Some(&error));
+        on.trace_reconcile("namespace", "namespace/default", std::time::Duration::from_millis(3), None);
+        on.telemetry.as_ref().unwrap().flush(std::time::Duration::from_secs(5));
+        let dropped = |m: &Metrics| m.spans.dropped.get_or_create(&vec![("reason", "export_failed")]).get();
+        assert_eq!(dropped(&on), 2, "one span per reconcile");
+        assert_eq!(dropped(&off) + off.spans.exported.get(), 0);
+    }
 
     #[test]
     fn metric_names_match_what_the_chart_alerts_on() {

@@ -141,6 +141,7 @@ pub async fn run(ctx: std::sync::Arc<Context>) {
         let started = Instant::now();
         let result = collect(&ctx).await;
         ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), result.as_ref().err().map(Error::metric_label));
+        ctx.metrics.trace_reconcile(CONTROLLER, "mcpsessions", started.elapsed(), result.as_ref().err());
         match result {
             Ok(outcome) if outcome != GcOutcome::default() => tracing::info!(?outcome, "session garbage collection"),
             Ok(_) => {}

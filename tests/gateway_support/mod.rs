@@ -61,15 +61,20 @@ impl Dev {
 
     /// [`Dev::start`] with more command-line arguments for `toolwarden dev`.
     pub fn start_with_args(extra: &[(&str, &str)], args: &[&str]) -> Dev {
-        Dev::start_inner(extra, args, None)
+        Dev::start_inner(extra, args, &[], None)
+    }
+
+    /// [`Dev::start_with_args`] with environment variables for `toolwarden dev` (`OTEL_*`...).
+    pub fn start_with_env(extra: &[(&str, &str)], args: &[&str], env: &[(&str, &str)]) -> Dev {
+        Dev::start_inner(extra, args, env, None)
     }
 
     /// [`Dev::start`] appending its audit lines to `audit` (which may outlive this run).
     pub fn start_logging_to(audit: &Path) -> Dev {
-        Dev::start_inner(&[], &[], Some(audit.to_owned()))
+        Dev::start_inner(&[], &[], &[], Some(audit.to_owned()))
     }
 
-    fn start_inner(extra: &[(&str, &str)], args: &[&str], audit: Option<PathBuf>) -> Dev {
+    fn start_inner(extra: &[(&str, &str)], args: &[&str], env: &[(&str, &str)], audit: Option<PathBuf>) -> Dev {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
         let manifests = dir.path().join("manifests");
@@ -87,6 +92,7 @@ impl Dev {
             .env("TOOLWARDEN_DEV_TOKEN", DEV_TOKEN)
             .env("TOOLWARDEN_DEV_APPROVER_TOKEN", APPROVER_TOKEN)
             .env("TMPDIR", dir.path())
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

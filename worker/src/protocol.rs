@@ -33,6 +33,41 @@ pub struct CallRequest {
     /// Run the tool's preview (dry-run) variant instead of the real call.
     #[serde(default)]
     pub preview: bool,
+    /// W3C `traceparent` of the gateway's span for this call, when the call is traced: the `http` runtime
+    /// sends it as a header, the `mcp` runtime as `params._meta.traceparent`. Absent when tracing is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl CallRequest {
+    /// A request without a trace.
+    pub fn new(call_id: impl Into<String>, arguments: serde_json::Value, preview: bool) -> CallRequest {
+        CallRequest { call_id: call_id.into(), arguments, preview, traceparent: None }
+    }
+
+    /// The request's `traceparent` when it has the W3C version-00 shape (55 characters, lower-case hex,
+    /// non-zero ids); anything else is not passed on, so it can never reach a header or an upstream as
+    /// something else.
+    pub fn valid_traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref().filter(|t| is_traceparent(t))
+    }
+}
+
+/// Whether `value` is a version-00 W3C `traceparent`: `00-` 32 hex `-` 16 hex `-` 2 hex, lower case, with
+/// neither id all zeros.
+pub fn is_traceparent(value: &str) -> bool {
+    let b = value.as_bytes();
+    let hex = |range: std::ops::Range<usize>| b[range].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let nonzero = |range: std::ops::Range<usize>| b[range].iter().any(|c| *c != b'0');
+    b.len() == 55
+        && b.starts_with(b"00-")
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(3..35)
+        && hex(36..52)
+        && hex(53..55)
+        && nonzero(3..35)
+        && nonzero(36..52)
 }
 
 /// `200 OK` body of `POST /v1/call`: the call ran (it may still have failed as a tool, see `is_error`).
@@ -100,4 +135,35 @@ pub struct Health {
     /// `name` of the tool this worker serves.
     pub tool: String,
     pub in_flight: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_version_00_traceparent_is_passed_on() {
+        assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(is_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        for bad in [
+            "",
+            "00-1-2-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736+00f067aa0ba902b7-01",
+        ] {
+            assert!(!is_traceparent(bad), "{bad:?}");
+        }
+        let request = CallRequest { traceparent: Some("00-1-2-01".into()), ..CallRequest::new("c", serde_json::json!({}), false) };
+        assert_eq!(request.valid_traceparent(), None);
+    }
+
+    #[test]
+    fn an_untraced_request_is_written_as_before() {
+        let json = serde_json::to_string(&CallRequest::new("c-1", serde_json::json!({}), false)).unwrap();
+        assert_eq!(json, r#"{"callId":"c-1","arguments":{},"preview":false}"#);
+    }
 }

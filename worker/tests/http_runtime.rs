@@ -163,3 +163,38 @@ fn a_path_parameter_that_is_not_a_scalar_is_invalid_arguments() {
     assert_eq!(answer.status, 422);
     assert!(api.seen.lock().unwrap().is_empty());
 }
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The `traceparent` header lines of the requests the API saw.
+fn traceparents(api: &Api) -> Vec<String> {
+    let seen = api.seen.lock().unwrap();
+    seen.iter().flat_map(|r| r.lines().filter(|l| l.to_ascii_lowercase().starts_with("traceparent:")).map(str::to_owned).collect::<Vec<_>>()).collect()
+}
+
+#[test]
+fn a_traced_call_sends_its_traceparent_and_it_replaces_a_fixed_one() {
+    let api = api();
+    let mut spec = http_spec(&format!("http://127.0.0.1:{}/x", api.port), api.port);
+    spec["runtime"]["http"]["headers"]["Traceparent"] = json!("00-11111111111111111111111111111111-2222222222222222-01");
+    let worker = Worker::serve(&spec, &[]);
+    let answer = worker.call_with(&json!({"callId": "c", "arguments": {"title": "t"}, "traceparent": TRACEPARENT}));
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(traceparents(&api), [format!("traceparent: {TRACEPARENT}")], "one header, the call's");
+    // Untraced, the tool's fixed header is sent as it always was.
+    worker.ran(json!({"title": "t"}));
+    assert_eq!(traceparents(&api)[1], "traceparent: 00-11111111111111111111111111111111-2222222222222222-01");
+}
+
+#[test]
+fn a_malformed_traceparent_is_not_passed_on() {
+    let api = api();
+    let worker = Worker::serve(&http_spec(&format!("http://127.0.0.1:{}/x", api.port), api.port), &[]);
+    for bad in ["00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", "00-1-2-01", "x\r\nX-Injected: 1", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"] {
+        let answer = worker.call_with(&json!({"callId": "c", "arguments": {"title": "t"}, "traceparent": bad}));
+        assert_eq!(answer.status, 200, "the call still runs: {:?}", answer.body);
+    }
+    assert_eq!(api.seen.lock().unwrap().len(), 4);
+    assert!(traceparents(&api).is_empty(), "{:?}", traceparents(&api));
+    assert!(!api.seen.lock().unwrap().join("").contains("X-Injected"));
+}

@@ -96,3 +96,26 @@ fn the_mcp_runtime_works_inside_the_sandbox() {
     let worker = Worker::sandboxed(&mcp_spec(&[]), &[]);
     assert_eq!(worker.ran(json!({"text": "sandboxed words"}))["content"], "2 words");
 }
+
+#[test]
+fn a_traced_call_reaches_the_upstream_with_its_traceparent_in_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("messages.jsonl");
+    let worker = Worker::serve(&mcp_spec(&["--record", record.to_str().unwrap()]), &[]);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer = worker.call_with(&json!({"callId": "c", "arguments": {"text": "traced words"}, "traceparent": traceparent}));
+    assert_eq!(answer.body["content"], "2 words", "{:?}", answer.body);
+    worker.ran(json!({"text": "untraced"}));
+    let answer = worker.call_with(&json!({"callId": "c", "arguments": {"text": "bad"}, "traceparent": "00-1-2-01"}));
+    assert_eq!(answer.status, 200);
+    let calls: Vec<Value> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["method"] == "tools/call")
+        .collect();
+    assert_eq!(calls.len(), 3);
+    assert_eq!(calls[0]["params"]["_meta"], json!({"traceparent": traceparent}));
+    assert!(calls[1]["params"].get("_meta").is_none(), "untraced calls carry no _meta: {}", calls[1]);
+    assert!(calls[2]["params"].get("_meta").is_none(), "a malformed traceparent is not passed on: {}", calls[2]);
+}

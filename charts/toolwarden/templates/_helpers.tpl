@@ -179,3 +179,50 @@ Egress to cluster DNS and the API server. Argument: the root context.
     - {protocol: TCP, port: {{ . }}}
     {{- end }}
 {{- end -}}
+
+{{/*
+OTEL_* variables of a container when tracing is on (docs/tracing.md); `service` is its service.name.
+*/}}
+{{- define "toolwarden.tracingEnv" -}}
+{{- $t := .root.Values.tracing -}}
+{{- if $t.enabled }}
+{{- if not $t.endpoint }}
+{{- fail "tracing.enabled needs tracing.endpoint: the collector's OTLP/HTTP base URL, such as http://otel-collector.observability:4318" }}
+{{- end }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: http/protobuf
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | quote }}
+{{- with $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- with $t.headersSecret }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: headers
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+NetworkPolicy egress to the trace collector, when tracing is on.
+*/}}
+{{- define "toolwarden.egressTracing" -}}
+{{- $t := .Values.tracing -}}
+{{- if $t.enabled }}
+# The OpenTelemetry collector (tracing.collectorPeers, or anywhere when empty), on its OTLP/HTTP port.
+- ports:
+    - {protocol: TCP, port: {{ $t.collectorPort }}}
+  {{- with $t.collectorPeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end -}}

@@ -199,18 +199,21 @@ impl KubernetesRuntime {
             return Ok(endpoint.clone());
         }
         let began = Instant::now();
-        let endpoint = match self.bind_warm(&namespace, tool, &name, &uid, left).await? {
+        let warm = self.bind_warm(&namespace, tool, &name, &uid, left).await.inspect_err(|e| crate::trace::note_worker_start("warm", began, Some(e.code())))?;
+        let endpoint = match warm {
             Some(endpoint) => {
                 self.metrics.warm_pool_hits.inc();
                 self.metrics.worker_started("kubernetes-warm", began.elapsed().as_secs_f64());
+                crate::trace::note_worker_start("warm", began, None);
                 endpoint
             }
             None => {
                 if tool.sandbox.warm_pool.unwrap_or(0) > 0 {
                     self.metrics.warm_pool_misses.inc();
                 }
-                let endpoint = self.start_pod(&namespace, tool, &name, &uid, left).await?;
+                let endpoint = self.start_pod(&namespace, tool, &name, &uid, left).await.inspect_err(|e| crate::trace::note_worker_start("cold", began, Some(e.code())))?;
                 self.metrics.worker_started("kubernetes", began.elapsed().as_secs_f64());
+                crate::trace::note_worker_start("cold", began, None);
                 endpoint
             }
         };

@@ -169,11 +169,13 @@ impl LocalRuntime {
         match self.start(&namespace, tool).await {
             Ok(worker) => {
                 self.config.metrics.worker_started("local", started.elapsed().as_secs_f64());
+                crate::trace::note_worker_start("local", started, None);
                 *slot = Some(worker.clone());
                 Ok(worker)
             }
             Err(e) => {
                 self.config.metrics.worker_failed("local", e.code);
+                crate::trace::note_worker_start("local", started, Some(e.code));
                 Err(e)
             }
         }

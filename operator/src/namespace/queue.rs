@@ -97,6 +97,7 @@ async fn process(
             Err(_) => Err(Error::Timeout { object: format!("namespace {namespace}"), seconds: ctx.settings.reconcile_timeout.as_secs() }),
         };
         ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), result.as_ref().err().map(Error::metric_label));
+        ctx.metrics.trace_reconcile(CONTROLLER, &key, started.elapsed(), result.as_ref().err());
         match result {
             Ok(outcome) => {
                 ctx.succeeded(&key);

@@ -33,6 +33,7 @@ pub async fn reconcile(tool: Arc<McpTool>, ctx: Arc<Context>) -> Result<Action> 
         Err(_) => Err(Error::Timeout { object: format!("McpTool {key}"), seconds: ctx.settings.reconcile_timeout.as_secs() }),
     };
     ctx.metrics.reconciled(CONTROLLER, started.elapsed().as_secs_f64(), result.as_ref().err().map(Error::metric_label));
+    ctx.metrics.trace_reconcile(CONTROLLER, &format!("McpTool {key}"), started.elapsed(), result.as_ref().err());
     if result.is_ok() {
         ctx.succeeded(&key);
     }

@@ -19,6 +19,8 @@ use crate::redact::Redactor;
 use crate::template::http_target;
 
 const MAX_REDIRECTS: usize = 5;
+/// W3C trace context header, sent when the gateway traces the call.
+const TRACEPARENT: &str = "traceparent";
 /// Past the cap, a response body is still read (and counted) up to this many bytes, then dropped.
 const DISCARD_LIMIT: u64 = 64 * 1024 * 1024;
 
@@ -54,8 +56,17 @@ pub async fn call(tool: &Tool, client: &Client, request: &CallRequest, redactor:
     let method = Method::from_bytes(http.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| CallError::Internal(format!("tool {}: unknown HTTP method {}", spec.name, http.method)))?;
     let mut headers = Vec::new();
+    let traceparent = request.valid_traceparent();
     for (name, value) in &http.headers {
+        // The call's own trace context replaces a fixed one.
+        if traceparent.is_some() && name.eq_ignore_ascii_case(TRACEPARENT) {
+            continue;
+        }
         headers.push(header(name, value).map_err(|m| CallError::Internal(format!("tool {}: headers.{name}: {m}", spec.name)))?);
+    }
+    if let Some(value) = traceparent {
+        // Not a secret: it names the gateway's span of this call, so the destination's spans join its trace.
+        headers.push(header(TRACEPARENT, value).map_err(CallError::Internal)?);
     }
     let mut secret_headers = Vec::new();
     for (i, credential) in spec.credentials.iter().enumerate() {

@@ -70,7 +70,7 @@ pub async fn call(tool: &Tool, upstream: &Upstream, request: &CallRequest, redac
     };
     let abandoned = OnAbandon(Some(upstream.session.clone()));
     settle_abandoned(&mut guard).await;
-    let outcome = tokio::time::timeout_at(deadline, exchange(tool, &mut guard, &request.arguments)).await;
+    let outcome = tokio::time::timeout_at(deadline, exchange(tool, &mut guard, request)).await;
     abandoned.disarm();
     let result = match outcome {
         Ok(Ok(response)) => return Ok(map_result(tool.cap(), response, redactor)),
@@ -128,13 +128,18 @@ async fn settle_abandoned(slot: &mut Option<Session>) {
     }
 }
 
-async fn exchange(tool: &Tool, slot: &mut Option<Session>, arguments: &Value) -> Result<Value, Failed> {
+async fn exchange(tool: &Tool, slot: &mut Option<Session>, request: &CallRequest) -> Result<Value, Failed> {
     if slot.is_none() {
         *slot = Some(Session::start(tool).await?);
     }
     let session = slot.as_mut().expect("started above");
     let name = &tool.spec.runtime.mcp.as_ref().expect("mcp tool").tool;
-    session.request("tools/call", json!({"name": name, "arguments": arguments})).await
+    let mut params = json!({"name": name, "arguments": request.arguments});
+    if let Some(traceparent) = request.valid_traceparent() {
+        // Where MCP clients carry W3C trace context: the upstream's spans join the call's trace.
+        params["_meta"] = json!({"traceparent": traceparent});
+    }
+    session.request("tools/call", params).await
 }
 
 impl Session {
