@@ -21,8 +21,11 @@ fi
 # A real Prometheus (Go, a few minutes cold) for the alert and dashboard tests, built the same way.
 nice -n 10 scripts/prometheus.sh build >target/prometheus-build.log 2>&1 &
 prometheus_build=$!
+# A real Jaeger (Go) receiving the gateway's traces (tests/tracing_jaeger.rs), likewise.
+nice -n 10 scripts/jaeger.sh build >target/jaeger-build.log 2>&1 &
+jaeger_build=$!
 
-echo "== cargo test (unit, integration, drift checks, alerts on a real Prometheus)"
+echo "== cargo test (unit, integration, drift checks, alerts on a real Prometheus, traces into a real Jaeger)"
 cargo test --workspace --all-targets --locked --no-run
 if ! wait "$prometheus_build"; then
   echo "test: building Prometheus failed:" >&2
@@ -30,6 +33,12 @@ if ! wait "$prometheus_build"; then
   exit 1
 fi
 eval "$(scripts/prometheus.sh env)"   # TOOLWARDEN_PROMETHEUS, for tests/prometheus_alerts.rs and the e2e tier
+if ! wait "$jaeger_build"; then
+  echo "test: building Jaeger failed:" >&2
+  tail -n 40 target/jaeger-build.log >&2
+  exit 1
+fi
+eval "$(scripts/jaeger.sh env)"       # TOOLWARDEN_JAEGER, for tests/tracing_jaeger.rs
 cargo test --workspace --all-targets --locked
 
 echo "== toolwarden policy test on examples/"

@@ -19,6 +19,9 @@ use tracing_support::{CALLER_SPAN, CALLER_TRACE, PageServer, SECRET_ARGUMENT, ar
 
 fn jaeger_binary() -> Option<PathBuf> {
     let from_env = std::env::var_os("TOOLWARDEN_JAEGER").map(PathBuf::from);
+    if let Some(path) = &from_env {
+        assert!(path.is_file(), "TOOLWARDEN_JAEGER names {}, which is not a file", path.display());
+    }
     let cached = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/jaeger/bin/jaeger");
     let found = from_env.or(Some(cached)).filter(|p| p.is_file());
     if found.is_none() {
