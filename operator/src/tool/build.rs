@@ -98,8 +98,10 @@ pub fn build_network_policy(tool: &McpTool, settings: &Settings) -> Result<Netwo
                 (LABEL_TOOL, &resource),
             ])),
             ingress: Some(vec![gateway_ingress(settings)]),
-            // Always present (possibly empty) with both policy types: an empty list denies all egress.
-            egress: Some(egress),
+            // With `Egress` among the policy types, no rules denies all egress. An empty list must be left
+            // out, not sent: the API server stores it as absent, so `[]` would change the object on every
+            // apply (a new generation, a watch event, another reconcile: a write loop).
+            egress: (!egress.is_empty()).then_some(egress),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
         }),
     })
@@ -123,8 +125,9 @@ pub fn build_baseline_policy(namespace: &str) -> NetworkPolicy {
         },
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(worker_selector()),
-            ingress: Some(vec![]),
-            egress: Some(vec![]),
+            // No rules under both policy types: nothing in, nothing out (absent, not `[]`: see above).
+            ingress: None,
+            egress: None,
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
         }),
     }
@@ -158,7 +161,7 @@ mod tests {
     #[test]
     fn tool_without_egress_gets_no_egress_at_all() {
         let np = policy(&tool(json!({})));
-        assert_eq!(np["spec"]["egress"], json!([]));
+        assert!(np["spec"].get("egress").is_none(), "absent, as the API server stores it: {np}");
         assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
     }
 
@@ -256,8 +259,8 @@ mod tests {
     #[test]
     fn baseline_isolates_every_worker_pod() {
         let np = serde_json::to_value(build_baseline_policy("team-a")).unwrap();
-        assert_eq!(np["spec"]["ingress"], json!([]));
-        assert_eq!(np["spec"]["egress"], json!([]));
+        assert!(np["spec"].get("ingress").is_none() && np["spec"].get("egress").is_none(), "{np}");
+        assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
         assert_eq!(np["spec"]["podSelector"]["matchLabels"], json!({"app.kubernetes.io/name": "toolwarden", "app.kubernetes.io/component": "worker"}));
     }
 }
