@@ -18,4 +18,4 @@ deploy/build-images.sh target/images
 scripts/cluster.sh load target/images/toolwarden.oci.tar target/images/worker.oci.tar
 export TOOLWARDEN_E2E_TOOL_IMAGE="toolwarden.local/lab-tools:1"
 export TOOLWARDEN_E2E_AUDIT_LOG="${TW_CLUSTER_DIR:-/var/tmp/toolwarden-cluster}/logs/audit.log"
-cargo test --locked --test bench_cluster -- --ignored --nocapture 2>&1 | grep -E '^bench:|panicked|test result'
+cargo test --locked --test bench_cluster -- --ignored --nocapture 2>&1 | grep --line-buffered -E '^bench:|panicked|test result'
