@@ -4,44 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use http::{Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
 use toolwarden_core::config::{CONFIG_FORMAT, CONFIG_MAP_KEY, CONFIG_MAP_NAME, GatewayConfig};
-use toolwarden_worker::protocol::{CallRequest, CallResult};
 
-use crate::runtime::{RuntimeError, SessionInfo, WorkerRuntime};
+use crate::runtime::NoWorkers;
 use crate::state::Gateway;
-
-struct NoRuntime;
-
-impl WorkerRuntime for NoRuntime {
-    fn name(&self) -> &'static str {
-        "none"
-    }
-    fn start_session(&self, _: SessionInfo) -> BoxFuture<'_, Result<(), RuntimeError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn call<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a toolwarden_core::config::ToolConfig,
-        _: CallRequest,
-        _: &'a tokio_util::sync::CancellationToken,
-    ) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
-        Box::pin(async { Err(RuntimeError::new("worker_start_failed", "no runtime in this test")) })
-    }
-    fn start_timeout(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-    fn end_session<'a>(&'a self, _: &'a str, _: &'static str) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
-    }
-    fn shutdown(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-}
 
 fn config_map(generation: u64, text: Option<String>) -> Value {
     let config = GatewayConfig { format: CONFIG_FORMAT, namespace: "team-a".into(), generation, ..Default::default() };
@@ -54,7 +23,7 @@ fn config_map(generation: u64, text: Option<String>) -> Value {
 }
 
 async fn gateway() -> Arc<Gateway> {
-    Gateway::for_tests(Arc::new(NoRuntime)).await
+    Gateway::for_tests(Arc::new(NoWorkers)).await
 }
 
 fn respond(send: tower_test::mock::SendResponse<Response<Body>>, text: String) {

@@ -317,36 +317,6 @@ async fn resource_metadata(State(app): State<App>, Path(namespace): Path<String>
 mod tests {
     use super::*;
 
-    /// A runtime for sessions that make no calls.
-    struct NoWorkers;
-
-    impl crate::runtime::WorkerRuntime for NoWorkers {
-        fn name(&self) -> &'static str {
-            "none"
-        }
-        fn start_session(&self, _: crate::runtime::SessionInfo) -> futures::future::BoxFuture<'_, Result<(), crate::runtime::RuntimeError>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn call<'a>(
-            &'a self,
-            _: &'a str,
-            _: &'a toolwarden_core::config::ToolConfig,
-            _: toolwarden_worker::protocol::CallRequest,
-            _: &'a tokio_util::sync::CancellationToken,
-        ) -> futures::future::BoxFuture<'a, Result<toolwarden_worker::protocol::CallResult, crate::runtime::RuntimeError>> {
-            Box::pin(async { Err(crate::runtime::RuntimeError::new("worker_start_failed", "no workers here")) })
-        }
-        fn start_timeout(&self) -> std::time::Duration {
-            std::time::Duration::from_secs(1)
-        }
-        fn end_session<'a>(&'a self, _: &'a str, _: &'static str) -> futures::future::BoxFuture<'a, ()> {
-            Box::pin(async {})
-        }
-        fn shutdown(&self) -> futures::future::BoxFuture<'_, ()> {
-            Box::pin(async {})
-        }
-    }
-
     fn post(body: serde_json::Value, session: Option<&str>) -> Request {
         let mut request = Request::post("/mcp/default")
             .header(header::AUTHORIZATION, format!("Bearer {}", "t".repeat(32)))
@@ -361,7 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_the_gateway_ended_stays_ended_while_rmcp_still_holds_it() {
-        let gateway = Gateway::for_tests(Arc::new(NoWorkers)).await;
+        let gateway = Gateway::for_tests(Arc::new(crate::runtime::NoWorkers)).await;
         gateway.apply_config(toolwarden_core::config::GatewayConfig { namespace: "default".into(), ..Default::default() }).unwrap();
         let (service, manager) = mcp_service(&gateway, tokio_util::sync::CancellationToken::new());
         let app = App::new(gateway.clone(), service);

@@ -144,3 +144,29 @@ pub struct SharedApproval {
     pub subject: String,
     pub approval: PendingApproval,
 }
+
+/// A runtime for tests whose sessions make no calls: sessions start and end, a call fails to start.
+#[cfg(test)]
+pub(crate) struct NoWorkers;
+
+#[cfg(test)]
+impl WorkerRuntime for NoWorkers {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn start_session(&self, _: SessionInfo) -> BoxFuture<'_, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn call<'a>(&'a self, _: &'a str, _: &'a ToolConfig, _: CallRequest, _: &'a CancellationToken) -> BoxFuture<'a, Result<CallResult, RuntimeError>> {
+        Box::pin(async { Err(RuntimeError::new("worker_start_failed", "no workers in this test")) })
+    }
+    fn start_timeout(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn end_session<'a>(&'a self, _: &'a str, _: &'static str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
