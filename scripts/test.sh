@@ -10,34 +10,32 @@ cd "$(dirname "$0")/.."
 bash scripts/install-tools.sh
 export PATH="$PWD/.tools/bin:$PATH"
 
-# Kubernetes for the e2e tier builds (Go, 10-15 minutes cold) while cargo builds and tests: cargo's link
-# steps leave a core idle. The e2e step below waits for it.
-cluster_build=""
+# The Go programs the tests run against build in the background while cargo builds and tests (cargo's
+# link steps leave a core idle): Kubernetes for the e2e tier (10-15 minutes cold), a real Prometheus for
+# the alert and dashboard tests and a real Jaeger for tests/tracing_jaeger.rs (a few minutes each).
+# Each is waited for where it is first needed.
 mkdir -p target
-if [ -z "${TOOLWARDEN_SKIP_CLUSTER:-}" ]; then
-  nice -n 10 scripts/cluster.sh build >target/cluster-build.log 2>&1 &
-  cluster_build=$!
-fi
-# A real Prometheus (Go, a few minutes cold) for the alert and dashboard tests, built the same way.
-nice -n 10 scripts/prometheus.sh build >target/prometheus-build.log 2>&1 &
-prometheus_build=$!
-# A real Jaeger (Go) receiving the gateway's traces (tests/tracing_jaeger.rs), likewise.
-nice -n 10 scripts/jaeger.sh build >target/jaeger-build.log 2>&1 &
-jaeger_build=$!
+declare -A builds=()
+build_in_background() { # NAME: scripts/NAME.sh build, logged to target/NAME-build.log
+  nice -n 10 "scripts/$1.sh" build >"target/$1-build.log" 2>&1 &
+  builds[$1]=$!
+}
+wait_for_build() { # NAME
+  if ! wait "${builds[$1]}"; then
+    echo "test: building $1 failed (target/$1-build.log):" >&2
+    tail -n 40 "target/$1-build.log" >&2
+    exit 1
+  fi
+}
+[ -n "${TOOLWARDEN_SKIP_CLUSTER:-}" ] || build_in_background cluster
+build_in_background prometheus
+build_in_background jaeger
 
 echo "== cargo test (unit, integration, drift checks, alerts on a real Prometheus, traces into a real Jaeger)"
 cargo test --workspace --all-targets --locked --no-run
-if ! wait "$prometheus_build"; then
-  echo "test: building Prometheus failed:" >&2
-  tail -n 40 target/prometheus-build.log >&2
-  exit 1
-fi
+wait_for_build prometheus
 eval "$(scripts/prometheus.sh env)"   # TOOLWARDEN_PROMETHEUS, for tests/prometheus_alerts.rs and the e2e tier
-if ! wait "$jaeger_build"; then
-  echo "test: building Jaeger failed:" >&2
-  tail -n 40 target/jaeger-build.log >&2
-  exit 1
-fi
+wait_for_build jaeger
 eval "$(scripts/jaeger.sh env)"       # TOOLWARDEN_JAEGER, for tests/tracing_jaeger.rs
 cargo test --workspace --all-targets --locked
 
@@ -54,10 +52,6 @@ if [ -n "${TOOLWARDEN_SKIP_CLUSTER:-}" ]; then
   echo "== e2e tier SKIPPED (TOOLWARDEN_SKIP_CLUSTER is set)"
 else
   echo "== e2e tier on a real cluster (scripts/e2e.sh)"
-  if ! wait "$cluster_build"; then
-    echo "test: building the cluster failed:" >&2
-    tail -n 40 target/cluster-build.log >&2
-    exit 1
-  fi
+  wait_for_build cluster
   bash scripts/e2e.sh
 fi
