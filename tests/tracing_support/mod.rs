@@ -117,7 +117,7 @@ pub fn free_port() -> u16 {
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .filter_map(|l| l.strip_prefix(series))
-        .filter_map(|rest| rest.trim().split_whitespace().next()?.parse::<f64>().ok())
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
         .next()
         .unwrap_or(0.0)
 }
