@@ -6,6 +6,7 @@
 //! operator reconciles the same namespace (a cluster without the chart, or with the chart's operator
 //! scaled to zero).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -102,21 +103,23 @@ async fn config(client: &Client, ns: &str) -> Option<(u64, GatewayConfig)> {
 }
 
 /// `kind/name` → resourceVersion of everything the operator writes or reports on in `ns`.
-async fn versions(client: &Client, ns: &str) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut add = |kind: &str, list: Vec<(String, Option<String>)>| {
-        for (name, version) in list {
-            out.insert(format!("{kind}/{name}"), version.unwrap_or_default());
-        }
-    };
-    let lp = ListParams::default();
-    let of = |items: Vec<kube::api::ObjectMeta>| items.into_iter().map(|m| (m.name.unwrap_or_default(), m.resource_version)).collect::<Vec<_>>();
-    add("NetworkPolicy", of(Api::<NetworkPolicy>::namespaced(client.clone(), ns).list(&lp).await.unwrap().items.into_iter().map(|o| o.metadata).collect()));
-    add("Secret", of(Api::<Secret>::namespaced(client.clone(), ns).list(&lp).await.unwrap().items.into_iter().map(|o| o.metadata).collect()));
-    add("ConfigMap", of(Api::<ConfigMap>::namespaced(client.clone(), ns).list(&lp).await.unwrap().items.into_iter().map(|o| o.metadata).collect()));
-    add("McpTool", of(Api::<McpTool>::namespaced(client.clone(), ns).list(&lp).await.unwrap().items.into_iter().map(|o| o.metadata).collect()));
-    add("ToolPolicy", of(Api::<ToolPolicy>::namespaced(client.clone(), ns).list(&lp).await.unwrap().items.into_iter().map(|o| o.metadata).collect()));
+async fn versions(client: &Client, ns: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    versions_of::<NetworkPolicy>(client, ns, &mut out).await;
+    versions_of::<Secret>(client, ns, &mut out).await;
+    versions_of::<ConfigMap>(client, ns, &mut out).await;
+    versions_of::<McpTool>(client, ns, &mut out).await;
+    versions_of::<ToolPolicy>(client, ns, &mut out).await;
     out
+}
+
+async fn versions_of<K>(client: &Client, ns: &str, out: &mut BTreeMap<String, String>)
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for object in Api::<K>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap() {
+        out.insert(format!("{}/{}", K::kind(&()), object.name_any()), object.resource_version().unwrap_or_default());
+    }
 }
 
 async fn scenario(client: Client, ns: String) {
@@ -186,9 +189,16 @@ async fn scenario(client: Client, ns: String) {
     assert_eq!(cfg.tools.len(), tool_names.len());
     assert_eq!(cfg.policies.len(), yaml_documents("examples/policies.yaml").len());
     assert_eq!(cfg.generation, generation);
+    // Policy status is written after the config (the namespace reconcile writes the config first).
     for policy in policies_api.list(&ListParams::default()).await.unwrap() {
-        let status = serde_json::to_value(policy.status.clone().unwrap_or_default()).unwrap();
-        assert_eq!(condition(&status, "Accepted").map(|c| c.0), Some("True".into()), "{}: {status}", policy.name_any());
+        let name = policy.name_any();
+        let (accepted, reason) = eventually(&format!("{name}: an Accepted condition"), || {
+            let api = policies_api.clone();
+            let name = name.clone();
+            async move { condition(&serde_json::to_value(api.get(&name).await.ok()?.status?).ok()?, "Accepted") }
+        })
+        .await;
+        assert_eq!(accepted, "True", "{name}: Accepted={accepted} ({reason})");
     }
 
     // A settled namespace stays still: a reconcile that writes what the API server stores differently
