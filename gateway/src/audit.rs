@@ -5,17 +5,20 @@
 //! its chain id, seq and the previous line's hash under the same lock that queues it, so the chain follows
 //! the order the lines are written in, whichever task writes them. Stdout and the file get the same bytes.
 
-use std::fs::{File, OpenOptions};
 use std::fmt::Write as _;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::metrics::gauge::Gauge;
-use toolwarden_core::audit::AuditRecord;
-use toolwarden_core::audit::chain::{self, ChainPoint, ChainStart, ChainWriter};
+use toolwarden_core::audit::chain::{ChainStart, ChainWriter};
+use toolwarden_core::audit::{AuditEvent, AuditRecord};
+
+#[path = "audit_file.rs"]
+mod file;
+use file::FileSink;
 
 /// How long a result line may wait to share one write with the next decision line. Each write to a
 /// pipe wakes its reader (the container runtime's log collector), so this halves the writes of a busy
@@ -23,9 +26,6 @@ use toolwarden_core::audit::chain::{self, ChainPoint, ChainStart, ChainWriter};
 pub const RESULT_DELAY: Duration = Duration::from_millis(20);
 /// Result lines waiting beyond this many bytes are written at once.
 const MAX_PENDING: usize = 64 * 1024;
-
-/// The longest last line of an existing audit file that a new chain links to.
-const MAX_TAIL: u64 = 1024 * 1024;
 
 pub struct AuditLog {
     sinks: Mutex<Sinks>,
@@ -38,7 +38,7 @@ pub struct AuditLog {
 }
 
 struct Sinks {
-    file: Option<File>,
+    file: Option<FileSink>,
     stdout: bool,
     /// Result lines not written yet, in order.
     pending: Vec<u8>,
@@ -60,7 +60,7 @@ impl Sinks {
             let _ = out.flush();
         }
         if let Some(file) = &mut self.file
-            && let Err(e) = file.write_all(&self.pending)
+            && let Err(e) = file.write(&self.pending)
         {
             tracing::error!(error = %e, "cannot write the audit log file");
         }
@@ -75,17 +75,21 @@ impl AuditLog {
     /// line belongs to a chain, the start record names it (`continues`); a last line cut short by a
     /// crash is ended with a newline first, so that the new chain starts on a line of its own.
     pub fn open(path: Option<&Path>, stdout: bool, gateway: &str) -> anyhow::Result<AuditLog> {
-        let (file, continues) = match path {
+        AuditLog::open_rotating(path, None, stdout, gateway)
+    }
+
+    /// [`AuditLog::open`], rotating the file when it reaches `max_file_bytes` (see `audit_file.rs`).
+    /// Calls a previous process left open in the file (a decision line that let them run, no result
+    /// line: it was killed) get an `interrupted` result line in the new chain.
+    pub fn open_rotating(path: Option<&Path>, max_file_bytes: Option<u64>, stdout: bool, gateway: &str) -> anyhow::Result<AuditLog> {
+        let (file, continues, left_open) = match path {
             Some(path) => {
-                let mut options = OpenOptions::new();
-                options.read(true).create(true).append(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let mut file = options.open(path).with_context(|| format!("cannot open audit log {}", path.display()))?;
-                let continues = continue_after(&mut file).with_context(|| format!("cannot read the end of audit log {}", path.display()))?;
-                (Some(file), continues)
+                let (file, continues) = FileSink::open(path, max_file_bytes).with_context(|| format!("cannot open audit log {}", path.display()))?;
+                let left_open = file::open_calls(&[file::rotated(path), path.to_owned()])
+                    .with_context(|| format!("cannot read audit log {} for calls left open", path.display()))?;
+                (Some(file), continues, left_open)
             }
-            None => (None, None),
+            None => (None, None, Vec::new()),
         };
         let chain = ChainWriter::new(&crate::approvals::random_hex(8))?;
         let chain_id = chain.id().to_owned();
@@ -98,6 +102,16 @@ impl AuditLog {
         let start = ChainStart { gateway: gateway.to_owned(), pid: std::process::id(), version: env!("CARGO_PKG_VERSION").to_owned(), continues };
         log.write(&AuditRecord::chain_start(timestamp(), start));
         tracing::info!(chain = %log.chain_id, "audit chain started");
+        if !left_open.is_empty() {
+            tracing::warn!(calls = left_open.len(), "a previous gateway process stopped with calls running; their result lines say interrupted");
+        }
+        for call in left_open {
+            let message = format!(
+                "the gateway process that ran this call (audit chain {}) stopped before it wrote the call's result line; whether the tool finished is unknown",
+                call.chain
+            );
+            log.write(&interrupted(&call.decision, message));
+        }
         Ok(log)
     }
 
@@ -187,33 +201,20 @@ impl Sinks {
     }
 }
 
-/// Where a new chain joins an existing audit file: the chain line it ends with, if any. A last line
-/// without its newline (the previous process died writing it) is ended with one, and left as it is for
-/// `audit verify` to report.
-fn continue_after(file: &mut File) -> std::io::Result<Option<ChainPoint>> {
-    let len = file.seek(SeekFrom::End(0))?;
-    if len == 0 {
-        return Ok(None);
-    }
-    let from = len.saturating_sub(MAX_TAIL);
-    file.seek(SeekFrom::Start(from))?;
-    let mut tail = Vec::with_capacity((len - from) as usize);
-    Read::take(&mut *file, len - from).read_to_end(&mut tail)?;
-    if tail.last() != Some(&b'\n') {
-        file.write_all(b"\n")?;
-        tracing::warn!("the audit log file ended in the middle of a line (a previous gateway stopped while writing it); the new chain starts on the next line and does not link to it");
-        return Ok(None);
-    }
-    tail.pop();
-    let Some(line) = tail.rsplit(|&b| b == b'\n').next().filter(|line| from == 0 || line.len() < tail.len()) else {
-        return Ok(None);
-    };
-    match chain::parse_line(line) {
-        Ok(link) => Ok(Some(ChainPoint { chain: link.chain.into_owned(), seq: link.seq, hash: chain::to_hex(&chain::line_hash(line)) })),
-        Err(problem) => {
-            tracing::warn!(%problem, "the audit log file's last line is not a chained audit line; the new chain does not link to it");
-            Ok(None)
-        }
+/// The result line of a call that was started (`decision` let it run) and never ended normally.
+pub fn interrupted(decision: &AuditRecord, message: String) -> AuditRecord {
+    AuditRecord {
+        timestamp: timestamp(),
+        event: Some(AuditEvent::Result),
+        status: Some(crate::call::INTERRUPTED.to_owned()),
+        code: Some(crate::call::INTERRUPTED.to_owned()),
+        message: Some(message),
+        duration_ms: None,
+        output_bytes: None,
+        truncated: None,
+        redacted: None,
+        chain_start: None,
+        ..decision.clone()
     }
 }
 
@@ -423,6 +424,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let first = AuditLog::open(Some(&path), false, "test").unwrap();
+        let first_chain = first.chain_id().to_owned();
         first.write(&record("c1", AuditEvent::Decision));
         first.write(&record("c2", AuditEvent::Decision));
         drop(first);
@@ -434,10 +436,14 @@ mod tests {
 
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines.len(), 6, "{text}");
         let start: AuditRecord = serde_json::from_str(lines[3]).unwrap();
         assert_eq!(start.event, Some(AuditEvent::ChainStart));
         assert_eq!(start.chain_start.unwrap().continues, None, "nothing to link to");
+        // c1's decision line is whole and has no result: the first process died with it running.
+        let closed: AuditRecord = serde_json::from_str(lines[4]).unwrap();
+        assert_eq!((closed.call_id.as_str(), closed.event, closed.status.as_deref()), ("c1", Some(AuditEvent::Result), Some("interrupted")));
+        assert!(closed.message.unwrap().contains(&format!("audit chain {first_chain}")));
         let found = verify(&path, VerifyOptions::default()).unwrap_err();
         assert_eq!((found.kind, found.line), (BreakKind::Garbled, 3), "{found}");
         assert!(found.detail.contains("EOF while parsing"), "{found}");

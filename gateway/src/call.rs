@@ -21,6 +21,7 @@ use crate::audit::{rfc3339, timestamp};
 use crate::catalog::CONFIRM_TOKEN_ARG;
 use crate::elicit::Asking;
 use crate::refusal::Refusal;
+use crate::running::Stop;
 use crate::runtime::{CANCELLED, RuntimeError};
 use crate::sessions::SessionRecord;
 use crate::state::Gateway;
@@ -42,6 +43,9 @@ struct Call<'a> {
     trace: Option<CallTrace>,
     /// When the approval step began and its mode, until its span is written.
     approval_started: Option<(SystemTime, &'static str)>,
+    /// A run's (or preview's) decision line is written and its result line is not yet: dropped in this
+    /// state, the call writes an `interrupted` result line, so every started call has one.
+    awaiting_result: bool,
 }
 
 impl Call<'_> {
@@ -56,6 +60,12 @@ impl Call<'_> {
 impl Drop for Call<'_> {
     /// The call is over, however it ended (answered, refused, or dropped when its client went away).
     fn drop(&mut self) {
+        if self.awaiting_result {
+            // The task running the call was dropped: its client went away, or the gateway stopped.
+            let message = "the call's request ended before its worker answered (the client went away or the gateway stopped); whether the tool finished is unknown";
+            self.gw.audit.write(&crate::audit::interrupted(&self.record, message.to_owned()));
+            self.gw.metrics.call(&self.session.namespace, &self.tool_label, &self.record.decision.clone(), INTERRUPTED);
+        }
         if self.trace.is_some() {
             self.end_approval();
             if let Some(trace) = self.trace.as_mut() {
@@ -175,6 +185,7 @@ async fn answer(
         audited: false,
         trace,
         approval_started: None,
+        awaiting_result: false,
     };
     if let (Some(start), Some(trace)) = (decide_start, call.trace.as_mut()) {
         trace.decided(start, &decision, &call.record);
@@ -273,6 +284,8 @@ fn check_limits(gw: &Gateway, session: &SessionRecord, tool: &ToolConfig, limits
 
 /// The code of a call the kill switch stopped, or refused just before it would have run.
 const TOOL_DISABLED: &str = "tool_disabled";
+/// The code, audit status and metric label of a call the gateway stopped before it ended (shutdown).
+pub const INTERRUPTED: &str = "interrupted";
 
 /// Sends the call to the session's worker. The bound leaves room for the worker's start (a first call
 /// waits for it) as well as the tool's timeout: cut short, a start would fail with the wrong sentence and
@@ -323,10 +336,18 @@ fn worker_outcome(
     limit: Duration,
 ) -> Result<CallResult, RuntimeError> {
     match answer {
-        Ok(Err(e)) if e.code == CANCELLED && running.stopped().is_some() => {
-            let reason = running.stopped().unwrap_or_default();
-            Err(RuntimeError::new(TOOL_DISABLED, format!("{reason}; the call was stopped while it ran (its worker stopped it)")))
-        }
+        Ok(Err(e)) if e.code == CANCELLED && running.stopped().is_some() => match running.stopped() {
+            Some(Stop::Unserved(reason)) => {
+                Err(RuntimeError::new(TOOL_DISABLED, format!("{reason}; the call was stopped while it ran (its worker stopped it)")))
+            }
+            _ => Err(RuntimeError {
+                transient: true,
+                ..RuntimeError::new(
+                    INTERRUPTED,
+                    "the gateway is shutting down and the call outlived its grace period; its worker stopped it, so it may have done part of its work",
+                )
+            }),
+        },
         Ok(result) => result,
         Err(_) => Err(RuntimeError::new(
             "worker_timeout",
@@ -375,6 +396,8 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
             } else if e.code == TOOL_DISABLED {
                 // The kill switch: an operator's choice, not a failure either.
                 "disabled"
+            } else if e.code == INTERRUPTED {
+                INTERRUPTED
             } else {
                 gw.metrics.worker_failed(ns, &tool.name, e.code);
                 if e.code == "worker_timeout" {
@@ -386,9 +409,10 @@ fn account(call: &mut Call<'_>, tool: &ToolConfig, outcome: &Result<CallResult, 
     };
     result.status = Some(status.to_owned());
     gw.audit.write_result(result);
+    call.awaiting_result = false;
     gw.metrics.duration(ns, &tool.name, started.elapsed().as_secs_f64());
     let label = match status {
-        "ok" | "cancelled" | "disabled" => status,
+        "ok" | "cancelled" | "disabled" | INTERRUPTED => status,
         _ => "error",
     };
     gw.metrics.call(ns, &tool.name, decision, label);
@@ -410,6 +434,7 @@ async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str,
     let gw = call.gw;
     let session = call.session;
     gw.audit.write(&call.record);
+    call.awaiting_result = true;
     let started = Instant::now();
     let request = CallRequest::new(call.record.call_id.clone(), args, false);
     let outcome = dispatch(gw, session, tool, request, cancel, call.trace.as_mut()).await;
@@ -430,6 +455,11 @@ async fn run(mut call: Call<'_>, tool: &ToolConfig, args: Value, decision: &str,
         Err(e) if e.code == TOOL_DISABLED => {
             gw.runtime.record_call(&session.id, true, None);
             Refusal::new(TOOL_DISABLED, e.message).into_result(tool.output_schema.is_some())
+        }
+        Err(e) if e.code == INTERRUPTED => {
+            gw.runtime.record_call(&session.id, false, None);
+            let refusal = Refusal::new(INTERRUPTED, format!("{} was interrupted: {e}", tool.name)).detail("transient", json!(true));
+            refusal.into_result(tool.output_schema.is_some())
         }
         Err(e) => {
             gw.runtime.record_call(&session.id, false, None);
@@ -488,6 +518,7 @@ async fn confirm_preview(
         call.record.status = Some("preview".to_owned());
         gw.audit.write(&call.record);
         call.audited = true;
+        call.awaiting_result = true;
         call.record.status = None;
         let started = Instant::now();
         let request = CallRequest::new(call.record.call_id.clone(), args.clone(), true);
@@ -500,6 +531,7 @@ async fn confirm_preview(
         result.worker = Some(gw.runtime.name().to_owned());
         result.redacted = outcome.as_ref().ok().map(|r| r.redacted);
         gw.audit.write_result(&result);
+        call.awaiting_result = false;
         match outcome {
             Ok(r) if !r.is_error => r.content,
             Ok(r) => format!("(the preview failed: {})", r.content.trim()),

@@ -48,12 +48,26 @@ pub struct DevArgs {
     pub serve: ServeArgs,
 }
 
+impl ServeArgs {
+    fn max_audit_file(&self) -> Option<u64> {
+        (self.audit_log_max_bytes > 0).then_some(self.audit_log_max_bytes)
+    }
+}
+
 /// Flags `dev` and `gateway` share.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Also append audit lines to this file.
+    /// Also append audit lines to this file. At start, calls that a previous process left running in it
+    /// get an `interrupted` result line.
     #[arg(long)]
     pub audit_log: Option<PathBuf>,
+    /// After SIGTERM, how long calls in flight get to finish; those still running then are stopped and
+    /// answered `interrupted`.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Rotate the audit log file at this many bytes, keeping one previous file (`<file>.1`); 0 = never.
+    #[arg(long, default_value_t = 0)]
+    pub audit_log_max_bytes: u64,
     /// Run tools without the namespace sandbox: local runtime only, and only where the kernel refuses
     /// user namespaces.
     #[arg(long)]
@@ -93,6 +107,7 @@ impl ServeArgs {
         Ok(Settings {
             max_sessions_per_subject: self.max_sessions_per_subject as usize,
             header_read_timeout: self.header_read_timeout,
+            shutdown_grace: self.shutdown_grace,
             allowed_origins,
             ..Settings::default()
         })
@@ -152,7 +167,7 @@ impl DevArgs {
         let (metrics, registry) = GatewayMetrics::new(runtime_metrics.clone());
         let secrets: LocalSecrets = Arc::new(std::sync::RwLock::new(BTreeMap::new()));
         let runtime = local_runtime(Some(dir.clone()), self.serve.unsafe_no_sandbox, secrets.clone(), runtime_metrics)?;
-        let audit = AuditLog::open(self.serve.audit_log.as_deref(), true, "dev")?;
+        let audit = AuditLog::open_rotating(self.serve.audit_log.as_deref(), self.serve.max_audit_file(), true, "dev")?;
         let settings = Settings {
             // A laptop server: only loopback names (DNS-rebinding guard on top of the bearer token).
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), self.listen.ip().to_string()],
@@ -224,8 +239,6 @@ pub struct GatewayArgs {
     /// Namespaces whose ConfigMaps to serve (repeatable); all namespaces when absent.
     #[arg(long = "namespace")]
     pub namespaces: Vec<String>,
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
     /// After SIGTERM, keep serving this long with /readyz failing before refusing new connections, so a
     /// Service stops routing to this pod first.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -293,11 +306,10 @@ impl GatewayArgs {
                 (runtime, Some(inner))
             }
         };
-        let audit = AuditLog::open(self.serve.audit_log.as_deref(), true, &self.gateway_id)?;
+        let audit = AuditLog::open_rotating(self.serve.audit_log.as_deref(), self.serve.max_audit_file(), true, &self.gateway_id)?;
         let settings = Settings {
             idle_timeout: self.idle_timeout,
             max_session_lifetime: self.max_session_lifetime,
-            shutdown_grace: self.shutdown_grace,
             shutdown_delay: self.shutdown_delay,
             // In-cluster names vary (Service, Ingress): any Host; every request needs a bearer token.
             allowed_hosts: Vec::new(),

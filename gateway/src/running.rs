@@ -1,15 +1,23 @@
 //! The calls running in workers, by namespace and tool, so that the kill switch reaches them: when a
 //! config disables a tool (or no longer has it), its running calls are cancelled the way a client's
 //! `notifications/cancelled` cancels one (their worker stops every process the call started), and each
-//! learns why.
+//! learns why. A gateway shutting down stops what is still running after its grace period the same way.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 use toolwarden_core::policy::Engine;
 
-/// Why a running call was stopped: the sentence the caller and the audit log get.
-pub type StopReason = Arc<OnceLock<String>>;
+/// Why a running call was stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Its tool was disabled or removed: the sentence the caller and the audit log get.
+    Unserved(String),
+    /// The gateway is shutting down and the call outlived the grace period.
+    Shutdown,
+}
+
+type StopReason = Arc<OnceLock<Stop>>;
 
 struct Entry {
     id: u64,
@@ -34,9 +42,9 @@ pub struct Registration<'a> {
 }
 
 impl Registration<'_> {
-    /// Why the kill switch stopped this call, if it did.
-    pub fn stopped(&self) -> Option<&str> {
-        self.reason.get().map(String::as_str)
+    /// Why the kill switch or a shutdown stopped this call, if one did.
+    pub fn stopped(&self) -> Option<&Stop> {
+        self.reason.get()
     }
 }
 
@@ -86,12 +94,22 @@ impl RunningCalls {
         for entry in calls.1.iter().filter(|e| &*e.namespace == namespace) {
             if let Some(reason) = unserved(&entry.tool, config) {
                 // The first reason stays: a call is stopped once.
-                let _ = entry.reason.set(reason);
+                let _ = entry.reason.set(Stop::Unserved(reason));
                 entry.stop.cancel();
                 stopped += 1;
             }
         }
         stopped
+    }
+
+    /// Stops every running call (shutdown, after the grace period); returns how many.
+    pub fn stop_all(&self) -> usize {
+        let calls = self.lock();
+        for entry in &calls.1 {
+            let _ = entry.reason.set(Stop::Shutdown);
+            entry.stop.cancel();
+        }
+        calls.1.len()
     }
 
     pub fn len(&self) -> usize {
@@ -131,7 +149,7 @@ mod tests {
         let calls = RunningCalls::default();
         let running = calls.start("default", "read_a", &CancellationToken::new());
         assert_eq!(calls.stop_unserved("default", None), 1);
-        assert_eq!(running.stopped(), Some("read_a was removed from the configuration"));
+        assert_eq!(running.stopped(), Some(&Stop::Unserved("read_a was removed from the configuration".into())));
         assert_eq!(unserved("read_b", Some(&engine(vec![tool("read_b", None)]))), None);
     }
 
@@ -146,8 +164,8 @@ mod tests {
         let config = engine(vec![tool("read_a", Some("frozen for INC-7")), tool("read_b", None)]);
         assert_eq!(calls.stop_unserved("default", Some(&config)), 2);
         assert!(a.cancel.is_cancelled() && gone.cancel.is_cancelled());
-        assert_eq!(a.stopped(), Some("read_a is disabled: frozen for INC-7"));
-        assert_eq!(gone.stopped(), Some("read_gone was removed from the configuration"));
+        assert_eq!(a.stopped(), Some(&Stop::Unserved("read_a is disabled: frozen for INC-7".into())));
+        assert_eq!(gone.stopped(), Some(&Stop::Unserved("read_gone was removed from the configuration".into())));
         assert!(!b.cancel.is_cancelled() && b.stopped().is_none());
         assert!(!elsewhere.cancel.is_cancelled(), "another namespace's config is another config");
         assert!(!client.is_cancelled(), "the client's own token is untouched: its reply still goes out");
@@ -155,6 +173,19 @@ mod tests {
         assert_eq!(calls.len(), 1, "ended calls leave the list");
         drop(elsewhere);
         assert!(calls.is_empty());
+    }
+
+    #[test]
+    fn shutdown_stops_every_call_but_a_disabled_one_keeps_its_first_reason() {
+        let calls = RunningCalls::default();
+        let client = CancellationToken::new();
+        let a = calls.start("default", "read_a", &client);
+        let b = calls.start("other", "read_b", &client);
+        assert_eq!(calls.stop_unserved("default", None), 1);
+        assert_eq!(calls.stop_all(), 2);
+        assert!(a.cancel.is_cancelled() && b.cancel.is_cancelled());
+        assert_eq!(a.stopped(), Some(&Stop::Unserved("read_a was removed from the configuration".into())));
+        assert_eq!(b.stopped(), Some(&Stop::Shutdown));
     }
 
     #[test]

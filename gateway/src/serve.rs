@@ -18,6 +18,8 @@ use crate::state::Gateway;
 
 /// How long shutdown waits for session ends under way (stopping workers, deleting pods).
 const SESSION_END_WAIT: Duration = Duration::from_secs(5);
+/// How long calls stopped at the end of the grace period get to answer their clients.
+const INTERRUPT_WAIT: Duration = Duration::from_secs(1);
 /// How long shutdown waits for the last spans to reach the collector.
 const TRACE_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
@@ -169,6 +171,16 @@ pub async fn serve(
         let deadline = tokio::time::Instant::now() + grace;
         while gw.calls_in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Calls still running are stopped (their workers stop them) and answered `interrupted`, with
+        // a result line each, while their clients are still connected to hear it.
+        let stopped = gw.running.stop_all();
+        if stopped > 0 {
+            tracing::warn!(calls = stopped, "calls still running after the grace period were stopped (interrupted)");
+            let deadline = tokio::time::Instant::now() + INTERRUPT_WAIT;
+            while gw.calls_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         streams.cancel();
     });

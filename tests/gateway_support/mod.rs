@@ -74,6 +74,11 @@ impl Dev {
         Dev::start_inner(&[], &[], &[], Some(audit.to_owned()))
     }
 
+    /// [`Dev::start_with_args`] appending its audit lines to `audit`.
+    pub fn start_with_args_logging_to(extra: &[(&str, &str)], args: &[&str], audit: &Path) -> Dev {
+        Dev::start_inner(extra, args, &[], Some(audit.to_owned()))
+    }
+
     fn start_inner(extra: &[(&str, &str)], args: &[&str], env: &[(&str, &str)], audit: Option<PathBuf>) -> Dev {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
@@ -175,6 +180,12 @@ impl Dev {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGKILL (no shutdown code runs) and waits for the exit.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL is delivered");
+        self.child.wait().expect("the killed process is reaped");
     }
 
     /// Sends SIGTERM and waits for the exit.
