@@ -13,6 +13,9 @@ use rmcp::service::Peer;
 use sha2::{Digest, Sha256};
 use toolwarden_core::audit::UntrustedText;
 
+/// How the ids of stateless sessions begin ([`stateless_session_id`]); rmcp's ids never do.
+pub const STATELESS_ID_PREFIX: &str = "sl-";
+
 /// `_meta` key a stateless client may send to name its session explicitly.
 pub const SESSION_META_KEY: &str = "toolwarden.dev/session";
 
@@ -189,7 +192,7 @@ pub fn stateless_session_id(caller: &Caller, explicit: Option<&str>, client_name
     }
     let digest = h.finalize();
     let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("sl-{hex}")
+    format!("{STATELESS_ID_PREFIX}{hex}")
 }
 
 #[cfg(test)]

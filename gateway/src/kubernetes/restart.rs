@@ -28,12 +28,15 @@ pub struct RestartReport {
     pub pods_deleted: usize,
 }
 
-/// Whether a session found after a restart may be resumed: active, and neither idle nor too old.
+/// Whether a session found after a restart may be resumed: a stateless client's (an `Mcp-Session-Id`
+/// died with rmcp's memory of it: its client gets 404 and starts a new session), active, and neither
+/// idle nor too old.
 pub fn resumable(session: &McpSession, config: &KubernetesConfig, now: jiff::Timestamp) -> bool {
     if !config.resume_sessions || session.metadata.deletion_timestamp.is_some() {
         return false;
     }
-    if !session.annotations().contains_key(ANNOTATION_SESSION_ID) {
+    let stateless = session.annotations().get(ANNOTATION_SESSION_ID).is_some_and(|id| id.starts_with(crate::sessions::STATELESS_ID_PREFIX));
+    if !stateless {
         return false;
     }
     let status = session.status.clone().unwrap_or_default();
@@ -91,6 +94,10 @@ mod tests {
     use toolwarden_core::resources::McpSessionSpec;
 
     fn session(started: &str, last: Option<&str>, phase: SessionPhase) -> McpSession {
+        with_id("sl-1", started, last, phase)
+    }
+
+    fn with_id(id: &str, started: &str, last: Option<&str>, phase: SessionPhase) -> McpSession {
         let mut s = McpSession::new(
             "s-1",
             McpSessionSpec {
@@ -104,7 +111,7 @@ mod tests {
                 max_lifetime_seconds: None,
             },
         );
-        s.metadata.annotations = Some([(ANNOTATION_SESSION_ID.to_owned(), "s-1".to_owned())].into());
+        s.metadata.annotations = Some([(ANNOTATION_SESSION_ID.to_owned(), id.to_owned())].into());
         s.status = Some(McpSessionStatus { phase, last_activity: last.map(Into::into), ..Default::default() });
         s
     }
@@ -117,6 +124,8 @@ mod tests {
         assert!(!resumable(&session("2026-01-01T11:00:00Z", Some("2026-01-01T11:00:00Z"), SessionPhase::Active), &config, now), "idle");
         assert!(!resumable(&session("2026-01-01T01:00:00Z", Some("2026-01-01T11:59:00Z"), SessionPhase::Active), &config, now), "too old");
         assert!(!resumable(&session("2026-01-01T11:00:00Z", None, SessionPhase::Ended), &config, now));
+        let stateful = with_id("0b5e3c1c-4a53-4d3f-9d2a-6c1b2f1e7a10", "2026-01-01T11:00:00Z", Some("2026-01-01T11:59:00Z"), SessionPhase::Active);
+        assert!(!resumable(&stateful, &config, now), "an Mcp-Session-Id session cannot be resumed: rmcp forgot it");
         let off = KubernetesConfig { resume_sessions: false, ..KubernetesConfig::default() };
         assert!(!resumable(&session("2026-01-01T11:00:00Z", Some("2026-01-01T11:59:00Z"), SessionPhase::Active), &off, now));
     }

@@ -1,0 +1,213 @@
+//! e2e faults on a real cluster: the chart's gateway loses its process in the middle of a call, once by
+//! SIGKILL (the kubelet restarts the container) and once by `kubectl delete pod` (SIGTERM, then a new
+//! pod). Each time the client's call ends (a broken connection, or an `interrupted` answer), the audit
+//! log has the call's decision line and a result line saying how it ended, and no worker pod or
+//! McpSession of the lost gateway is left behind.
+
+mod e2e_support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use e2e_support::{AGENT_TOKEN, HelmRelease, TestNamespace, enabled, items, json_of, kubectl, kubectl_ok, kubectl_stdin, tool_image, wait_for};
+use serde_json::{Value, json};
+
+const MANIFESTS: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: check-after}
+spec:
+  description: Waits the given number of seconds.
+  effect: read
+  inputSchema: {type: object, properties: {secs: {type: integer}}, required: [secs], additionalProperties: false}
+  runtime:
+    exec: {image: "TOOL_IMAGE", command: [sh, -c, 'sleep "$1"; echo woke', sh], args: ["{{secs}}"]}
+  outputTrust: trusted
+  limits: {timeout: 10m}
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: e2e-may-wait}
+spec:
+  subjects: {users: [e2e]}
+  tools: {names: [check-after]}
+  decision: allow
+"#;
+
+fn post(url: &str, session: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(AGENT_TOKEN)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .json(body);
+    if let Some(session) = session {
+        request = request.header("Mcp-Session-Id", session);
+    }
+    request
+}
+
+/// Opens a session (raw HTTP, protocol 2025-06-18) once the gateway serves the tenant's tool.
+async fn open_session(url: &str) -> String {
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e-faults", "version": "1"}}});
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(response) = post(url, None, &initialize).send().await
+            && response.status() == 200
+            && let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
+        {
+            let _ = response.text().await;
+            let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+            post(url, Some(&id), &initialized).send().await.expect("notifications/initialized");
+            let tools = post(url, Some(&id), &list).send().await.expect("tools/list").text().await.unwrap_or_default();
+            if tools.contains("check_after") {
+                return id;
+            }
+        }
+        assert!(Instant::now() < deadline, "the gateway did not serve check_after within 90 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The one gateway pod of the release that is Ready, and its container's restart count.
+fn ready_gateway(release: &HelmRelease) -> (String, u64) {
+    let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component=gateway", release.name);
+    wait_for("one Ready gateway pod", Duration::from_secs(180), || {
+        let pods = items(&json_of(&["get", "pods", "-n", &release.namespace.0, "-l", &selector, "-o", "json"]));
+        let ready: Vec<_> = pods
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+            .collect();
+        (pods.len() == 1 && ready.len() == 1).then(|| {
+            let restarts = ready[0]["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0);
+            (ready[0]["metadata"]["name"].as_str().unwrap_or_default().to_owned(), restarts)
+        })
+    })
+}
+
+/// Audit lines (JSON with an `event`) in a log text.
+fn audit_lines(log: &str) -> Vec<Value> {
+    log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l["event"].is_string() && l["call_id"].is_string()).collect()
+}
+
+fn gateway_log(namespace: &str, pod: &str, previous: bool) -> String {
+    let mut args = vec!["logs", "-n", namespace, pod, "-c", "gateway"];
+    if previous {
+        args.push("--previous");
+    }
+    kubectl(&args).1
+}
+
+/// The decision line of the `check_after` call waiting `secs`, once the gateway `pod` wrote it and the
+/// call's worker pod is running.
+fn started_call(namespace: &str, pod: &str, tenant: &str, secs: u64) -> Value {
+    let decision = wait_for("the call's decision line", Duration::from_secs(60), || {
+        audit_lines(&gateway_log(namespace, pod, false))
+            .into_iter()
+            .find(|l| l["event"] == "decision" && l["tool"] == "check_after" && l["arguments"]["secs"] == json!(secs))
+    });
+    wait_for("the call's worker pod runs", Duration::from_secs(120), || {
+        let workers = items(&json_of(&["get", "pods", "-n", tenant, "-l", "toolwarden.dev/tool=check-after", "-o", "json"]));
+        workers.iter().any(|p| p["status"]["phase"] == "Running").then_some(())
+    });
+    // The worker is Running; give the call a moment to reach it.
+    std::thread::sleep(Duration::from_secs(2));
+    decision
+}
+
+/// Worker pods and McpSessions in `tenant`, once the lost gateway's are gone.
+fn wait_until_nothing_left(tenant: &str, what: &str) {
+    wait_for(what, Duration::from_secs(90), || {
+        let pods = items(&json_of(&["get", "pods", "-n", tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
+        let sessions = items(&json_of(&["get", "mcpsessions", "-n", tenant, "-o", "json"]));
+        (pods.is_empty() && sessions.is_empty()).then_some(())
+    });
+}
+
+fn start_call(url: &str, session: &str, secs: u64) -> tokio::task::JoinHandle<Result<String, reqwest::Error>> {
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "check_after", "arguments": {"secs": secs}}});
+    let request = post(url, Some(session), &call);
+    tokio::spawn(async move { request.send().await?.text().await })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_nothing_behind() {
+    if !enabled("a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_nothing_behind") {
+        return;
+    }
+    let release = HelmRelease::install(&[
+        "gateway.replicas=1",
+        "operator.replicas=1",
+        "gateway.shutdownDelay=1s",
+        "gateway.shutdownGrace=3s",
+    ]);
+    let tenant_namespace = TestNamespace::create("tw-e2e-faults");
+    let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &MANIFESTS.replace("TOOL_IMAGE", &tool_image()));
+    assert!(ok, "{out}");
+    kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", "mcptool/check-after", "--timeout=60s"]);
+    let url = release.mcp_url(&tenant);
+
+    // 1. SIGKILL: no shutdown code runs; the kubelet restarts the container in the same pod.
+    let (pod, restarts) = ready_gateway(&release);
+    let session = open_session(&url).await;
+    let answer = start_call(&url, &session, 601);
+    let decision = started_call(&ns, &pod, &tenant, 601);
+    // The node shares this machine's PID namespace: the container's process is visible here.
+    let pgrep = Command::new("pgrep").args(["-f", &format!("gateway-id {pod}( |$)")]).output().expect("pgrep runs");
+    let pids = String::from_utf8_lossy(&pgrep.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(pids.len(), 1, "the gateway process of {pod} is on this node: {pids:?}");
+    assert!(Command::new("kill").args(["-KILL", &pids[0]]).status().expect("kill runs").success());
+    let ended = tokio::time::timeout(Duration::from_secs(60), answer).await.expect("the client's call ends").unwrap();
+    assert!(ended.is_err() || !ended.as_deref().unwrap_or_default().contains("woke"), "the call cannot have completed: {ended:?}");
+    let (same_pod, restarted) = ready_gateway(&release);
+    assert_eq!((same_pod.as_str(), restarted), (pod.as_str(), restarts + 1), "the container restarted in its pod");
+    let previous = audit_lines(&gateway_log(&ns, &pod, true));
+    assert!(previous.iter().any(|l| l["call_id"] == decision["call_id"] && l["event"] == "decision"), "the killed run wrote the decision");
+    assert!(!previous.iter().any(|l| l["call_id"] == decision["call_id"] && l["event"] == "result"), "and no result");
+    let closed = wait_for("the restarted gateway's interrupted line", Duration::from_secs(30), || {
+        audit_lines(&gateway_log(&ns, &pod, false)).into_iter().find(|l| l["call_id"] == decision["call_id"] && l["event"] == "result")
+    });
+    assert_eq!(closed["status"], "interrupted", "{closed}");
+    assert_eq!(closed["session_id"], decision["session_id"]);
+    println!("e2e_faults: after SIGKILL the restarted gateway wrote: {}", closed["message"]);
+    // Its session had an Mcp-Session-Id, which died with the process: the session is ended, its pod gone.
+    wait_until_nothing_left(&tenant, "no worker pod or McpSession left after the restart");
+    let stale = post(&url, Some(&session), &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})).send().await.unwrap();
+    assert_eq!(stale.status(), 404, "the lost session is unknown: the client initializes again");
+
+    // 2. `kubectl delete pod`: SIGTERM; a call outliving the grace period is stopped and answered.
+    let (pod, _) = ready_gateway(&release);
+    let session = open_session(&url).await;
+    let answer = start_call(&url, &session, 602);
+    let decision = started_call(&ns, &pod, &tenant, 602);
+    // The pod's log goes with it: follow it while it stops.
+    let mut follow = Command::new(e2e_support::tool("kubectl"))
+        .args(["logs", "-f", "-n", &ns, &pod, "-c", "gateway", "--since=10m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl logs -f");
+    let stdout = follow.stdout.take().unwrap();
+    let followed = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    std::thread::sleep(Duration::from_secs(1));
+    kubectl_ok(&["delete", "pod", "-n", &ns, &pod, "--wait=false"]);
+    let body = tokio::time::timeout(Duration::from_secs(60), answer).await.expect("the client's call is answered").unwrap().expect("a response");
+    assert!(body.contains(r#""toolwarden.dev/code":"interrupted""#), "the client hears why: {body}");
+    let log = followed.join().unwrap();
+    let _ = follow.wait();
+    let lines: Vec<Value> = audit_lines(&log).into_iter().filter(|l| l["call_id"] == decision["call_id"]).collect();
+    let events: Vec<_> = lines.iter().map(|l| (l["event"].as_str().unwrap_or_default(), l["status"].as_str())).collect();
+    assert_eq!(events, [("decision", None), ("result", Some("interrupted"))], "{lines:#?}");
+    // The stopping gateway ended its sessions: their pods and McpSessions are gone, and a new pod serves.
+    wait_until_nothing_left(&tenant, "no worker pod or McpSession left after the pod was deleted");
+    let (new_pod, _) = ready_gateway(&release);
+    assert_ne!(new_pod, pod);
+    let session = open_session(&url).await;
+    let done = start_call(&url, &session, 1);
+    let body = tokio::time::timeout(Duration::from_secs(120), done).await.expect("answered").unwrap().expect("a response");
+    assert!(body.contains("woke"), "the new gateway serves calls: {body}");
+}
