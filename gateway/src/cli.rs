@@ -217,6 +217,10 @@ pub struct GatewayArgs {
     /// Stable name of this gateway replica (labels its sessions and worker pods).
     #[arg(long, default_value = "toolwarden-gateway")]
     pub gateway_id: String,
+    /// This replica's IP as other replicas reach it (the pod IP): its sessions' McpSessions name it, so
+    /// a request for one of them that reaches another replica is forwarded here (docs/sessions-kubernetes.md).
+    #[arg(long)]
+    pub advertise_ip: Option<std::net::IpAddr>,
     #[arg(long, default_value_t = crate::kubernetes::default_worker_image())]
     pub worker_image: String,
     /// Static tokens file (a mounted Secret).
@@ -285,6 +289,7 @@ impl GatewayArgs {
             start_timeout: self.worker_start_timeout,
             idle_timeout: self.idle_timeout,
             max_lifetime: self.max_session_lifetime,
+            advertise_address: self.advertise_ip.map(|ip| SocketAddr::new(ip, self.listen.port()).to_string()),
             ..crate::kubernetes::KubernetesConfig::default()
         };
         let inner = crate::kubernetes::KubernetesRuntime::new(client, config, metrics);

@@ -60,6 +60,8 @@ pub fn mcp_service(gateway: &Arc<Gateway>, cancel: tokio_util::sync::Cancellatio
     } else {
         config.with_allowed_hosts(gateway.settings.allowed_hosts.clone())
     };
+    // Sessions another replica held are restored through this store (see `crate::failover`).
+    config.session_store = Some(Arc::new(crate::failover::McpSessionStore { gateway: gateway.clone() }));
     let handler = McpHandler { gateway: gateway.clone() };
     let service = StreamableHttpService::new(move || Ok(handler.clone()), manager.clone(), config);
     (service, manager)
@@ -201,7 +203,7 @@ pub fn refuse_origin(gateway: &Gateway, headers: &HeaderMap) -> Option<crate::or
     Some(refused)
 }
 
-async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Response {
+pub(crate) async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Response {
     let gateway = &app.gateway;
     // Measured only while tracing: the `authenticate` span of a `tools/call` in this request.
     let received = gateway.telemetry.as_ref().map(|_| std::time::SystemTime::now());
@@ -225,7 +227,55 @@ async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Respons
         tracing::warn!(session = %record.id, subject = %principal.subject, "refused a session id that belongs to another caller");
         session = None;
     }
-    if session.is_none() && request.headers().contains_key("mcp-session-id") {
+    // A session this replica does not hold may live on another one, or need taking over here.
+    let mut restoring = false;
+    if session.is_none()
+        && let Some(id) = session_id.map(str::to_owned)
+        && let Some(gateway_id) = gateway.runtime.gateway_id().map(str::to_owned)
+    {
+        let forwarded = request.headers().contains_key(crate::failover::FORWARDED_BY);
+        let mut route = crate::failover::route(gateway, &namespace, &id, &principal.subject, forwarded).await;
+        if let crate::failover::Route::Forward(address, home) = route {
+            match crate::failover::connect(&address).await {
+                Ok(holder) => {
+                    gateway.metrics.session_forwarded(&namespace);
+                    return match holder.forward(&gateway_id, request).await {
+                        Ok(response) => {
+                            if response.status() == StatusCode::NOT_FOUND {
+                                gateway.failover.forget(&id);
+                            }
+                            response
+                        }
+                        Err(crate::failover::ForwardError::Broken(why) | crate::failover::ForwardError::Unreachable(why)) => {
+                            gateway.failover.forget(&id);
+                            let message = format!(
+                                "the gateway replica holding session {id} stopped while answering ({why}); the request may have run: retry it if that is safe"
+                            );
+                            rpc_error(StatusCode::BAD_GATEWAY, -32000, message)
+                        }
+                    };
+                }
+                Err(crate::failover::ForwardError::Unreachable(why) | crate::failover::ForwardError::Broken(why)) => {
+                    tracing::warn!(session = %id, holder = %home.holder, error = %why, "the replica holding the session is unreachable; taking it over");
+                    route = crate::failover::take_over(gateway, &id, *home).await;
+                }
+            }
+        }
+        match route {
+            crate::failover::Route::Restore => {
+                gateway.metrics.session_taken_over(&namespace);
+                restoring = true;
+            }
+            crate::failover::Route::Moving | crate::failover::Route::Forward(..) => {
+                return crate::failover::retry_later(format!("session {id} is moving between gateway replicas; retry in a second"));
+            }
+            crate::failover::Route::Unavailable(why) => {
+                return crate::failover::retry_later(format!("cannot look up where session {id} lives: {why}"));
+            }
+            crate::failover::Route::Unknown => {}
+        }
+    }
+    if session.is_none() && !restoring && request.headers().contains_key("mcp-session-id") {
         // An id this caller does not hold: another caller's (or another namespace's), or one the gateway
         // ended (rmcp may still hold it for a moment; its requests must not bring it back). rmcp answers it
         // as an unknown id, so status, headers and body are exactly those of any unknown id.
@@ -233,7 +283,7 @@ async fn mcp_entry(app: App, namespace: String, mut request: Request) -> Respons
         let unknown = HeaderValue::try_from(unknown).unwrap_or(HeaderValue::from_static("unknown-session"));
         request.headers_mut().insert("mcp-session-id", unknown);
     }
-    if request.method() == axum::http::Method::DELETE && !without_session && session.is_none() {
+    if request.method() == axum::http::Method::DELETE && !without_session && session.is_none() && !restoring {
         // rmcp answers `202` to any DELETE, as if it had ended the session; an id this caller does not
         // hold is unknown to it, so it gets the `404` an unknown session gets on every other method.
         return rpc_error(StatusCode::NOT_FOUND, INVALID_REQUEST, "Not Found: Session not found".into());

@@ -16,6 +16,7 @@ pub mod config_dev;
 pub mod config_kube;
 pub mod direct_call;
 pub mod elicit;
+pub mod failover;
 pub mod http;
 pub mod json_reply;
 pub mod kubernetes;

@@ -33,6 +33,9 @@ pub struct GatewayMetrics {
     pub worker_calls_failed: Family<Labels, Counter>,
     pub sessions_refused: Family<Labels, Counter>,
     pub http_refused: Family<Labels, Counter>,
+    /// Requests sent on to the replica holding their session, and sessions taken over from a lost one.
+    pub sessions_forwarded: Family<Labels, Counter>,
+    pub sessions_taken_over: Family<Labels, Counter>,
     /// Shared with the worker runtimes (sessions, worker starts, warm pools).
     pub runtime: crate::kubernetes::Metrics,
     /// Spans exported and dropped (docs/tracing.md); zero while tracing is off.
@@ -64,6 +67,8 @@ impl GatewayMetrics {
             worker_calls_failed: Family::default(),
             sessions_refused: Family::default(),
             http_refused: Family::default(),
+            sessions_forwarded: Family::default(),
+            sessions_taken_over: Family::default(),
             runtime,
             spans: toolwarden_telemetry::SpanCounters::default(),
         };
@@ -111,6 +116,16 @@ impl GatewayMetrics {
             "Requests refused at the HTTP edge before authentication, by reason (origin: a browser Origin not allowed)",
             m.http_refused.clone(),
         );
+        registry.register(
+            "toolwarden_session_requests_forwarded",
+            "Requests this replica sent on to the gateway replica holding their session",
+            m.sessions_forwarded.clone(),
+        );
+        registry.register(
+            "toolwarden_sessions_taken_over",
+            "Sessions this replica continued because the replica holding them was gone (or it restarted)",
+            m.sessions_taken_over.clone(),
+        );
         metrics.runtime.register(&mut registry);
         metrics.spans.register(&mut registry);
         (metrics, registry)
@@ -145,6 +160,14 @@ impl GatewayMetrics {
 
     pub fn session_refused(&self, namespace: &str, reason: &str) {
         self.sessions_refused.get_or_create(&vec![("namespace", namespace.to_owned()), ("reason", reason.to_owned())]).inc();
+    }
+
+    pub fn session_forwarded(&self, namespace: &str) {
+        self.sessions_forwarded.get_or_create(&ns(namespace)).inc();
+    }
+
+    pub fn session_taken_over(&self, namespace: &str) {
+        self.sessions_taken_over.get_or_create(&ns(namespace)).inc();
     }
 
     pub fn http_refused(&self, reason: &str) {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use futures::Stream;
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::session::{ServerSseMessage, SessionId, SessionManager};
+use rmcp::transport::streamable_http_server::session::{RestoreOutcome, ServerSseMessage, SessionId, SessionManager, SessionRestoreMarker};
 
 use crate::sessions::{Caller, NewSession};
 use crate::state::Gateway;
@@ -57,12 +57,23 @@ impl SessionManager for GatewaySessionManager {
 
     async fn initialize_session(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<ServerJsonRpcMessage, Self::Error> {
         let new = new_session(id, &message);
+        // rmcp replays the `initialize` of a session restored here (see `crate::failover`).
+        let restored = matches!(&message, ClientJsonRpcMessage::Request(r) if r.request.extensions().get::<SessionRestoreMarker>().is_some());
         let response = self.inner.initialize_session(id, message).await?;
         let succeeded = matches!(response, ServerJsonRpcMessage::Response(_));
         if let (true, Some(new), Some(gateway)) = (succeeded, new, self.gateway()) {
-            gateway.start_session(new).await;
+            if restored {
+                let carried = gateway.failover.restored(id);
+                gateway.resume_session(new, carried).await;
+            } else {
+                gateway.start_session(new).await;
+            }
         }
         Ok(response)
+    }
+
+    async fn restore_session(&self, id: SessionId) -> Result<RestoreOutcome<Self::Transport>, Self::Error> {
+        self.inner.restore_session(id).await
     }
 
     async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {

@@ -18,6 +18,7 @@ use crate::metrics::GatewayMetrics;
 use crate::ratelimit::RateLimits;
 use crate::runtime::WorkerRuntime;
 use crate::sessions::{NewSession, SessionRecord, Sessions};
+use toolwarden_core::resources::McpSessionStatus;
 
 /// Limits and timers of one gateway.
 #[derive(Clone, Debug)]
@@ -69,6 +70,8 @@ pub struct Gateway {
     pub sessions: Sessions,
     pub approvals: Approvals,
     pub limits: RateLimits,
+    /// Sessions held by other replicas, and the ones being taken over here.
+    pub failover: crate::failover::Failover,
     /// Calls running in workers, so that disabling a tool stops them.
     pub running: crate::running::RunningCalls,
     ready: AtomicBool,
@@ -115,6 +118,7 @@ impl Gateway {
             sessions: Sessions::default(),
             approvals: Approvals::default(),
             limits: RateLimits::default(),
+            failover: Default::default(),
             running: Default::default(),
             ready: AtomicBool::new(false),
             runtime_started: AtomicBool::new(true),
@@ -250,6 +254,22 @@ impl Gateway {
             }
             tracing::info!(session = %record.id, namespace = %record.namespace, subject = %record.subject,
                 client = %record.client_name, stateless = record.stateless, "session started");
+        }
+        record
+    }
+
+    /// Holds a session another replica (or this gateway's previous run) held, taken over by
+    /// [`crate::failover`]: `carried` is what its McpSession recorded (the taint; the runtime already
+    /// holds its counters and approvals).
+    pub async fn resume_session(&self, new: NewSession, carried: Option<McpSessionStatus>) -> Arc<SessionRecord> {
+        let (record, created) = self.sessions.insert(new);
+        if created {
+            let tainted_by = carried.as_ref().filter(|s| s.tainted).map(|s| s.tainted_by.clone().unwrap_or_default());
+            if let Some(tool) = tainted_by {
+                record.taint.lock().unwrap_or_else(|e| e.into_inner()).tainted_by = Some(tool);
+            }
+            tracing::info!(session = %record.id, namespace = %record.namespace, subject = %record.subject,
+                tainted = record.tainted(), "session continued on this gateway replica");
         }
         record
     }

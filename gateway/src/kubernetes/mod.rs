@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+pub mod failover;
 pub mod metrics;
 pub mod pod;
 pub mod pods;
@@ -36,6 +37,9 @@ pub struct KubernetesConfig {
     /// Whether sessions found after a restart are kept for their clients to come back to
     /// (their pods are always removed: the tokens died with the old process).
     pub resume_sessions: bool,
+    /// `host:port` other replicas reach this gateway at (the pod IP and MCP port); written on the
+    /// McpSessions it holds so they can forward a session's requests here. `None`: not forwarded to.
+    pub advertise_address: Option<String>,
 }
 
 /// `ghcr.io/toolwarden/worker:<this version>`.
@@ -54,6 +58,7 @@ impl Default for KubernetesConfig {
             status_interval: Duration::from_secs(1),
             sweep_interval: Duration::from_secs(5),
             resume_sessions: true,
+            advertise_address: None,
         }
     }
 }
@@ -83,6 +88,8 @@ pub enum Error {
     SessionEnded { session: String },
     #[error("no session {session} on this gateway")]
     UnknownSession { session: String },
+    #[error("session {session} moved to another gateway replica while this one claimed it")]
+    Moved { session: String },
     #[error("the operating system gave no random bytes for a worker token: {0}")]
     NoEntropy(String),
     #[error("Kubernetes API: {context}: {source}")]
@@ -108,6 +115,7 @@ impl Error {
             Error::PodGone { .. } => "pod_deleted",
             Error::SessionEnded { .. } => "session_ended",
             Error::UnknownSession { .. } => "unknown_session",
+            Error::Moved { .. } => "session_moved",
             Error::Api { .. } => "api_error",
             Error::NoEntropy(_) => "no_entropy",
         }

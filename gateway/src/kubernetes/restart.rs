@@ -28,15 +28,14 @@ pub struct RestartReport {
     pub pods_deleted: usize,
 }
 
-/// Whether a session found after a restart may be resumed: a stateless client's (an `Mcp-Session-Id`
-/// died with rmcp's memory of it: its client gets 404 and starts a new session), active, and neither
-/// idle nor too old.
+/// Whether a session found after a restart may be resumed: active, and neither idle nor too old. Its
+/// client's next request continues it: rmcp restores an `Mcp-Session-Id` session through
+/// `crate::failover`, and a stateless client sends the same derived id again.
 pub fn resumable(session: &McpSession, config: &KubernetesConfig, now: jiff::Timestamp) -> bool {
     if !config.resume_sessions || session.metadata.deletion_timestamp.is_some() {
         return false;
     }
-    let stateless = session.annotations().get(ANNOTATION_SESSION_ID).is_some_and(|id| id.starts_with(crate::sessions::STATELESS_ID_PREFIX));
-    if !stateless {
+    if !session.annotations().contains_key(ANNOTATION_SESSION_ID) {
         return false;
     }
     let status = session.status.clone().unwrap_or_default();
@@ -125,7 +124,7 @@ mod tests {
         assert!(!resumable(&session("2026-01-01T01:00:00Z", Some("2026-01-01T11:59:00Z"), SessionPhase::Active), &config, now), "too old");
         assert!(!resumable(&session("2026-01-01T11:00:00Z", None, SessionPhase::Ended), &config, now));
         let stateful = with_id("0b5e3c1c-4a53-4d3f-9d2a-6c1b2f1e7a10", "2026-01-01T11:00:00Z", Some("2026-01-01T11:59:00Z"), SessionPhase::Active);
-        assert!(!resumable(&stateful, &config, now), "an Mcp-Session-Id session cannot be resumed: rmcp forgot it");
+        assert!(resumable(&stateful, &config, now), "an Mcp-Session-Id session is restored on its next request");
         let off = KubernetesConfig { resume_sessions: false, ..KubernetesConfig::default() };
         assert!(!resumable(&session("2026-01-01T11:00:00Z", Some("2026-01-01T11:59:00Z"), SessionPhase::Active), &off, now));
     }

@@ -18,7 +18,8 @@ use toolwarden_core::resources::{
     ApprovalState, ClientInfo, McpSession, McpSessionSpec, McpSessionStatus, PendingApproval, SessionPhase, WorkerRef,
 };
 
-use super::pod::{Binding, WORKER_PORT, WorkerPodParams, build_worker_pod, pod_name};
+use super::failover::{self, SessionHome};
+use super::pod::{Binding, LABEL_GATEWAY, WORKER_PORT, WorkerPodParams, build_worker_pod, label_value, pod_name};
 use super::restart::{ANNOTATION_SESSION_ID, RestartReport, recover};
 use super::session_store::{SessionStore, gateway_selector, merge_remote_decisions, session_object_name};
 use super::warm_pool::{WarmPods, WarmPools, bind, start_warm_pod};
@@ -52,7 +53,7 @@ pub struct WorkerEndpoint {
 pub struct SessionEnded {
     pub namespace: String,
     pub id: String,
-    /// `closed`, `deleted`, `idle`, `expired`, `shutdown`.
+    /// `closed`, `deleted`, `idle`, `expired`, `shutdown`, `moved`.
     pub reason: &'static str,
 }
 
@@ -166,7 +167,8 @@ impl KubernetesRuntime {
             idle_timeout_seconds: Some(self.config.idle_timeout.as_secs()),
             max_lifetime_seconds: Some(self.config.max_lifetime.as_secs()),
         };
-        let created = self.store.create(&start.namespace, &name, &self.config.gateway_id, spec, &start.id).await?;
+        let address = self.config.advertise_address.as_deref();
+        let created = self.store.create(&start.namespace, &name, &self.config.gateway_id, spec, &start.id, address).await?;
         let status = McpSessionStatus { phase: SessionPhase::Active, last_activity: Some(now_rfc3339()), ..Default::default() };
         let session = Session {
             namespace: start.namespace,
@@ -182,6 +184,49 @@ impl KubernetesRuntime {
         self.metrics.sessions_active.inc();
         self.metrics.session_start.observe(began.elapsed().as_secs_f64());
         Ok(name)
+    }
+
+    /// Continues session `id` on this gateway (docs/sessions-kubernetes.md, "Replicas"): claims its
+    /// McpSession from the replica that held it, unless this gateway already does (it restarted), and
+    /// holds it with the counters, taint and approvals its status recorded, without workers: the old
+    /// ones' tokens died with their holder. Returns that status.
+    pub async fn take_over(&self, home: &SessionHome, id: &str) -> Result<McpSessionStatus> {
+        if let Some(s) = self.lock().get(id) {
+            return Ok(s.status.clone());
+        }
+        let session = if home.held_by(&self.config.gateway_id) {
+            home.session.clone()
+        } else {
+            failover::claim(&self.store, home, &self.config.gateway_id, self.config.advertise_address.as_deref()).await?
+        };
+        let mut status = session.status.clone().unwrap_or_default();
+        status.workers.clear();
+        status.worker_count = 0;
+        status.last_activity = Some(now_rfc3339());
+        let age = session
+            .spec
+            .started_at
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
+            .unwrap_or_default();
+        let entry = Session {
+            namespace: session.namespace().unwrap_or_default(),
+            name: session.name_any(),
+            uid: session.uid().unwrap_or_default(),
+            // Its maximum lifetime counts from its start on the first replica.
+            started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            last_activity: Instant::now(),
+            status: status.clone(),
+            dirty: true,
+            workers: HashMap::new(),
+        };
+        let mut sessions = self.lock();
+        if !sessions.contains_key(id) {
+            sessions.insert(id.to_owned(), entry);
+            self.metrics.sessions_active.inc();
+        }
+        Ok(status)
     }
 
     /// This session's worker for `tool`: the one already running, a warm pod bound now, or a new pod.
@@ -388,6 +433,16 @@ impl KubernetesRuntime {
         self.finish(session_id, reason, true).await
     }
 
+    /// Forgets a session another replica claimed: its McpSession and pods are the new holder's now
+    /// (the claim deleted this gateway's pods of it).
+    fn moved_away(&self, session_id: &str) {
+        let Some(session) = self.lock().remove(session_id) else { return };
+        self.metrics.sessions_active.dec();
+        self.metrics.worker_pods_active.dec_by(session.status.workers.len() as i64);
+        tracing::info!(session = %session.name, "another gateway replica continues this session");
+        let _ = self.ended_tx.send(SessionEnded { namespace: session.namespace, id: session_id.to_owned(), reason: "moved" });
+    }
+
     async fn finish(&self, session_id: &str, reason: &'static str, delete_object: bool) -> Result<()> {
         let Some(session) = self.lock().remove(session_id) else { return Ok(()) };
         self.metrics.sessions_active.dec();
@@ -477,6 +532,12 @@ impl KubernetesRuntime {
         let (namespace, name) = (session.namespace().unwrap_or_default(), session.name_any());
         let id = self.lock().iter().find(|(_, s)| s.namespace == namespace && s.name == name).map(|(id, _)| id.clone());
         let Some(id) = id else { return };
+        // A watch by label reports an object whose label changed as deleted: another replica claimed it.
+        let holder = session.labels().get(LABEL_GATEWAY).cloned().unwrap_or_default();
+        if holder != label_value(&self.config.gateway_id) && session.metadata.deletion_timestamp.is_none() {
+            self.moved_away(&id);
+            return;
+        }
         if deleted || session.metadata.deletion_timestamp.is_some() {
             if let Err(e) = self.finish(&id, "deleted", false).await {
                 tracing::warn!(session = %name, error = %e, "ending a deleted session");

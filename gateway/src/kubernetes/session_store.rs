@@ -55,6 +55,10 @@ impl SessionStore {
         SessionStore { client }
     }
 
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
     pub fn api(&self, namespace: &str) -> Api<McpSession> {
         Api::namespaced(self.client.clone(), namespace)
     }
@@ -67,12 +71,16 @@ impl SessionStore {
         gateway_id: &str,
         spec: McpSessionSpec,
         session_id: &str,
+        address: Option<&str>,
     ) -> Result<McpSession> {
         let mut session = McpSession::new(name, spec);
         session.metadata.labels = Some(session_labels(gateway_id));
         // The name may be a hash of the id; a restarted gateway needs the id itself to resume.
-        session.metadata.annotations =
-            Some(BTreeMap::from([(super::restart::ANNOTATION_SESSION_ID.to_owned(), session_id.to_owned())]));
+        let mut annotations = BTreeMap::from([(super::restart::ANNOTATION_SESSION_ID.to_owned(), session_id.to_owned())]);
+        if let Some(address) = address {
+            annotations.insert(super::failover::ANNOTATION_GATEWAY_ADDRESS.to_owned(), address.to_owned());
+        }
+        session.metadata.annotations = Some(annotations);
         session.metadata.namespace = Some(namespace.to_owned());
         match self.api(namespace).create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &session).await {
             Ok(created) => Ok(created),

@@ -9,11 +9,11 @@ use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use toolwarden_core::config::ToolConfig;
-use toolwarden_core::resources::{ApprovalState, ClientInfo, PendingApproval};
+use toolwarden_core::resources::{ApprovalState, ClientInfo, McpSessionStatus, PendingApproval};
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
 use super::worker_client::{WorkerClient, WorkerEndpoint as ClientEndpoint};
-use super::{EndedSession, RuntimeError, SessionInfo, SharedApproval, WorkerRuntime};
+use super::{EndedSession, RuntimeError, SessionHome, SessionInfo, SharedApproval, WorkerRuntime};
 use crate::kubernetes::{self, KubernetesRuntime, SessionStart, WorkerEndpoint};
 
 /// Time the gateway waits beyond the tool's own timeout (which the worker enforces) before it gives up
@@ -159,6 +159,22 @@ impl WorkerRuntime for KubernetesWorkerRuntime {
 
     fn set_pending_approvals(&self, session_id: &str, approvals: Vec<PendingApproval>) {
         self.inner.set_pending_approvals(session_id, approvals);
+    }
+
+    fn gateway_id(&self) -> Option<&str> {
+        Some(&self.inner.config().gateway_id)
+    }
+
+    fn advertise_address(&self) -> Option<&str> {
+        self.inner.config().advertise_address.as_deref()
+    }
+
+    fn locate_session<'a>(&'a self, namespace: &'a str, id: &'a str) -> BoxFuture<'a, Result<Option<SessionHome>, RuntimeError>> {
+        Box::pin(async move { kubernetes::failover::locate(self.inner.store(), namespace, id).await.map_err(runtime_error) })
+    }
+
+    fn take_over<'a>(&'a self, home: &'a SessionHome, id: &'a str) -> BoxFuture<'a, Result<McpSessionStatus, RuntimeError>> {
+        Box::pin(async move { self.inner.take_over(home, id).await.map_err(runtime_error) })
     }
 
     fn subscribe_ended(&self) -> Option<broadcast::Receiver<EndedSession>> {

@@ -123,14 +123,36 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn tools_changed<'a>(&'a self, _namespace: &'a str, _tools: &'a [ToolConfig]) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
+
+    // Sessions across gateway replicas (kubernetes only; see `crate::failover`).
+
+    /// This gateway's id, when sessions may live on other replicas.
+    fn gateway_id(&self) -> Option<&str> {
+        None
+    }
+    /// `host:port` other replicas forward this gateway's sessions' requests to.
+    fn advertise_address(&self) -> Option<&str> {
+        None
+    }
+    /// Where the session `id` of `namespace` lives, when this gateway does not hold it in memory.
+    fn locate_session<'a>(&'a self, _namespace: &'a str, _id: &'a str) -> BoxFuture<'a, Result<Option<SessionHome>, RuntimeError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Continues a located session here; returns the status it recorded (counters, taint, approvals).
+    fn take_over<'a>(&'a self, _home: &'a SessionHome, _id: &'a str) -> BoxFuture<'a, Result<McpSessionStatus, RuntimeError>> {
+        Box::pin(async { Err(RuntimeError::new("session_moved", "this gateway keeps its sessions in memory only")) })
+    }
 }
+
+pub use crate::kubernetes::failover::SessionHome;
+use toolwarden_core::resources::McpSessionStatus;
 
 /// A session the runtime ended by itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndedSession {
     pub namespace: String,
     pub id: String,
-    /// `deleted`, `idle`, `expired`, `shutdown`.
+    /// `deleted`, `idle`, `expired`, `shutdown`, `moved` (another replica continues it).
     pub reason: &'static str,
 }
 
