@@ -2,7 +2,7 @@
 //! SIGKILL (the kubelet restarts the container) and once by `kubectl delete pod` (SIGTERM, then a new
 //! pod). Each time the client's call ends (a broken connection, or an `interrupted` answer), the audit
 //! log has the call's decision line and a result line saying how it ended, and no worker pod or
-//! McpSession of the lost gateway is left behind.
+//! McpSession is left behind. After the SIGKILL the session itself continues on the restarted gateway.
 
 mod e2e_support;
 
@@ -118,6 +118,11 @@ fn started_call(namespace: &str, pod: &str, tenant: &str, secs: u64) -> Value {
     decision
 }
 
+fn worker_pods(tenant: &str) -> Vec<String> {
+    let pods = items(&json_of(&["get", "pods", "-n", tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
+    pods.iter().filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned)).collect()
+}
+
 /// Worker pods and McpSessions in `tenant`, once the lost gateway's are gone.
 fn wait_until_nothing_left(tenant: &str, what: &str) {
     wait_for(what, Duration::from_secs(90), || {
@@ -151,11 +156,39 @@ async fn a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_n
     kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", "mcptool/check-after", "--timeout=60s"]);
     let url = release.mcp_url(&tenant);
 
+    // 0. The worker pod is deleted mid-call: the client hears why, the audit log says how the call
+    // ended, and the session's next call runs in a new pod.
+    let (pod, _) = ready_gateway(&release);
+    let session = open_session(&url).await;
+    let answer = start_call(&url, &session, 600);
+    let decision = started_call(&ns, &pod, &tenant, 600);
+    let doomed = worker_pods(&tenant);
+    kubectl_ok(&["delete", "pod", "-n", &tenant, &doomed[0], "--grace-period=0"]);
+    let body = tokio::time::timeout(Duration::from_secs(60), answer).await.expect("answered").unwrap().expect("a response");
+    assert!(body.contains(r#""isError":true"#) && body.contains("failed in its worker"), "{body}");
+    let result = wait_for("the call's result line", Duration::from_secs(30), || {
+        audit_lines(&gateway_log(&ns, &pod, false)).into_iter().find(|l| l["call_id"] == decision["call_id"] && l["event"] == "result")
+    });
+    assert_eq!(result["status"], "worker_failed", "{result}");
+    let code = result["code"].as_str().unwrap_or_default().to_owned();
+    assert!(["pod_deleted", "pod_failed", "worker_died", "worker_unreachable"].contains(&code.as_str()), "a specific code: {result}");
+    assert!(body.contains(&code), "the client gets the same code: {body}");
+    println!("e2e_faults: a worker pod deleted mid-call ended its call with {code}: {}", result["message"]);
+    let next = tokio::time::timeout(Duration::from_secs(120), start_call(&url, &session, 1)).await.expect("answered").unwrap().unwrap();
+    assert!(next.contains("woke"), "the next call starts a new worker: {next}");
+    let ended = reqwest::Client::new().delete(&url).bearer_auth(AGENT_TOKEN).header("Mcp-Session-Id", &session).send().await.unwrap();
+    assert!(ended.status().is_success());
+    wait_until_nothing_left(&tenant, "no worker pod or McpSession left after the session ended");
+
     // 1. SIGKILL: no shutdown code runs; the kubelet restarts the container in the same pod.
     let (pod, restarts) = ready_gateway(&release);
     let session = open_session(&url).await;
+    let first = tokio::time::timeout(Duration::from_secs(120), start_call(&url, &session, 1)).await.expect("answered").unwrap().unwrap();
+    assert!(first.contains("woke"), "{first}");
     let answer = start_call(&url, &session, 601);
     let decision = started_call(&ns, &pod, &tenant, 601);
+    let old_worker = worker_pods(&tenant);
+    assert_eq!(old_worker.len(), 1, "{old_worker:?}");
     // The node shares this machine's PID namespace: the container's process is visible here.
     let pgrep = Command::new("pgrep").args(["-f", &format!("gateway-id {pod}( |$)")]).output().expect("pgrep runs");
     let pids = String::from_utf8_lossy(&pgrep.stdout).split_whitespace().map(str::to_owned).collect::<Vec<_>>();
@@ -174,10 +207,21 @@ async fn a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_n
     assert_eq!(closed["status"], "interrupted", "{closed}");
     assert_eq!(closed["session_id"], decision["session_id"]);
     println!("e2e_faults: after SIGKILL the restarted gateway wrote: {}", closed["message"]);
-    // Its session had an Mcp-Session-Id, which died with the process: the session is ended, its pod gone.
-    wait_until_nothing_left(&tenant, "no worker pod or McpSession left after the restart");
-    let stale = post(&url, Some(&session), &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"})).send().await.unwrap();
-    assert_eq!(stale.status(), 404, "the lost session is unknown: the client initializes again");
+    // The restarted gateway deleted the worker pod whose token died with the old process; the session
+    // goes on: its next call runs in a new pod, and its counters continue.
+    wait_for("the killed run's worker pod is gone", Duration::from_secs(60), || {
+        let now = worker_pods(&tenant);
+        (!now.iter().any(|p| old_worker.contains(p))).then_some(())
+    });
+    let again = tokio::time::timeout(Duration::from_secs(120), start_call(&url, &session, 2)).await.expect("answered").unwrap().unwrap();
+    assert!(again.contains("woke"), "the session continues after the restart: {again}");
+    wait_for("the McpSession counts both finished calls", Duration::from_secs(30), || {
+        let sessions = items(&json_of(&["get", "mcpsessions", "-n", &tenant, "-o", "json"]));
+        (sessions.len() == 1 && sessions[0]["status"]["calls"] == 2).then_some(())
+    });
+    let ended = reqwest::Client::new().delete(&url).bearer_auth(AGENT_TOKEN).header("Mcp-Session-Id", &session).send().await.unwrap();
+    assert!(ended.status().is_success(), "DELETE ends the session: {}", ended.status());
+    wait_until_nothing_left(&tenant, "no worker pod or McpSession left after the session ended");
 
     // 2. `kubectl delete pod`: SIGTERM; a call outliving the grace period is stopped and answered.
     let (pod, _) = ready_gateway(&release);

@@ -112,3 +112,20 @@ async fn calls_a_killed_gateway_left_open_are_closed_as_interrupted_by_the_next_
     let verified = std::process::Command::new(env!("CARGO_BIN_EXE_toolwarden")).args(["audit", "verify"]).arg(&audit).output().unwrap();
     assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_client_went_away_runs_on_and_still_gets_its_result_line() {
+    // MCP over HTTP: a disconnection is not a cancellation (the client sends notifications/cancelled
+    // for that), so the call finishes and is recorded as it ended.
+    let dev = Dev::start(&[("wait.yaml", WAIT)]);
+    let session = open_session(&dev, DEV_TOKEN).await;
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "check_after", "arguments": {"secs": 3}}});
+    let request = mcp_post_in_session(&dev, Some(DEV_TOKEN), &session).json(&call);
+    let answer = tokio::spawn(async move { request.send().await?.text().await });
+    dev.eventually("the call's decision line", async || lines_of(&dev, 3).len() == 1).await;
+    answer.abort(); // the client's connection closes with the call running
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    dev.eventually("the call has its result line", async || lines_of(&dev, 3).len() == 2).await;
+    let lines = lines_of(&dev, 3);
+    assert_eq!((lines[1]["event"].as_str(), lines[1]["status"].as_str()), (Some("result"), Some("ok")), "{lines:#?}");
+}
