@@ -7,6 +7,7 @@
 #   scripts/cluster.sh load FILE...  import OCI image archives (deploy/oci-image.sh) into the node
 #   scripts/cluster.sh env           print `export KUBECONFIG=...` (eval it)
 #   scripts/cluster.sh status        what runs, and the node
+#   scripts/cluster.sh outage kube-apiserver SECONDS   stops the API server that long, then starts it again
 #   scripts/cluster.sh down          stop everything and remove every trace (mounts, namespaces, cgroups)
 #
 # What runs (docs/e2e.md explains each choice):
@@ -370,6 +371,22 @@ build() { # everything `up` needs that takes time, cached under .tools/cluster
   build_node_images
 }
 
+# The API server's command line, for `up` and for `outage`.
+start_apiserver() {
+  start kube-apiserver host "$BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address "$HOST_IP" --advertise-address "$HOST_IP" \
+    --secure-port 6443 --service-cluster-ip-range "$SERVICE_CIDR" \
+    --client-ca-file "$PKI/ca.crt" --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
+    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+    --allow-privileged=false --profiling=false --endpoint-reconciler-type lease \
+    --audit-policy-file "$DIR/etc/audit-policy.yaml" --audit-log-path "$LOGS/audit.log" --audit-log-format json \
+    --audit-log-maxsize 200 --audit-log-maxbackup 2
+}
+
 up() {
   [ "$(id -u)" = 0 ] || die "run as root (the node needs namespaces, mounts and cgroups)"
   if [ -f "$DIR/up" ]; then
@@ -402,18 +419,7 @@ up() {
     --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
     --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
     --initial-cluster "tw=http://127.0.0.1:$((ETCD_PORT + 1))" --quota-backend-bytes 2147483648 --unsafe-no-fsync
-  start kube-apiserver host "$BIN/kube-apiserver" \
-    --etcd-servers "http://127.0.0.1:$ETCD_PORT" --bind-address "$HOST_IP" --advertise-address "$HOST_IP" \
-    --secure-port 6443 --service-cluster-ip-range "$SERVICE_CIDR" \
-    --client-ca-file "$PKI/ca.crt" --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
-    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
-    --kubelet-preferred-address-types InternalIP \
-    --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
-    --service-account-issuer https://kubernetes.default.svc.cluster.local \
-    --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-    --allow-privileged=false --profiling=false --endpoint-reconciler-type lease \
-    --audit-policy-file "$DIR/etc/audit-policy.yaml" --audit-log-path "$LOGS/audit.log" --audit-log-format json \
-    --audit-log-maxsize 200 --audit-log-maxbackup 2
+  start_apiserver
   wait_for "etcd" 60 curl -sf "http://127.0.0.1:$ETCD_PORT/health"
   wait_for "kube-apiserver" 120 kubectl_admin get --raw /readyz
   start kube-controller-manager host "$BIN/kube-controller-manager" \
@@ -514,6 +520,19 @@ down() {
   log "down: nothing of the cluster is left ($DIR removed, network namespace $NODE deleted)"
 }
 
+outage() { # COMPONENT SECONDS: stops a control-plane component for a while, then starts it again
+  local name="$1" seconds="$2"
+  [ "$name" = kube-apiserver ] || die "outage: only kube-apiserver can be stopped and started again"
+  running "$name" || die "$name is not running"
+  KUBECTL="$(command -v kubectl || echo "$REPO/.tools/bin/kubectl")"
+  log "outage: stopping $name for ${seconds}s"
+  kill_pid_file "$name"
+  sleep "$seconds"
+  start_apiserver
+  wait_for "kube-apiserver" 120 kubectl_admin get --raw /readyz
+  log "outage: $name is back"
+}
+
 status() {
   for n in $COMPONENTS; do
     if running "$n"; then echo "$n: running (pid $(cat "$PIDS/$n"))"; else echo "$n: not running"; fi
@@ -529,5 +548,6 @@ case "${1:-}" in
   load) shift; load "$@" ;;
   env) echo "export KUBECONFIG=$DIR/admin.kubeconfig" ;;
   status) status ;;
-  *) echo "usage: $0 build|up|down|load FILE...|env|status" >&2; exit 2 ;;
+  outage) shift; outage "$@" ;;
+  *) echo "usage: $0 build|up|down|load FILE...|env|status|outage kube-apiserver SECONDS" >&2; exit 2 ;;
 esac
