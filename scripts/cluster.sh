@@ -7,7 +7,7 @@
 #   scripts/cluster.sh load FILE...  import OCI image archives (deploy/oci-image.sh) into the node
 #   scripts/cluster.sh env           print `export KUBECONFIG=...` (eval it)
 #   scripts/cluster.sh status        what runs, and the node
-#   scripts/cluster.sh outage kube-apiserver SECONDS   stops the API server that long, then starts it again
+#   scripts/cluster.sh outage kube-apiserver|kubelet SECONDS   stops it that long, then starts it again
 #   scripts/cluster.sh down          stop everything and remove every trace (mounts, namespaces, cgroups)
 #
 # What runs (docs/e2e.md explains each choice):
@@ -371,6 +371,12 @@ build() { # everything `up` needs that takes time, cached under .tools/cluster
   build_node_images
 }
 
+# The kubelet's command line, for `up` and for `outage`.
+start_kubelet() {
+  start kubelet node "$BIN/kubelet" --config "$DIR/etc/kubelet.yaml" --kubeconfig "$DIR/kubelet.kubeconfig" \
+    --hostname-override "$NODE" --node-ip "$NODE_IP" --cert-dir "$DIR/kubelet-pki"
+}
+
 # The API server's command line, for `up` and for `outage`.
 start_apiserver() {
   start kube-apiserver host "$BIN/kube-apiserver" \
@@ -438,8 +444,7 @@ up() {
   start containerd node "$DEB/usr/bin/containerd" --config "$DIR/etc/containerd.toml"
   wait_for "containerd" 60 nsenter --mount="$MNT_NS" "$DEB/usr/bin/ctr" --address "$CONTAINERD_SOCK" version
   load "$CACHE/images/pause.oci.tar" "$CACHE/images/lab-tools.oci.tar"
-  start kubelet node "$BIN/kubelet" --config "$DIR/etc/kubelet.yaml" --kubeconfig "$DIR/kubelet.kubeconfig" \
-    --hostname-override "$NODE" --node-ip "$NODE_IP" --cert-dir "$DIR/kubelet-pki"
+  start_kubelet
   start kube-proxy node "$BIN/kube-proxy" --config "$DIR/etc/kube-proxy.yaml"
   wait_for "node $NODE Ready" 180 kubectl_admin wait --for=condition=Ready "node/$NODE" --timeout=1s
   wait_for "the default service account" 60 kubectl_admin get serviceaccount default -n default
@@ -520,16 +525,21 @@ down() {
   log "down: nothing of the cluster is left ($DIR removed, network namespace $NODE deleted)"
 }
 
-outage() { # COMPONENT SECONDS: stops a control-plane component for a while, then starts it again
+outage() { # COMPONENT SECONDS: stops kube-apiserver or the kubelet for a while, then starts it again
   local name="$1" seconds="$2"
-  [ "$name" = kube-apiserver ] || die "outage: only kube-apiserver can be stopped and started again"
+  case "$name" in kube-apiserver|kubelet) ;; *) die "outage: only kube-apiserver or kubelet" ;; esac
   running "$name" || die "$name is not running"
   KUBECTL="$(command -v kubectl || echo "$REPO/.tools/bin/kubectl")"
   log "outage: stopping $name for ${seconds}s"
   kill_pid_file "$name"
   sleep "$seconds"
-  start_apiserver
-  wait_for "kube-apiserver" 120 kubectl_admin get --raw /readyz
+  if [ "$name" = kubelet ]; then
+    start_kubelet
+    wait_for "node $NODE Ready" 180 kubectl_admin wait --for=condition=Ready "node/$NODE" --timeout=1s
+  else
+    start_apiserver
+    wait_for "kube-apiserver" 120 kubectl_admin get --raw /readyz
+  fi
   log "outage: $name is back"
 }
 
@@ -549,5 +559,5 @@ case "${1:-}" in
   env) echo "export KUBECONFIG=$DIR/admin.kubeconfig" ;;
   status) status ;;
   outage) shift; outage "$@" ;;
-  *) echo "usage: $0 build|up|down|load FILE...|env|status|outage kube-apiserver SECONDS" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|load FILE...|env|status|outage kube-apiserver|kubelet SECONDS" >&2; exit 2 ;;
 esac

@@ -145,7 +145,7 @@ async fn a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_n
     }
     let release = HelmRelease::install(&[
         "gateway.replicas=1",
-        "operator.replicas=1",
+        "operator.replicas=2",
         "gateway.shutdownDelay=1s",
         "gateway.shutdownGrace=3s",
     ]);
@@ -254,4 +254,24 @@ async fn a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_n
     let done = start_call(&url, &session, 1);
     let body = tokio::time::timeout(Duration::from_secs(120), done).await.expect("answered").unwrap().expect("a response");
     assert!(body.contains("woke"), "the new gateway serves calls: {body}");
+
+    // 3. The operator's leader is killed (two replicas): the other takes over, and one change to a tool
+    // becomes exactly one new config generation (no write lost, none repeated).
+    let lease_holder = || json_of(&["get", "lease", "toolwarden-operator", "-n", &ns, "-o", "json"])["spec"]["holderIdentity"].as_str().unwrap_or_default().to_owned();
+    let config = || json_of(&["get", "configmap", "toolwarden-gateway-config", "-n", &tenant, "-o", "json"]);
+    let generation = |config: &Value| config["metadata"]["annotations"]["toolwarden.dev/generation"].as_str().and_then(|g| g.parse::<u64>().ok());
+    let leader = lease_holder();
+    assert!(!leader.is_empty(), "an operator replica leads");
+    let before = generation(&config()).expect("the config has a generation");
+    kubectl_ok(&["delete", "pod", "-n", &ns, &leader, "--grace-period=0", "--force"]);
+    let patch = r#"{"spec": {"description": "Waits the given number of seconds (changed after the leader was killed)."}}"#;
+    kubectl_ok(&["patch", "mcptool", "check-after", "-n", &tenant, "--type", "merge", "-p", patch]);
+    let new_leader = wait_for("another operator replica leads", Duration::from_secs(90), || {
+        let holder = lease_holder();
+        (!holder.is_empty() && holder != leader).then_some(holder)
+    });
+    println!("e2e_faults: operator leadership moved from {leader} to {new_leader}");
+    wait_for("the change reaches the config", Duration::from_secs(90), || config().to_string().contains("changed after the leader was killed").then_some(()));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(generation(&config()), Some(before + 1), "one change, one generation");
 }

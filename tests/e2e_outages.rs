@@ -2,6 +2,8 @@
 //! (`scripts/cluster.sh outage`). Calls on the session's running worker go on; a call that needs a new
 //! worker pod fails with a specific error; once the API server is back everything recovers (new
 //! workers start, the McpSession's counters catch up) without any restart of the gateway or operator.
+//! Then the node's kubelet is stopped for 15 s and started again while calls run: running workers keep
+//! answering, and new ones start once it is back.
 //!
 //! Its own test binary: the e2e binaries run one after another, so no other test sees the outage.
 
@@ -136,17 +138,17 @@ async fn a_sixty_second_api_server_outage_stops_only_what_needs_the_api_server()
         assert!(answer.contains(&format!("during {served}")) && !answer.contains(r#""isError":true"#), "a call on a running worker failed: {answer}");
         served += 1;
     }
-    println!("e2e_apiserver_outage: {served} calls answered by the running worker while the API server was down");
+    println!("e2e_outages: {served} calls answered by the running worker while the API server was down");
     // A call that needs a new worker pod cannot have one: a specific, transient error.
     let refused = call(&url, &session, "get_date", json!({})).await;
     assert!(refused.contains(r#""isError":true"#), "{refused}");
     assert!(refused.contains(r#""toolwarden.dev/code":"api_error""#) || refused.contains("start_timeout"), "a specific code: {refused}");
     assert!(refused.contains(r#""transient":true"#), "the caller learns it may retry: {refused}");
-    println!("e2e_apiserver_outage: a new worker during the outage: {}", &refused[..refused.len().min(400)]);
+    println!("e2e_outages: a new worker during the outage: {}", &refused[..refused.len().min(400)]);
 
     let status = outage.wait().expect("the outage ends");
     assert!(status.success(), "cluster.sh outage failed");
-    println!("e2e_apiserver_outage: the API server was back after {} s", down.elapsed().as_secs());
+    println!("e2e_outages: the API server was back after {} s", down.elapsed().as_secs());
 
     // Back: a new worker starts, the calls made meanwhile reach the McpSession, nothing restarted.
     let after = wait_for_answer(&url, &session).await;
@@ -156,6 +158,24 @@ async fn a_sixty_second_api_server_outage_stops_only_what_needs_the_api_server()
         let sessions = items(&json_of(&["get", "mcpsessions", "-n", &tenant, "-o", "json"]));
         (sessions.len() == 1 && sessions[0]["status"]["calls"].as_u64() >= Some(expected_calls)).then_some(())
     });
+    assert_eq!(restart_counts(&ns), restarts_before, "no gateway or operator container restarted");
+
+    // The kubelet restarts while calls run: containers keep running without it.
+    let mut outage = Command::new("bash").arg(&script).args(["outage", "kubelet", "15"]).spawn().expect("cluster.sh outage kubelet");
+    let restarting = Instant::now();
+    let mut served = 0;
+    while restarting.elapsed() < Duration::from_secs(12) {
+        let answer = call(&url, &session, "get_echo", json!({"text": format!("kubelet {served}")})).await;
+        assert!(answer.contains(&format!("kubelet {served}")) && !answer.contains(r#""isError":true"#), "a call on a running worker failed: {answer}");
+        served += 1;
+    }
+    assert!(outage.wait().expect("the kubelet outage ends").success(), "cluster.sh outage kubelet failed");
+    println!("e2e_outages: {served} calls answered while the kubelet was down");
+    let ended = reqwest::Client::new().delete(&url).bearer_auth(AGENT_TOKEN).header("Mcp-Session-Id", &session).send().await.unwrap();
+    assert!(ended.status().is_success(), "DELETE: {}", ended.status());
+    let session = open_session(&url).await;
+    let fresh = wait_for_answer(&url, &session).await;
+    assert!(!fresh.contains(r#""isError":true"#), "a new worker pod starts after the kubelet restart: {fresh}");
     assert_eq!(restart_counts(&ns), restarts_before, "no gateway or operator container restarted");
 }
 
