@@ -6,7 +6,11 @@
 //! - warm-pool bind: the same with a ready warm pod bound instead (p50/p99);
 //! - API requests the gateway made per session (from the API server's audit log);
 //! - the operator reconciling 500 McpTools and 200 ToolPolicies from scratch: time until every tool is
-//!   Ready and the gateway config holds all of them, and the operator's API requests.
+//!   Ready and the gateway config holds all of them, and the operator's API requests;
+//! - load (`load_benchmark`, its own run): 200 concurrent sessions, each with its own worker pod, calling
+//!   once a second for five minutes (`BENCH_LOAD_SECONDS`), then all ending: pod start and call latency
+//!   p50/p99, API requests per session, gateway and operator CPU and memory (their pods' cgroups), and
+//!   the time until nothing of theirs is left.
 //!
 //! The measured system is what users run: the chart with the release images, in the cluster; this
 //! driver only makes requests and reads clocks.
@@ -251,4 +255,137 @@ async fn cluster_benchmarks() {
     let release = HelmRelease::install(&["gateway.replicas=1"]);
     sessions_bench(&release).await;
     tokio::task::block_in_place(|| operator_bench(&release));
+}
+
+const LOAD_SESSIONS: usize = 200;
+
+const LOAD_TOOL: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: get-echo}
+spec:
+  description: Returns its text.
+  effect: read
+  inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
+  runtime: {exec: {image: "TOOL_IMAGE", command: [echo], args: ["{{text}}"]}}
+  outputTrust: trusted
+  # Small requests, so that 200 workers fit the one node's two CPUs.
+  limits: {cpu: 5m, memory: 32Mi}
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: bench-may-echo}
+spec:
+  subjects: {users: [e2e]}
+  tools: {names: [get-echo]}
+  decision: allow
+"#;
+
+/// CPU seconds used so far and peak memory bytes of a pod, from its cgroup (v1, cgroupfs driver).
+fn pod_usage(namespace: &str, pod: &str) -> (f64, u64) {
+    let uid = kubectl_ok(&["get", "pod", "-n", namespace, pod, "-o", "jsonpath={.metadata.uid}"]);
+    let find = |controller: &str| {
+        ["burstable", "besteffort", ""]
+            .iter()
+            .map(|qos| std::path::Path::new("/sys/fs/cgroup").join(controller).join("kubepods").join(qos).join(format!("pod{uid}")))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("no {controller} cgroup for pod {pod}"))
+    };
+    let read = |path: std::path::PathBuf| std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().parse::<u64>().unwrap_or(0);
+    let cpu = read(find("cpuacct").join("cpuacct.usage")) as f64 / 1e9;
+    let memory = read(find("memory").join("memory.max_usage_in_bytes"));
+    (cpu, memory)
+}
+
+fn component_pods(release: &HelmRelease, component: &str) -> Vec<String> {
+    let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component={component}", release.name);
+    items(&json_of(&["get", "pods", "-n", &release.namespace.0, "-l", &selector, "-o", "json"]))
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// One session of the load: its first call (a cold worker start), then a call a second until `until`.
+async fn load_session(url: String, index: usize, until: Instant) -> (Duration, Vec<Duration>, usize) {
+    let client = connect(&url).await;
+    let call = |text: String| {
+        let mut params = CallToolRequestParams::new("get_echo");
+        params.arguments = json!({"text": text}).as_object().cloned();
+        params
+    };
+    let started = Instant::now();
+    let first = client.call_tool(call(format!("s{index}"))).await;
+    let cold = started.elapsed();
+    let mut failed = usize::from(!matches!(&first, Ok(r) if r.is_error == Some(false)));
+    let mut calls = Vec::new();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let began = Instant::now();
+        match client.call_tool(call(format!("s{index}"))).await {
+            Ok(r) if r.is_error == Some(false) => calls.push(began.elapsed()),
+            _ => failed += 1,
+        }
+    }
+    let _ = client.cancel().await;
+    (cold, calls, failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark on the real cluster: scripts/bench-cluster.sh load_benchmark"]
+async fn load_benchmark() {
+    assert!(std::env::var_os("KUBECONFIG").is_some(), "KUBECONFIG must point at the cluster (scripts/bench-cluster.sh)");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let seconds: u64 = std::env::var("BENCH_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let release = HelmRelease::install(&["gateway.replicas=1", "gateway.maxSessionsPerSubject=1000"]);
+    let tenant = TestNamespace::create("tw-bench-load");
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant.0, "-f", "-"], &LOAD_TOOL.replace("TOOL_IMAGE", &tool_image()));
+    assert!(ok, "{out}");
+    kubectl_ok(&["wait", "-n", &tenant.0, "--for=condition=Ready", "mcptool/get-echo", "--timeout=60s"]);
+    let url = release.mcp_url(&tenant.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while connect(&url).await.list_all_tools().await.map(|t| t.len()).unwrap_or(0) < 1 {
+        assert!(Instant::now() < deadline, "the gateway did not serve the bench tool");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (gateway, operator) = (component_pods(&release, "gateway"), component_pods(&release, "operator"));
+    let usage = || {
+        let sum = |pods: &[String]| pods.iter().map(|p| pod_usage(&release.namespace.0, p)).fold((0.0, 0), |a, u| (a.0 + u.0, a.1.max(u.1)));
+        (sum(&gateway), sum(&operator))
+    };
+    let gateway_user = format!("system:serviceaccount:{}:{}-gateway", release.namespace.0, release.fullname);
+    let since = now_rfc3339();
+    let before = usage();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let sessions: Vec<_> = (0..LOAD_SESSIONS).map(|i| tokio::spawn(load_session(url.clone(), i, until))).collect();
+    let (mut cold, mut calls, mut failed) = (Vec::new(), Vec::new(), 0);
+    for session in sessions {
+        let (first, each, errors) = session.await.expect("a load session");
+        cold.push(first);
+        calls.extend(each);
+        failed += errors;
+    }
+    let ran = started.elapsed();
+    let ended = Instant::now();
+    let cleared = loop {
+        let pods = items(&json_of(&["get", "pods", "-n", &tenant.0, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
+        let left = items(&json_of(&["get", "mcpsessions", "-n", &tenant.0, "-o", "json"]));
+        if pods.is_empty() && left.is_empty() {
+            break ended.elapsed();
+        }
+        assert!(ended.elapsed() < Duration::from_secs(600), "{} worker pods and {} McpSessions left 10 min after the sessions ended", pods.len(), left.len());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = usage();
+    let requests = api_requests(&gateway_user, &since);
+    let total_calls = calls.len();
+    summary(&format!("load: first call of each of {LOAD_SESSIONS} concurrent sessions (cold worker start)"), cold);
+    summary(&format!("load: calls on running workers, {LOAD_SESSIONS} sessions calling once a second"), calls);
+    println!("bench: load: {total_calls} calls in {} s, {failed} failed", ran.as_secs());
+    println!("bench: load: gateway API requests per session: {:.1}", requests as f64 / LOAD_SESSIONS as f64);
+    let cpu = |a: f64, b: f64| (b - a) / ran.as_secs_f64();
+    println!("bench: load: gateway CPU {:.2} cores on average, peak memory {} MiB", cpu((before.0).0, (after.0).0), (after.0).1 >> 20);
+    println!("bench: load: operator CPU {:.3} cores on average, peak memory {} MiB", cpu((before.1).0, (after.1).0), (after.1).1 >> 20);
+    println!("bench: load: every worker pod and McpSession gone {} s after the sessions ended", cleared.as_secs());
 }

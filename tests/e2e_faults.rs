@@ -143,6 +143,7 @@ async fn a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_n
     if !enabled("a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_nothing_behind") {
         return;
     }
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let release = HelmRelease::install(&[
         "gateway.replicas=1",
         "operator.replicas=2",

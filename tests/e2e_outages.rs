@@ -111,6 +111,7 @@ async fn a_sixty_second_api_server_outage_stops_only_what_needs_the_api_server()
     if !enabled("a_sixty_second_api_server_outage_stops_only_what_needs_the_api_server") {
         return;
     }
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let release = HelmRelease::install(&["gateway.replicas=1", "operator.replicas=1"]);
     let tenant_namespace = TestNamespace::create("tw-e2e-outage");
     let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());

@@ -120,6 +120,7 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
     if !enabled("a_session_survives_the_loss_of_the_replica_holding_it") {
         return;
     }
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let release = HelmRelease::install(&["gateway.replicas=2", "gateway.service.sessionAffinity=None", "operator.replicas=1"]);
     let tenant_namespace = TestNamespace::create("tw-e2e-replicas");
     let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());

@@ -32,9 +32,11 @@ impl SessionHome {
         &self.session.spec.subject
     }
 
+    /// Not ending or ended. A session just created has no status yet (its holder writes it within a
+    /// second): it is active.
     pub fn active(&self) -> bool {
         self.session.metadata.deletion_timestamp.is_none()
-            && self.session.status.as_ref().is_some_and(|s| s.phase == SessionPhase::Active)
+            && self.session.status.as_ref().is_none_or(|s| s.phase == SessionPhase::Active)
     }
 
     /// Whether `gateway_id` holds it.
@@ -126,6 +128,9 @@ mod tests {
     fn only_an_active_session_is_continued_and_its_holder_is_known() {
         assert!(home("gw-a", SessionPhase::Active).active());
         assert!(!home("gw-a", SessionPhase::Ended).active());
+        let mut new = home("gw-a", SessionPhase::Active);
+        new.session.status = None;
+        assert!(new.active(), "a session whose status is not written yet");
         assert!(home("gw-a", SessionPhase::Active).held_by("gw-a"));
         assert!(!home("gw-a", SessionPhase::Active).held_by("gw-b"));
     }
