@@ -73,6 +73,11 @@ async fn open_session(url: &str) -> String {
 
 /// The one gateway pod of the release that is Ready, and its container's restart count.
 fn ready_gateway(release: &HelmRelease) -> (String, u64) {
+    ready_gateway_after(release, None)
+}
+
+/// [`ready_gateway`], once its container restarted more than `restarts` times (when given).
+fn ready_gateway_after(release: &HelmRelease, restarts: Option<u64>) -> (String, u64) {
     let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component=gateway", release.name);
     wait_for("one Ready gateway pod", Duration::from_secs(180), || {
         let pods = items(&json_of(&["get", "pods", "-n", &release.namespace.0, "-l", &selector, "-o", "json"]));
@@ -81,9 +86,9 @@ fn ready_gateway(release: &HelmRelease) -> (String, u64) {
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
             .collect();
-        (pods.len() == 1 && ready.len() == 1).then(|| {
-            let restarts = ready[0]["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0);
-            (ready[0]["metadata"]["name"].as_str().unwrap_or_default().to_owned(), restarts)
+        let count = ready.first().map(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0));
+        (pods.len() == 1 && ready.len() == 1 && count > restarts).then(|| {
+            (ready[0]["metadata"]["name"].as_str().unwrap_or_default().to_owned(), count.unwrap_or(0))
         })
     })
 }
@@ -197,7 +202,7 @@ async fn a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_n
     assert!(Command::new("kill").args(["-KILL", &pids[0]]).status().expect("kill runs").success());
     let ended = tokio::time::timeout(Duration::from_secs(60), answer).await.expect("the client's call ends").unwrap();
     assert!(ended.is_err() || !ended.as_deref().unwrap_or_default().contains("woke"), "the call cannot have completed: {ended:?}");
-    let (same_pod, restarted) = ready_gateway(&release);
+    let (same_pod, restarted) = ready_gateway_after(&release, Some(restarts));
     assert_eq!((same_pod.as_str(), restarted), (pod.as_str(), restarts + 1), "the container restarted in its pod");
     let previous = audit_lines(&gateway_log(&ns, &pod, true));
     assert!(previous.iter().any(|l| l["call_id"] == decision["call_id"] && l["event"] == "decision"), "the killed run wrote the decision");
