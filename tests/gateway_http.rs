@@ -389,3 +389,18 @@ async fn a_worker_that_dies_mid_call_gets_a_specific_error_and_an_audit_record()
     assert!(dev.is_running());
     ok(&call(&client, "count_words", json!({"text": "still here", "unit": "words"})).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_session_starts_is_bounded_per_gateway() {
+    let dev = Dev::start_with_args(&[], &["--max-sessions", "2"]);
+    open_session(&dev, DEV_TOKEN).await;
+    open_session(&dev, gateway_support::APPROVER_TOKEN).await;
+    // A third caller's (here the first's again) session would exceed what this gateway holds.
+    let refused = mcp_post(&dev, Some(DEV_TOKEN)).json(&initialize_body()).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("holds 2 sessions, the most it allows"), "{body}");
+    let metrics = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"toolwarden_sessions_refused_total{namespace="default",reason="gateway_limit"} 1"#), "{metrics}");
+}

@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Open sessions one subject may hold; initializing one more is refused (HTTP 429) until one ends.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sessions_per_subject: u32,
+    /// Open sessions this gateway holds in all; initializing one more is refused (HTTP 503) until one ends.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_sessions: u32,
     /// How long a client may take to send a request's headers; slower connections are closed, and so
     /// are keep-alive connections idle for this long.
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
@@ -106,6 +109,7 @@ impl ServeArgs {
         let allowed_origins = crate::origin::AllowedOrigins::new(&origins).map_err(|e| anyhow::anyhow!("--allowed-origin: {e}"))?;
         Ok(Settings {
             max_sessions_per_subject: self.max_sessions_per_subject as usize,
+            max_sessions: self.max_sessions as usize,
             header_read_timeout: self.header_read_timeout,
             shutdown_grace: self.shutdown_grace,
             allowed_origins,

@@ -320,9 +320,12 @@ pub(crate) async fn mcp_entry(app: App, namespace: String, mut request: Request)
         let initialize = message.is_method("initialize");
         if initialize
             && without_session
-            && let Err(sentence) = gateway.admit_session(&namespace, &principal.subject)
+            && let Err(refused) = gateway.admit_session(&namespace, &principal.subject)
         {
-            return rpc_error(StatusCode::TOO_MANY_REQUESTS, -32000, sentence);
+            return match refused {
+                crate::state::SessionRefused::SubjectLimit(sentence) => rpc_error(StatusCode::TOO_MANY_REQUESTS, -32000, sentence),
+                crate::state::SessionRefused::GatewayFull(sentence) => crate::failover::retry_later(sentence),
+            };
         }
         posted = Some((body.clone(), message.shape));
         Request::from_parts(parts, Body::from(body))

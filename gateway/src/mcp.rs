@@ -52,7 +52,7 @@ impl McpHandler {
         }
         self.gateway
             .admit_session(&caller.namespace, &caller.principal.subject)
-            .map_err(|sentence| McpError::new(rmcp::model::ErrorCode(-32000), sentence, None))?;
+            .map_err(|refused| McpError::new(rmcp::model::ErrorCode(-32000), refused.sentence(), None))?;
         let new = NewSession {
             id,
             caller,

@@ -37,6 +37,8 @@ pub struct Settings {
     pub shutdown_delay: Duration,
     /// Open sessions one subject may hold; a new one beyond it is refused (see [`Gateway::admit_session`]).
     pub max_sessions_per_subject: usize,
+    /// Open sessions this gateway holds in all; a new one beyond it is refused (HTTP 503).
+    pub max_sessions: usize,
     /// How long a client may take to send a request's headers (see [`crate::serve`]).
     pub header_read_timeout: Duration,
 }
@@ -52,6 +54,7 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(20),
             shutdown_delay: Duration::ZERO,
             max_sessions_per_subject: 64,
+            max_sessions: 10_000,
             header_read_timeout: Duration::from_secs(30),
         }
     }
@@ -81,6 +84,23 @@ pub struct Gateway {
     /// Session ends under way (workers stopping, pods being deleted): shutdown waits for them, or the
     /// process would exit halfway through and leave workers' directories or pods behind.
     ending: TaskTracker,
+}
+
+/// Why a new session was refused, with the sentence the client gets.
+#[derive(Debug)]
+pub enum SessionRefused {
+    /// The subject holds `--max-sessions-per-subject` sessions (HTTP 429).
+    SubjectLimit(String),
+    /// This replica holds `--max-sessions` sessions in all (HTTP 503).
+    GatewayFull(String),
+}
+
+impl SessionRefused {
+    pub fn sentence(self) -> String {
+        match self {
+            SessionRefused::SubjectLimit(s) | SessionRefused::GatewayFull(s) => s,
+        }
+    }
 }
 
 /// Counts a call in flight until dropped (graceful shutdown waits for these).
@@ -277,7 +297,16 @@ impl Gateway {
     /// Whether `subject` may open one more session: each session can start workers (pods in a cluster),
     /// so one caller, by mistake or on purpose, must not open them without bound. The refusal says what
     /// to do. Concurrent first requests of one subject may overshoot the limit by their number.
-    pub fn admit_session(&self, namespace: &str, subject: &str) -> Result<(), String> {
+    pub fn admit_session(&self, namespace: &str, subject: &str) -> Result<(), SessionRefused> {
+        let held = self.sessions.len();
+        if held >= self.settings.max_sessions {
+            // A flood of session starts across many callers: bounded by what one replica holds.
+            self.metrics.session_refused(namespace, "gateway_limit");
+            tracing::warn!(held, limit = self.settings.max_sessions, "refused a new session: this gateway holds the most sessions allowed");
+            return Err(SessionRefused::GatewayFull(format!(
+                "this gateway replica holds {held} sessions, the most it allows (--max-sessions); retry later or through another replica"
+            )));
+        }
         let limit = self.settings.max_sessions_per_subject;
         let open = self.sessions.count_of(subject);
         if open < limit {
@@ -285,10 +314,10 @@ impl Gateway {
         }
         self.metrics.session_refused(namespace, "subject_limit");
         tracing::warn!(subject, open, limit, "refused a new session: the subject holds the most sessions allowed");
-        Err(format!(
+        Err(SessionRefused::SubjectLimit(format!(
             "{subject} already has {open} open sessions, the most this gateway allows per subject ({limit}); \
              end one (HTTP DELETE with its Mcp-Session-Id) or let idle ones time out"
-        ))
+        )))
     }
 
     /// Ends a session: stops its workers and forgets its state. Idempotent.
