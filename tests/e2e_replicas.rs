@@ -153,8 +153,14 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
         .collect();
     assert_eq!(old_workers.len(), 2, "one worker pod per tool: {old_workers:?}");
 
-    // The holder's pod is killed outright (no shutdown code runs); the session's next request continues.
+    // The holder is lost outright: its pod object is force-deleted (so nothing restarts it) and its
+    // process SIGKILLed at once (no shutdown code runs). The session's next request continues.
     kubectl_ok(&["delete", "pod", "-n", &ns, &holder, "--grace-period=0", "--force"]);
+    // The node shares this machine's PID namespace: the container's process is visible here.
+    let pgrep = std::process::Command::new("pgrep").args(["-f", &format!("gateway-id {holder}( |$)")]).output().expect("pgrep runs");
+    for pid in String::from_utf8_lossy(&pgrep.stdout).split_whitespace() {
+        let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+    }
     let killed = Instant::now();
     let refused = call(&url, &session, "write_note", "after the failover").await;
     let failover = killed.elapsed();
