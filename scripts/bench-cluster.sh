@@ -20,4 +20,4 @@ scripts/cluster.sh load target/images/toolwarden.oci.tar target/images/worker.oc
 export TOOLWARDEN_E2E_TOOL_IMAGE="toolwarden.local/lab-tools:1"
 export TOOLWARDEN_E2E_AUDIT_LOG="${TW_CLUSTER_DIR:-/var/tmp/toolwarden-cluster}/logs/audit.log"
 # One benchmark at a time; a name (cluster_benchmarks, load_benchmark) runs only that one.
-cargo test --locked --test bench_cluster -- --ignored --nocapture --test-threads=1 "$@" 2>&1 | grep --line-buffered -E '^bench:|panicked|test result'
+cargo test --locked --test bench_cluster -- --ignored --nocapture --test-threads=1 "$@" 2>&1 | grep --line-buffered -E 'bench:|panicked|test result'

@@ -389,3 +389,106 @@ async fn load_benchmark() {
     println!("bench: load: operator CPU {:.3} cores on average, peak memory {} MiB", cpu((before.1).0, (after.1).0), (after.1).1 >> 20);
     println!("bench: load: every worker pod and McpSession gone {} s after the sessions ended", cleared.as_secs());
 }
+
+const FAILOVERS: usize = 20;
+
+/// Two Ready gateway replicas of `release`.
+fn two_ready_gateways(release: &HelmRelease) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component=gateway", release.name);
+        let pods = items(&json_of(&["get", "pods", "-n", &release.namespace.0, "-l", &selector, "-o", "json"]));
+        let ready = pods
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+            .count();
+        if ready == 2 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "two gateway replicas were not Ready within 180 s");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A raw MCP request through the Service (protocol 2025-06-18), from a client that gives up on a
+/// connection after 500 ms: a connection to a lost pod's address otherwise waits for the ARP timeout.
+fn mcp_request(url: &str, session: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
+    let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().expect("an HTTP client");
+    let mut request = client
+        .post(url)
+        .bearer_auth(AGENT_TOKEN)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .timeout(Duration::from_secs(30))
+        .json(body);
+    if let Some(session) = session {
+        request = request.header("Mcp-Session-Id", session);
+    }
+    request
+}
+
+async fn raw_session(url: &str) -> String {
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench-failover", "version": "1"}}});
+    let response = mcp_request(url, None, &initialize).send().await.expect("initialize");
+    let id = response.headers()["mcp-session-id"].to_str().expect("a session id").to_owned();
+    let _ = response.text().await;
+    mcp_request(url, Some(&id), &json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.expect("initialized");
+    id
+}
+
+/// One call in `session`, retried while it fails (as a client does when its replica disappears);
+/// returns when it was answered.
+async fn call_until_answered(url: &str, session: &str) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_echo", "arguments": {"text": "bench"}}});
+    loop {
+        if let Ok(response) = mcp_request(url, Some(session), &call).send().await
+            && response.status().is_success()
+            && let Ok(body) = response.text().await
+            && body.contains("bench")
+            && !body.contains(r#""isError":true"#)
+        {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "no answer within 60 s of the failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark on the real cluster: scripts/bench-cluster.sh failover_benchmark"]
+async fn failover_benchmark() {
+    assert!(std::env::var_os("KUBECONFIG").is_some(), "KUBECONFIG must point at the cluster (scripts/bench-cluster.sh)");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let release = HelmRelease::install(&["gateway.replicas=2", "gateway.service.sessionAffinity=None"]);
+    let tenant = TestNamespace::create("tw-bench-failover");
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant.0, "-f", "-"], &LOAD_TOOL.replace("TOOL_IMAGE", &tool_image()));
+    assert!(ok, "{out}");
+    kubectl_ok(&["wait", "-n", &tenant.0, "--for=condition=Ready", "mcptool/get-echo", "--timeout=60s"]);
+    let url = release.mcp_url(&tenant.0);
+    let mut took = Vec::new();
+    for round in 0..FAILOVERS {
+        two_ready_gateways(&release);
+        let session_id = raw_session(&url).await;
+        call_until_answered(&url, &session_id).await;
+        let session = items(&json_of(&["get", "mcpsessions", "-n", &tenant.0, "-o", "json"]))
+            .into_iter()
+            .find(|s| s["metadata"]["annotations"]["toolwarden.dev/session-id"] == session_id.as_str())
+            .expect("the session's McpSession");
+        let holder = session["metadata"]["labels"]["toolwarden.dev/gateway"].as_str().unwrap_or_default().to_owned();
+        // Lost for real: the pod object goes (nothing restarts it) and its process is killed at once.
+        kubectl_ok(&["delete", "pod", "-n", &release.namespace.0, &holder, "--grace-period=0", "--force"]);
+        let pgrep = std::process::Command::new("pgrep").args(["-f", &format!("gateway-id {holder}( |$)")]).output().expect("pgrep");
+        for pid in String::from_utf8_lossy(&pgrep.stdout).split_whitespace() {
+            let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+        }
+        let killed = Instant::now();
+        let answered = call_until_answered(&url, &session_id).await;
+        took.push(answered - killed);
+        println!("bench: failover {round}: {} ms", (answered - killed).as_millis());
+        let _ = reqwest::Client::new().delete(&url).bearer_auth(AGENT_TOKEN).header("Mcp-Session-Id", &session_id).send().await;
+    }
+    summary(&format!("failover: a session's next call after its replica was killed ({FAILOVERS} kills)"), took);
+}

@@ -117,27 +117,37 @@ pub async fn route(gw: &Gateway, namespace: &str, id: &str, subject: &str, forwa
     take_over(gw, id, home).await
 }
 
-/// Claims the session for this replica (unless it holds it already) and readies rmcp's restore.
+/// Claims the session for this replica (unless it holds it already) and readies rmcp's restore. The
+/// claim is conditional on the resourceVersion read, which the holder's status writes move on: when it
+/// loses, the McpSession is read again and claimed again if the same (lost) replica still holds it, or
+/// the request goes to the replica that claimed it first.
 pub async fn take_over(gw: &Gateway, id: &str, home: SessionHome) -> Route {
     gw.failover.forget(id);
+    let lost = home.holder.clone();
     let mut home = home;
-    // A claim that lost a race re-reads the object once: another replica may have claimed it first.
-    for attempt in 0..2 {
+    for _ in 0..CLAIM_ATTEMPTS {
         match gw.runtime.take_over(&home, id).await {
             Ok(status) => {
                 gw.failover.restoring.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), (home, status));
                 return Route::Restore;
             }
-            Err(e) if e.code == "session_moved" && attempt == 0 => {
+            Err(e) if e.code == "session_moved" => {
                 let namespace = home.session.metadata.namespace.clone().unwrap_or_default();
-                match gw.runtime.locate_session(&namespace, id).await {
-                    Ok(Some(fresh)) => home = fresh,
+                home = match gw.runtime.locate_session(&namespace, id).await {
+                    Ok(Some(fresh)) => fresh,
                     Ok(None) => return Route::Unknown,
                     Err(e) => return Route::Unavailable(e.message),
-                }
-                if let Some(address) = home.address.clone().filter(|_| !gw.runtime.gateway_id().is_some_and(|g| home.held_by(g))) {
-                    gw.failover.remember(id, &home);
-                    return Route::Forward(address, Box::new(home));
+                };
+                let mine = gw.runtime.gateway_id().is_some_and(|g| home.held_by(g));
+                if home.holder != lost && !mine {
+                    // Another replica took it over first: it holds the session now.
+                    return match home.address.clone() {
+                        Some(address) => {
+                            gw.failover.remember(id, &home);
+                            Route::Forward(address, Box::new(home))
+                        }
+                        None => Route::Moving,
+                    };
                 }
             }
             Err(e) => return Route::Unavailable(e.message),
@@ -145,6 +155,9 @@ pub async fn take_over(gw: &Gateway, id: &str, home: SessionHome) -> Route {
     }
     Route::Moving
 }
+
+/// Claims tried before a request is told to retry (each after re-reading the McpSession).
+const CLAIM_ATTEMPTS: usize = 3;
 
 /// Why a forward did not produce the holder's answer.
 pub enum ForwardError {
