@@ -411,40 +411,13 @@ fn two_ready_gateways(release: &HelmRelease) {
     }
 }
 
-/// A raw MCP request through the Service (protocol 2025-06-18), from a client that gives up on a
-/// connection after 500 ms: a connection to a lost pod's address otherwise waits for the ARP timeout.
-fn mcp_request(url: &str, session: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
-    let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().expect("an HTTP client");
-    let mut request = client
-        .post(url)
-        .bearer_auth(AGENT_TOKEN)
-        .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2025-06-18")
-        .timeout(Duration::from_secs(30))
-        .json(body);
-    if let Some(session) = session {
-        request = request.header("Mcp-Session-Id", session);
-    }
-    request
-}
-
-async fn raw_session(url: &str) -> String {
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "bench-failover", "version": "1"}}});
-    let response = mcp_request(url, None, &initialize).send().await.expect("initialize");
-    let id = response.headers()["mcp-session-id"].to_str().expect("a session id").to_owned();
-    let _ = response.text().await;
-    mcp_request(url, Some(&id), &json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).send().await.expect("initialized");
-    id
-}
-
 /// One call in `session`, retried while it fails (as a client does when its replica disappears);
 /// returns when it was answered.
 async fn call_until_answered(url: &str, session: &str) -> Instant {
     let deadline = Instant::now() + Duration::from_secs(60);
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_echo", "arguments": {"text": "bench"}}});
     loop {
-        if let Ok(response) = mcp_request(url, Some(session), &call).send().await
+        if let Ok(response) = e2e_support::mcp_request(url, Some(session), &call).send().await
             && response.status().is_success()
             && let Ok(body) = response.text().await
             && body.contains("bench")
@@ -471,7 +444,7 @@ async fn failover_benchmark() {
     let mut took = Vec::new();
     for round in 0..FAILOVERS {
         two_ready_gateways(&release);
-        let session_id = raw_session(&url).await;
+        let session_id = e2e_support::open_raw_session(&url, &["get_echo"]).await;
         call_until_answered(&url, &session_id).await;
         let session = items(&json_of(&["get", "mcpsessions", "-n", &tenant.0, "-o", "json"]))
             .into_iter()

@@ -7,7 +7,7 @@
 mod e2e_support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use e2e_support::{AGENT_TOKEN, HelmRelease, TestNamespace, enabled, items, json_of, kubectl, kubectl_ok, kubectl_stdin, tool_image, wait_for};
 use serde_json::{Value, json};
@@ -35,40 +35,11 @@ spec:
 "#;
 
 fn post(url: &str, session: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
-    let mut request = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(AGENT_TOKEN)
-        .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2025-06-18")
-        .json(body);
-    if let Some(session) = session {
-        request = request.header("Mcp-Session-Id", session);
-    }
-    request
+    e2e_support::mcp_request(url, session, body)
 }
 
-/// Opens a session (raw HTTP, protocol 2025-06-18) once the gateway serves the tenant's tool.
 async fn open_session(url: &str) -> String {
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e-faults", "version": "1"}}});
-    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Ok(response) = post(url, None, &initialize).send().await
-            && response.status() == 200
-            && let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
-        {
-            let _ = response.text().await;
-            let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-            post(url, Some(&id), &initialized).send().await.expect("notifications/initialized");
-            let tools = post(url, Some(&id), &list).send().await.expect("tools/list").text().await.unwrap_or_default();
-            if tools.contains("check_after") {
-                return id;
-            }
-        }
-        assert!(Instant::now() < deadline, "the gateway did not serve check_after within 90 s");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    e2e_support::open_raw_session(url, &["check_after"]).await
 }
 
 /// The one gateway pod of the release that is Ready, and its container's restart count.

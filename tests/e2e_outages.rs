@@ -54,17 +54,7 @@ spec:
 async fn post(url: &str, session: Option<&str>, body: &Value) -> reqwest::Response {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut request = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(AGENT_TOKEN)
-            .header("Accept", "application/json, text/event-stream")
-            .header("MCP-Protocol-Version", "2025-06-18")
-            .timeout(Duration::from_secs(90))
-            .json(body);
-        if let Some(session) = session {
-            request = request.header("Mcp-Session-Id", session);
-        }
-        match request.send().await {
+        match e2e_support::mcp_request(url, session, body).send().await {
             Ok(response) => return response,
             Err(e) if e.is_connect() && Instant::now() < deadline => tokio::time::sleep(Duration::from_secs(1)).await,
             Err(e) => panic!("the gateway does not answer: {e}"),
@@ -78,22 +68,7 @@ async fn call(url: &str, session: &str, tool: &str, arguments: Value) -> String 
 }
 
 async fn open_session(url: &str) -> String {
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e-outage", "version": "1"}}});
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let response = post(url, None, &initialize).await;
-        if let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned) {
-            let _ = response.text().await;
-            post(url, Some(&id), &json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
-            let tools = post(url, Some(&id), &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).await.text().await.unwrap_or_default();
-            if tools.contains("get_echo") && tools.contains("get_date") {
-                return id;
-            }
-        }
-        assert!(Instant::now() < deadline, "the gateway did not serve the tenant's tools within 90 s");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    e2e_support::open_raw_session(url, &["get_echo", "get_date"]).await
 }
 
 fn restart_counts(namespace: &str) -> Vec<(String, u64)> {

@@ -56,16 +56,7 @@ spec:
 async fn request(url: &str, session: &str, body: &Value) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let sent = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(AGENT_TOKEN)
-            .header("Accept", "application/json, text/event-stream")
-            .header("MCP-Protocol-Version", "2025-06-18")
-            .header("Mcp-Session-Id", session)
-            .timeout(Duration::from_secs(60))
-            .json(body)
-            .send()
-            .await;
+        let sent = e2e_support::mcp_request(url, Some(session), body).send().await;
         match sent {
             Ok(response) if response.status().is_success() => return response.text().await.unwrap_or_default(),
             Ok(response) if response.status().as_u16() == 503 || response.status().as_u16() == 502 => {}
@@ -83,30 +74,7 @@ async fn call(url: &str, session: &str, tool: &str, text: &str) -> String {
 }
 
 async fn open_session(url: &str) -> String {
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e-replicas", "version": "1"}}});
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let response = reqwest::Client::new()
-            .post(url)
-            .bearer_auth(AGENT_TOKEN)
-            .header("Accept", "application/json, text/event-stream")
-            .json(&initialize)
-            .send()
-            .await;
-        if let Ok(response) = response
-            && let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
-        {
-            let _ = response.text().await;
-            request(url, &id, &json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
-            let tools = request(url, &id, &json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"})).await;
-            if tools.contains("write_note") && tools.contains("get_page") {
-                return id;
-            }
-        }
-        assert!(Instant::now() < deadline, "the gateway did not serve the tenant's tools within 90 s");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    e2e_support::open_raw_session(url, &["write_note", "get_page"]).await
 }
 
 fn the_session(tenant: &str) -> Value {

@@ -193,3 +193,47 @@ impl Drop for HelmRelease {
         }
     }
 }
+
+/// A raw MCP request (protocol 2025-06-18) with the agent token, in `session` when given. Connections
+/// give up after 500 ms: one to a lost pod's address otherwise waits for the ARP timeout.
+pub fn mcp_request(url: &str, session: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
+    let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().expect("an HTTP client");
+    let mut request = client
+        .post(url)
+        .bearer_auth(AGENT_TOKEN)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .timeout(Duration::from_secs(90))
+        .json(body);
+    if let Some(session) = session {
+        request = request.header("Mcp-Session-Id", session);
+    }
+    request
+}
+
+/// Opens a session over raw HTTP once the gateway lists every one of `tools`; returns its id.
+pub async fn open_raw_session(url: &str, tools: &[&str]) -> String {
+    let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}}});
+    let initialized = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let list = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(response) = mcp_request(url, None, &initialize).send().await
+            && response.status() == 200
+            && let Some(id) = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned)
+        {
+            let _ = response.text().await;
+            let _ = mcp_request(url, Some(&id), &initialized).send().await;
+            let listed = match mcp_request(url, Some(&id), &list).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            if tools.iter().all(|tool| listed.contains(tool)) {
+                return id;
+            }
+        }
+        assert!(Instant::now() < deadline, "the gateway did not list {tools:?} within 90 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
