@@ -19,7 +19,7 @@ enum Command {
     /// Serve examples/ (or --manifests) on a laptop: MCP gateway + local sandbox, hot reload.
     Dev(toolwarden_gateway::cli::DevArgs),
     /// Run the MCP gateway in a cluster (config from the operator's ConfigMaps).
-    Gateway(toolwarden_gateway::cli::GatewayArgs),
+    Gateway(Box<toolwarden_gateway::cli::GatewayArgs>),
     /// Run the operator (McpTool/ToolPolicy → NetworkPolicies, Secrets, gateway config).
     Operator(toolwarden_operator::cli::OperatorArgs),
     /// After `helm uninstall`: delete what the operator and gateways created at run time.
