@@ -173,27 +173,33 @@ impl CallTrace {
         self.add(|| Span::new("result", start, SystemTime::now(), outcome_attributes(record)));
     }
 
-    /// Ends the trace: the root span `tools/call {tool}` from the request's arrival to now.
-    pub fn finish(&mut self, record: &AuditRecord) {
+    /// Ends the trace: the root span `tools/call {tool}` from the request's arrival to now. Takes the
+    /// call's record, whose lines are written: its strings move into the span instead of being copied.
+    pub fn finish(&mut self, record: AuditRecord) {
         let Some(trace) = self.trace.take() else { return };
         let started = self.started;
-        trace.finish(|| {
-            let mut attributes = vec![
-                KeyValue::new("mcp.method.name", "tools/call"),
-                KeyValue::new("gen_ai.operation.name", "execute_tool"),
-                KeyValue::new("gen_ai.tool.name", record.tool.clone()),
-                KeyValue::new("mcp.session.id", record.session_id.clone()),
-                KeyValue::new("toolwarden.call_id", record.call_id.clone()),
-                KeyValue::new("toolwarden.namespace", record.namespace.clone()),
-                KeyValue::new("enduser.id", record.subject.clone()),
-                KeyValue::new("toolwarden.client", record.client.clone()),
-                KeyValue::new("toolwarden.decision", record.decision.clone()),
-                KeyValue::new("toolwarden.approval", record.approval.clone()),
-            ];
-            attributes.extend(outcome_attributes(record));
+        trace.finish(move || {
             let failed = matches!(record.status.as_deref(), Some("error" | "timeout" | "worker_failed"));
             let error = failed.then(|| record.code.clone().unwrap_or_else(|| "error".into()));
-            Span::new(format!("tools/call {}", record.tool), started, SystemTime::now(), attributes).kind(SpanKind::Server).error(error)
+            let name = format!("tools/call {}", record.tool);
+            let mut attributes = Vec::with_capacity(16);
+            attributes.extend([
+                KeyValue::new("mcp.method.name", "tools/call"),
+                KeyValue::new("gen_ai.operation.name", "execute_tool"),
+                KeyValue::new("gen_ai.tool.name", record.tool),
+                KeyValue::new("mcp.session.id", record.session_id),
+                KeyValue::new("toolwarden.call_id", record.call_id),
+                KeyValue::new("toolwarden.namespace", record.namespace),
+                KeyValue::new("enduser.id", record.subject),
+                KeyValue::new("toolwarden.client", record.client),
+                KeyValue::new("toolwarden.decision", record.decision),
+                KeyValue::new("toolwarden.approval", record.approval),
+            ]);
+            attributes.extend(record.status.map(|s| KeyValue::new("toolwarden.status", s)));
+            attributes.extend(record.code.map(|c| KeyValue::new("toolwarden.code", c)));
+            attributes.extend(outcome_figures(record.output_bytes, record.truncated, record.redacted));
+            attributes.extend(record.policy.map(|p| KeyValue::new("toolwarden.policy", p)));
+            Span::new(name, started, SystemTime::now(), attributes).kind(SpanKind::Server).error(error)
         });
     }
 }
@@ -203,11 +209,16 @@ fn outcome_attributes(record: &AuditRecord) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(6);
     attributes.extend(record.status.clone().map(|s| KeyValue::new("toolwarden.status", s)));
     attributes.extend(record.code.clone().map(|c| KeyValue::new("toolwarden.code", c)));
-    attributes.extend(record.output_bytes.map(|b| KeyValue::new("toolwarden.output_bytes", b as i64)));
-    attributes.extend(record.truncated.map(|t| KeyValue::new("toolwarden.truncated", t)));
-    attributes.extend(record.redacted.map(|r| KeyValue::new("toolwarden.redacted", r)));
+    attributes.extend(outcome_figures(record.output_bytes, record.truncated, record.redacted));
     attributes.extend(record.policy.clone().map(|p| KeyValue::new("toolwarden.policy", p)));
     attributes
+}
+
+fn outcome_figures(output_bytes: Option<u64>, truncated: Option<bool>, redacted: Option<bool>) -> impl Iterator<Item = KeyValue> {
+    let bytes = output_bytes.map(|b| KeyValue::new("toolwarden.output_bytes", b as i64));
+    let truncated = truncated.map(|t| KeyValue::new("toolwarden.truncated", t));
+    let redacted = redacted.map(|r| KeyValue::new("toolwarden.redacted", r));
+    bytes.into_iter().chain(truncated).chain(redacted)
 }
 
 /// A worker the call started (or tried to): which kind, when, and the failure code if it failed.

@@ -3,8 +3,8 @@
 //!
 //! Tracing is off unless an OTLP endpoint is named (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`) or `OTEL_TRACES_EXPORTER=otlp` asks for the default one; the
-//! standard switches `OTEL_SDK_DISABLED=true` and `OTEL_TRACES_EXPORTER=none` turn it off. The endpoint,
-//! headers, timeout and compression are read by the OTLP exporter itself (`opentelemetry-otlp`).
+//! standard switches `OTEL_SDK_DISABLED=true` and `OTEL_TRACES_EXPORTER=none` turn it off. Where spans
+//! go and with which headers and deadline is [`destination`].
 
 use std::time::Duration;
 
@@ -75,6 +75,76 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>
         schedule_delay: millis(&var, "OTEL_BSP_SCHEDULE_DELAY", 5000)?,
         export_timeout: millis(&var, "OTEL_BSP_EXPORT_TIMEOUT", 30_000)?,
     }))
+}
+
+/// Where spans are posted, as the OTLP exporter variables say (`…_TRACES_…` wins over the general one).
+pub struct Destination {
+    pub url: reqwest::Url,
+    /// Sent with every export (`OTEL_EXPORTER_OTLP_HEADERS`); they may hold credentials: never logged.
+    pub headers: reqwest::header::HeaderMap,
+    /// One export's deadline, retries included.
+    pub timeout: Duration,
+}
+
+/// The destination from the variables; `endpoint`, when given, is the full URL and wins over them.
+pub fn destination(var: impl Fn(&str) -> Option<String>, endpoint: Option<&str>) -> Result<Destination, ConfigError> {
+    let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let (variable, url) = match (endpoint, var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), var("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+        (Some(url), _, _) => ("endpoint", url.to_owned()),
+        (None, Some(url), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url.trim().to_owned()),
+        (None, None, Some(base)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("{}/v1/traces", base.trim().trim_end_matches('/'))),
+        (None, None, None) => ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318/v1/traces".to_owned()),
+    };
+    let url = reqwest::Url::parse(&url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| invalid(variable, &url, "expected an http:// or https:// URL of the collector"))?;
+    for variable in ["OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"] {
+        if let Some(compression) = var(variable) {
+            if compression.trim() != "none" {
+                return Err(invalid(variable, &compression, "Toolwarden sends OTLP uncompressed: `none` only"));
+            }
+            break;
+        }
+    }
+    let headers = match ["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"].into_iter().find_map(|v| Some((v, var(v)?))) {
+        Some((variable, list)) => headers(&list).ok_or_else(|| invalid(variable, "(not shown)", "expected key=value pairs separated by commas, values percent-encoded"))?,
+        None => reqwest::header::HeaderMap::new(),
+    };
+    let timeout = match var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") {
+        Some(_) => millis(&var, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 10_000)?,
+        None => millis(&var, "OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?,
+    };
+    Ok(Destination { url, headers, timeout })
+}
+
+/// `key=value,key2=value2` with percent-encoded values (the W3C baggage format the variables use).
+fn headers(list: &str) -> Option<reqwest::header::HeaderMap> {
+    let mut map = reqwest::header::HeaderMap::new();
+    for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
+        let (key, value) = pair.split_once('=')?;
+        let name = reqwest::header::HeaderName::from_bytes(key.trim().as_bytes()).ok()?;
+        let value = reqwest::header::HeaderValue::from_bytes(&percent_decode(value.trim())?).ok()?;
+        map.append(name, value);
+    }
+    Some(map)
+}
+
+fn percent_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 fn count(var: &impl Fn(&str) -> Option<String>, name: &'static str, default: usize) -> Result<usize, ConfigError> {
@@ -154,6 +224,38 @@ mod tests {
         assert_eq!(format!("{:?}", s.sampler), format!("{:?}", Sampler::ParentBased(Box::new(Sampler::AlwaysOn))));
         let small = with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_BSP_MAX_QUEUE_SIZE", "8")]).unwrap().unwrap();
         assert_eq!(small.max_export_batch_size, 8, "a batch never exceeds the queue");
+    }
+
+    fn destination_of(pairs: &[(&str, &str)]) -> Result<Destination, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        destination(move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()), None)
+    }
+
+    #[test]
+    fn the_destination_follows_the_exporter_variables() {
+        let d = destination_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]).unwrap();
+        assert_eq!((d.url.as_str(), d.timeout), ("http://c:4318/v1/traces", Duration::from_secs(10)));
+        let d = destination_of(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"), ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://t/custom")]).unwrap();
+        assert_eq!(d.url.as_str(), "https://t/custom");
+        assert_eq!(destination_of(&[]).unwrap().url.as_str(), "http://localhost:4318/v1/traces");
+        let d = destination_of(&[("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cret, x-tenant=a"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")]).unwrap();
+        assert_eq!((d.headers["authorization"].as_bytes(), d.headers["x-tenant"].as_bytes()), (&b"Bearer s3cret"[..], &b"a"[..]));
+        assert_eq!(d.timeout, Duration::from_millis(2500));
+        let d = destination_of(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=1"), ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=2")]).unwrap();
+        assert!(d.headers.get("a").is_none() && d.headers["b"] == "2");
+        let endpoints = |name: &str| name.contains("ENDPOINT").then(|| "http://ignored:1".to_owned());
+        let explicit = destination(endpoints, Some("http://127.0.0.1:9/v1/traces")).unwrap();
+        assert_eq!(explicit.url.as_str(), "http://127.0.0.1:9/v1/traces");
+    }
+
+    #[test]
+    fn unusable_destinations_are_refused_without_showing_headers() {
+        let refused = |pairs: &[(&str, &str)]| destination_of(pairs).err().expect("refused");
+        assert_eq!(refused(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4318")]).variable, "OTEL_EXPORTER_OTLP_ENDPOINT");
+        assert_eq!(refused(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")]).variable, "OTEL_EXPORTER_OTLP_COMPRESSION");
+        let bad = refused(&[("OTEL_EXPORTER_OTLP_HEADERS", "authorization:Bearer s3cret")]);
+        assert!(bad.variable == "OTEL_EXPORTER_OTLP_HEADERS" && !bad.to_string().contains("s3cret"), "{bad}");
+        assert_eq!(refused(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")]).variable, "OTEL_EXPORTER_OTLP_TIMEOUT");
     }
 
     #[test]

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use opentelemetry_sdk::trace::{SpanData, SpanExporter as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::config::Settings;
+use crate::otlp::{Encoder, Finished, Sender};
 
 /// Counts of spans exported and dropped; register them with [`SpanCounters::register`]. Cloning shares them.
 #[derive(Clone, Debug, Default)]
@@ -59,7 +59,7 @@ struct Shared {
 
 #[derive(Default)]
 struct Waiting {
-    spans: Vec<SpanData>,
+    spans: Vec<Finished>,
     /// When the oldest waiting span arrived.
     since: Option<Instant>,
     /// Flushes asked for: each is answered once everything waiting before it was exported.
@@ -79,7 +79,8 @@ pub(crate) struct ExportQueue {
 impl ExportQueue {
     /// Starts the export thread. `endpoint` names the collector in log lines.
     pub(crate) fn start(
-        exporter: opentelemetry_otlp::SpanExporter,
+        encoder: Encoder,
+        sender: Sender,
         settings: &Settings,
         counters: SpanCounters,
         endpoint: String,
@@ -87,7 +88,8 @@ impl ExportQueue {
         let shared = Arc::new(Shared { state: Mutex::default(), wake: Condvar::new() });
         let queued = Arc::new(AtomicUsize::new(0));
         let exporting = Exporting {
-            exporter,
+            encoder,
+            sender,
             shared: shared.clone(),
             queued: queued.clone(),
             counters: counters.clone(),
@@ -104,7 +106,7 @@ impl ExportQueue {
     /// Hands `spans` over for export, or drops (and counts) them when the queue is at its limit. The
     /// export thread is woken only for the first span of a batch (to time it) and for a full batch:
     /// waking it for every call would cost each call two context switches.
-    pub(crate) fn push(&self, spans: Vec<SpanData>) {
+    pub(crate) fn push(&self, spans: Vec<Finished>) {
         let count = spans.len();
         if count == 0 {
             return;
@@ -154,7 +156,8 @@ struct Failures {
 
 /// The export thread's state.
 struct Exporting {
-    exporter: opentelemetry_otlp::SpanExporter,
+    encoder: Encoder,
+    sender: Sender,
     shared: Arc<Shared>,
     queued: Arc<AtomicUsize>,
     counters: SpanCounters,
@@ -201,7 +204,7 @@ impl Exporting {
 
     /// Waits for work: a full batch, the oldest span's delay over, a flush or the end. Returns the spans
     /// to send now (one batch, or everything for a flush or the end) and the flushes to answer after.
-    fn next_batch(&self) -> (Vec<SpanData>, Vec<mpsc::SyncSender<()>>, bool) {
+    fn next_batch(&self) -> (Vec<Finished>, Vec<mpsc::SyncSender<()>>, bool) {
         let mut waiting = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if !waiting.flushes.is_empty() || waiting.closed {
@@ -228,16 +231,18 @@ impl Exporting {
         }
     }
 
-    fn export(&mut self, runtime: &tokio::runtime::Runtime, batch: Vec<SpanData>) {
+    fn export(&mut self, runtime: &tokio::runtime::Runtime, batch: Vec<Finished>) {
         let count = batch.len();
-        let outcome = runtime.block_on(async { tokio::time::timeout(self.timeout, self.exporter.export(batch)).await });
+        let body = self.encoder.encode(&batch);
+        drop(batch);
+        let outcome = runtime.block_on(async { tokio::time::timeout(self.timeout, self.sender.send(body)).await });
         self.queued.fetch_sub(count, Ordering::Relaxed);
         let error = match outcome {
             Ok(Ok(())) => {
                 self.counters.exported.inc_by(count as u64);
                 return;
             }
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => e,
             Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
         };
         self.counters.drop_spans(EXPORT_FAILED, count);

@@ -9,14 +9,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{RandomIdGenerator, SpanExporter as _};
+use opentelemetry_sdk::trace::RandomIdGenerator;
 
 pub mod config;
 mod context;
 mod export;
+mod otlp;
 mod trace;
 
 pub use context::{Parent, format_traceparent, parse_traceparent};
@@ -43,7 +42,6 @@ pub struct Telemetry {
     queue: export::ExportQueue,
     sampler: Sampler,
     ids: RandomIdGenerator,
-    scope: InstrumentationScope,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -66,24 +64,13 @@ impl Telemetry {
     /// Tracing with these settings, to `endpoint` (the full URL spans are posted to) or, when `None`, to
     /// the endpoint the `OTEL_EXPORTER_OTLP_*` variables name.
     pub fn start(service: &'static str, settings: config::Settings, counters: &SpanCounters, endpoint: Option<&str>) -> Result<Arc<Telemetry>, Error> {
-        let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(Protocol::HttpBinary).with_http_client(http_client()?);
-        if let Some(endpoint) = endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let mut exporter = builder.build().map_err(|e| Error::Exporter(e.to_string()))?;
-        exporter.set_resource(&resource(service));
-        let shown = match endpoint {
-            Some(url) => endpoint_for_logs(|name| (name == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").then(|| url.to_owned())),
-            None => endpoint_for_logs(|name| std::env::var(name).ok()),
-        };
-        let queue = export::ExportQueue::start(exporter, &settings, counters.clone(), shown.clone())?;
+        let destination = config::destination(|name| std::env::var(name).ok(), endpoint)?;
+        let shown = endpoint_for_logs(&destination.url);
+        let sender = otlp::Sender { client: http_client()?, url: destination.url, headers: destination.headers, timeout: destination.timeout };
+        let encoder = otlp::Encoder::new(&resource(service), service, env!("CARGO_PKG_VERSION"));
+        let queue = export::ExportQueue::start(encoder, sender, &settings, counters.clone(), shown.clone())?;
         tracing::info!(endpoint = %shown, sampler = ?settings.sampler, "tracing on: spans are exported over OTLP/HTTP");
-        Ok(Arc::new(Telemetry {
-            queue,
-            sampler: settings.sampler,
-            ids: RandomIdGenerator::default(),
-            scope: InstrumentationScope::builder(service).with_version(env!("CARGO_PKG_VERSION")).build(),
-        }))
+        Ok(Arc::new(Telemetry { queue, sampler: settings.sampler, ids: RandomIdGenerator::default() }))
     }
 
     /// Sends the spans still queued, waiting at most `limit` (shutdown); whether they all went.
@@ -100,16 +87,9 @@ fn resource(service: &'static str) -> Resource {
 }
 
 /// The collector's URL for log lines: scheme, host, port and path, never user info or a query.
-fn endpoint_for_logs(var: impl Fn(&str) -> Option<String>) -> String {
-    let (url, suffix) = match var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").filter(|v| !v.trim().is_empty()) {
-        Some(url) => (url, ""),
-        None => (var("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "http://localhost:4318".into()), "/v1/traces"),
-    };
-    let url = url.trim();
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{}{suffix}", rest.trim_end_matches('/'))
+fn endpoint_for_logs(url: &reqwest::Url) -> String {
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{}://{}{port}{}", url.scheme(), url.host_str().unwrap_or(""), url.path().trim_end_matches('/'))
 }
 
 /// The exporter's HTTP client: rustls with ring and the platform's roots, set explicitly. The gateway's
@@ -136,10 +116,9 @@ mod tests {
 
     #[test]
     fn log_lines_name_the_collector_without_credentials() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string());
-        assert_eq!(endpoint_for_logs(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")])), "http://c:4318/v1/traces");
-        assert_eq!(endpoint_for_logs(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://user:pw@c:4318?key=s")])), "https://c:4318/v1/traces");
-        assert_eq!(endpoint_for_logs(env(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom")])), "http://c:4318/custom");
-        assert_eq!(endpoint_for_logs(env(&[])), "http://localhost:4318/v1/traces");
+        let shown = |url: &str| endpoint_for_logs(&reqwest::Url::parse(url).unwrap());
+        assert_eq!(shown("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
+        assert_eq!(shown("https://user:pw@c:4318/v1/traces?key=s#f"), "https://c:4318/v1/traces");
+        assert_eq!(shown("http://localhost:4318/v1/traces"), "http://localhost:4318/v1/traces");
     }
 }

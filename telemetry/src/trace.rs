@@ -1,20 +1,23 @@
 //! One trace, recorded as it happens and handed to the export queue in one piece when it ends.
 //!
-//! Spans are written as finished `SpanData` with the times the caller measured, not through the SDK's
+//! Spans are kept as the caller wrote them, with the times the caller measured, not through the SDK's
 //! tracer: a call knows each step's start and end anyway, a span id can be chosen before its span ends
 //! (the `traceparent` a worker passes on names the span of the call in the worker while it runs), and a
-//! whole trace costs one hand-over to the export thread instead of one per span.
+//! whole trace costs one hand-over to the export thread instead of one per span. The export thread
+//! encodes them for OTLP (see `otlp`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState};
-use opentelemetry::{Context, KeyValue};
-use opentelemetry_sdk::trace::{IdGenerator as _, SamplingDecision, ShouldSample as _, SpanData, SpanEvents, SpanLinks};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState};
+use opentelemetry::Context;
+use opentelemetry_sdk::trace::{IdGenerator as _, SamplingDecision, ShouldSample as _};
 
 use crate::Telemetry;
 use crate::context::{Parent, format_traceparent};
+use crate::otlp::Finished;
 
 /// A finished span of a [`Trace`].
 pub struct Span {
@@ -59,7 +62,7 @@ pub struct Trace {
     /// The caller's span, when a valid `traceparent` named one.
     parent: Option<SpanId>,
     sampled: bool,
-    spans: Vec<SpanData>,
+    spans: Vec<Finished>,
 }
 
 impl Trace {
@@ -78,7 +81,8 @@ impl Trace {
             root: telemetry.ids.new_span_id(),
             parent: parent.map(|p| p.span_id),
             sampled: decision.decision == SamplingDecision::RecordAndSample,
-            spans: Vec::new(),
+            // A call's trace has at most eight spans.
+            spans: Vec::with_capacity(8),
         }
     }
 
@@ -130,22 +134,8 @@ impl Trace {
         self.telemetry.queue.push(std::mem::take(&mut self.spans));
     }
 
-    fn data(&self, span: Span, parent: SpanId, remote: bool) -> SpanData {
+    fn data(&self, span: Span, parent: SpanId, remote: bool) -> Finished {
         let id = span.id.unwrap_or_else(|| self.telemetry.ids.new_span_id());
-        SpanData {
-            span_context: SpanContext::new(self.trace_id, id, TraceFlags::SAMPLED, false, TraceState::NONE),
-            parent_span_id: parent,
-            parent_span_is_remote: remote,
-            span_kind: span.kind,
-            name: span.name,
-            start_time: span.start,
-            end_time: span.end.max(span.start),
-            attributes: span.attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status: span.error.map_or(Status::Unset, Status::error),
-            instrumentation_scope: self.telemetry.scope.clone(),
-        }
+        Finished { trace_id: self.trace_id, id, parent, remote_parent: remote, span }
     }
 }
