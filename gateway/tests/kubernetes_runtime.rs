@@ -152,6 +152,24 @@ async fn deleting_the_mcp_session_ends_the_session_and_removes_its_pods() {
     assert_eq!((event.id.as_str(), event.reason), ("sess-3", "deleted"));
 }
 
+#[tokio::test]
+async fn a_session_another_replica_claimed_is_forgotten_without_deleting_anything() {
+    let (client, handle) = client();
+    let server = tokio::spawn(serve(handle, vec![step("POST", &[SESSIONS], 201, Reply::Created)]));
+    let metrics = Metrics::default();
+    let rt = KubernetesRuntime::new(client, config(), metrics.clone());
+    let mut ended = rt.subscribe_ended();
+    rt.start_session(start("sess-4")).await.unwrap();
+    server.await.unwrap();
+    // The label watch reports the claimed object as gone, with the new holder's label.
+    let mut claimed: McpSession = serde_json::from_value(kubernetes_support::mcp_session("team-a", "sess-4", "session-uid")).unwrap();
+    claimed.metadata.labels = Some([("toolwarden.dev/gateway".to_owned(), "another-replica".to_owned())].into());
+    rt.observe(claimed, true).await;
+    let event = ended.recv().await.unwrap();
+    assert_eq!((event.id.as_str(), event.reason), ("sess-4", "moved"), "forgotten, not ended: no pod or McpSession deleted");
+    assert_eq!(metrics.sessions_active.get(), 0);
+}
+
 async fn failed_start(answers: Vec<kubernetes_support::Step>) -> (toolwarden_gateway::kubernetes::Error, Vec<kubernetes_support::Seen>, Metrics) {
     let (client, handle) = client();
     let mut steps = vec![step("POST", &[SESSIONS], 201, Reply::Created)];

@@ -533,8 +533,8 @@ impl KubernetesRuntime {
         let id = self.lock().iter().find(|(_, s)| s.namespace == namespace && s.name == name).map(|(id, _)| id.clone());
         let Some(id) = id else { return };
         // A watch by label reports an object whose label changed as deleted: another replica claimed it.
-        let holder = session.labels().get(LABEL_GATEWAY).cloned().unwrap_or_default();
-        if holder != label_value(&self.config.gateway_id) && session.metadata.deletion_timestamp.is_none() {
+        let claimed_elsewhere = session.labels().get(LABEL_GATEWAY).is_some_and(|holder| *holder != label_value(&self.config.gateway_id));
+        if claimed_elsewhere && session.metadata.deletion_timestamp.is_none() {
             self.moved_away(&id);
             return;
         }
