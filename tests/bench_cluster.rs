@@ -72,12 +72,33 @@ fn summary(what: &str, mut samples: Vec<Duration>) {
 /// Requests `user` made since `since` (RFC 3339, compared as text: the audit log uses one format),
 /// from the API server's audit log (scripts/cluster.sh writes it).
 fn api_requests(user: &str, since: &str) -> usize {
+    api_requests_by_kind(user, since).iter().map(|(_, n)| n).sum()
+}
+
+/// [`api_requests`] by verb and resource (`create pods`, `patch mcpsessions/status`…), most first. A
+/// request counts once: a watch has two audit events (response started, complete) under one audit id.
+fn api_requests_by_kind(user: &str, since: &str) -> Vec<(String, usize)> {
     let path = std::env::var("TOOLWARDEN_E2E_AUDIT_LOG").expect("TOOLWARDEN_E2E_AUDIT_LOG (scripts/bench-cluster.sh sets it)");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["user"]["username"] == user && e["requestReceivedTimestamp"].as_str().is_some_and(|t| t >= since))
-        .count()
+    let mut seen = std::collections::HashSet::new();
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for event in text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        if event["user"]["username"] != user || !event["requestReceivedTimestamp"].as_str().is_some_and(|t| t >= since) {
+            continue;
+        }
+        if !seen.insert(event["auditID"].as_str().unwrap_or_default().to_owned()) {
+            continue;
+        }
+        let object = &event["objectRef"];
+        let resource = match object["subresource"].as_str() {
+            Some(sub) => format!("{}/{sub}", object["resource"].as_str().unwrap_or("?")),
+            None => object["resource"].as_str().unwrap_or("?").to_owned(),
+        };
+        *counts.entry(format!("{} {resource}", event["verb"].as_str().unwrap_or("?"))).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts
 }
 
 /// Now, as the audit log writes times (the API server runs on this machine's clock).
@@ -257,7 +278,10 @@ async fn cluster_benchmarks() {
     tokio::task::block_in_place(|| operator_bench(&release));
 }
 
-const LOAD_SESSIONS: usize = 200;
+/// Concurrent sessions of the load benchmark (`BENCH_LOAD_SESSIONS`, default 200).
+fn load_sessions() -> usize {
+    std::env::var("BENCH_LOAD_SESSIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(200)
+}
 
 const LOAD_TOOL: &str = r#"
 apiVersion: toolwarden.dev/v1alpha1
@@ -271,6 +295,7 @@ spec:
   outputTrust: trusted
   # Small requests, so that 200 workers fit the one node's two CPUs.
   limits: {cpu: 5m, memory: 32Mi}
+  sandbox: {warmPool: WARM_POOL}
 ---
 apiVersion: toolwarden.dev/v1alpha1
 kind: ToolPolicy
@@ -305,29 +330,69 @@ fn component_pods(release: &HelmRelease, component: &str) -> Vec<String> {
         .collect()
 }
 
-/// One session of the load: its first call (a cold worker start), then a call a second until `until`.
-async fn load_session(url: String, index: usize, until: Instant) -> (Duration, Vec<Duration>, usize) {
-    let client = connect(&url).await;
-    let call = |text: String| {
-        let mut params = CallToolRequestParams::new("get_echo");
-        params.arguments = json!({"text": text}).as_object().cloned();
-        params
-    };
+/// One `get_echo` call in `session` over raw HTTP: whether it was answered without error.
+async fn echo_call(url: &str, session: &str, text: &str) -> bool {
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_echo", "arguments": {"text": text}}});
+    match e2e_support::mcp_request(url, Some(session), &call).send().await {
+        Ok(response) if response.status().is_success() => {
+            response.text().await.is_ok_and(|body| body.contains(text) && !body.contains(r#""isError":true"#))
+        }
+        _ => false,
+    }
+}
+
+/// What a load session's first call took: its session id, latency and whether it succeeded.
+type FirstCall = (String, Duration, bool);
+
+/// One session of the load: its first call (which binds a warm pod or starts one), reported on
+/// `first_calls`, then a call a second until `until`; then it ends (DELETE).
+async fn load_session(url: String, index: usize, until: Instant, first_calls: tokio::sync::mpsc::UnboundedSender<FirstCall>) -> (Vec<Duration>, usize) {
+    let session = e2e_support::open_raw_session(&url, &["get_echo"]).await;
+    let text = format!("s{index}");
     let started = Instant::now();
-    let first = client.call_tool(call(format!("s{index}"))).await;
-    let cold = started.elapsed();
-    let mut failed = usize::from(!matches!(&first, Ok(r) if r.is_error == Some(false)));
-    let mut calls = Vec::new();
+    let ok = echo_call(&url, &session, &text).await;
+    let _ = first_calls.send((session.clone(), started.elapsed(), ok));
+    // The driver reads first calls until every session dropped its sender.
+    drop(first_calls);
+    let (mut calls, mut failed) = (Vec::new(), usize::from(!ok));
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let began = Instant::now();
-        match client.call_tool(call(format!("s{index}"))).await {
-            Ok(r) if r.is_error == Some(false) => calls.push(began.elapsed()),
-            _ => failed += 1,
+        if echo_call(&url, &session, &text).await {
+            calls.push(began.elapsed());
+        } else {
+            failed += 1;
         }
     }
-    let _ = client.cancel().await;
-    (cold, calls, failed)
+    let _ = reqwest::Client::new().delete(&url).bearer_auth(AGENT_TOKEN).header("Mcp-Session-Id", &session).send().await;
+    (calls, failed)
+}
+
+/// Splits first calls by what served them: a pod bound from the warm pool (the gateway's bind patch
+/// shows in its managed fields) or one started for the session.
+fn warm_and_cold(tenant: &str, first: &[FirstCall]) -> (Vec<Duration>, Vec<Duration>, usize) {
+    let sessions = items(&json_of(&["get", "mcpsessions", "-n", tenant, "-o", "json"]));
+    let pods = items(&json_of(&["get", "pods", "-n", tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
+    let bound_from_pool = |pod: &str| {
+        pods.iter().filter(|p| p["metadata"]["name"] == pod).any(|p| {
+            let fields = p["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
+            fields.iter().any(|f| f["manager"] == "toolwarden-gateway" && f["operation"] == "Update")
+        })
+    };
+    let (mut warm, mut cold, mut unknown) = (Vec::new(), Vec::new(), 0);
+    for (id, took, ok) in first.iter().filter(|(_, _, ok)| *ok) {
+        let _ = ok;
+        let pod = sessions
+            .iter()
+            .find(|s| s["metadata"]["annotations"]["toolwarden.dev/session-id"] == id.as_str())
+            .and_then(|s| s["status"]["workers"][0]["pod"].as_str().map(str::to_owned));
+        match pod {
+            Some(pod) if bound_from_pool(&pod) => warm.push(*took),
+            Some(_) => cold.push(*took),
+            None => unknown += 1,
+        }
+    }
+    (warm, cold, unknown)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,9 +401,13 @@ async fn load_benchmark() {
     assert!(std::env::var_os("KUBECONFIG").is_some(), "KUBECONFIG must point at the cluster (scripts/bench-cluster.sh)");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let seconds: u64 = std::env::var("BENCH_LOAD_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let load_sessions = load_sessions();
+    // `BENCH_LOAD_WARM_POOL` (default 50, the most a tool may ask for): ready pods the first calls bind.
+    let warm_pool: u32 = std::env::var("BENCH_LOAD_WARM_POOL").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let release = HelmRelease::install(&["gateway.replicas=1", "gateway.maxSessionsPerSubject=1000"]);
     let tenant = TestNamespace::create("tw-bench-load");
-    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant.0, "-f", "-"], &LOAD_TOOL.replace("TOOL_IMAGE", &tool_image()));
+    let tool = LOAD_TOOL.replace("TOOL_IMAGE", &tool_image()).replace("WARM_POOL", &warm_pool.to_string());
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant.0, "-f", "-"], &tool);
     assert!(ok, "{out}");
     kubectl_ok(&["wait", "-n", &tenant.0, "--for=condition=Ready", "mcptool/get-echo", "--timeout=60s"]);
     let url = release.mcp_url(&tenant.0);
@@ -347,6 +416,19 @@ async fn load_benchmark() {
         assert!(Instant::now() < deadline, "the gateway did not serve the bench tool");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let pool_filled = Instant::now();
+    loop {
+        let ready = items(&json_of(&["get", "pods", "-n", &tenant.0, "-l", "toolwarden.dev/pool=unbound", "-o", "json"]))
+            .iter()
+            .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+            .count();
+        if ready >= warm_pool as usize {
+            break;
+        }
+        assert!(pool_filled.elapsed() < Duration::from_secs(600), "the warm pool did not fill within 10 minutes ({ready} ready)");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    println!("bench: load: a warm pool of {warm_pool} pods ready {} s after the tool", pool_filled.elapsed().as_secs());
     let (gateway, operator) = (component_pods(&release, "gateway"), component_pods(&release, "operator"));
     let usage = || {
         let sum = |pods: &[String]| pods.iter().map(|p| pod_usage(&release.namespace.0, p)).fold((0.0, 0), |a, u| (a.0 + u.0, a.1.max(u.1)));
@@ -357,18 +439,28 @@ async fn load_benchmark() {
     let before = usage();
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
-    let sessions: Vec<_> = (0..LOAD_SESSIONS).map(|i| tokio::spawn(load_session(url.clone(), i, until))).collect();
-    let (mut cold, mut calls, mut failed) = (Vec::new(), Vec::new(), 0);
+    let (first_tx, mut first_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sessions: Vec<_> = (0..load_sessions).map(|i| tokio::spawn(load_session(url.clone(), i, until, first_tx.clone()))).collect();
+    drop(first_tx);
+    let mut first = Vec::new();
+    while let Some(call) = first_rx.recv().await {
+        first.push(call);
+    }
+    // Every first call is done and the sessions are still open: their McpSessions name their pods.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (warm, cold, unknown) = warm_and_cold(&tenant.0, &first);
+    let first_failed = first.iter().filter(|(_, _, ok)| !ok).count();
+    let (mut calls, mut failed) = (Vec::new(), 0);
     for session in sessions {
-        let (first, each, errors) = session.await.expect("a load session");
-        cold.push(first);
+        let (each, errors) = session.await.expect("a load session");
         calls.extend(each);
         failed += errors;
     }
     let ran = started.elapsed();
     let ended = Instant::now();
     let cleared = loop {
-        let pods = items(&json_of(&["get", "pods", "-n", &tenant.0, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
+        // The warm pool's unbound pods stay while the tool asks for them; every session's pod goes.
+        let pods = items(&json_of(&["get", "pods", "-n", &tenant.0, "-l", "app.kubernetes.io/component=worker,toolwarden.dev/pool!=unbound", "-o", "json"]));
         let left = items(&json_of(&["get", "mcpsessions", "-n", &tenant.0, "-o", "json"]));
         if pods.is_empty() && left.is_empty() {
             break ended.elapsed();
@@ -378,12 +470,22 @@ async fn load_benchmark() {
     };
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = usage();
-    let requests = api_requests(&gateway_user, &since);
+    let by_kind = api_requests_by_kind(&gateway_user, &since);
+    let requests: usize = by_kind.iter().map(|(_, n)| n).sum();
     let total_calls = calls.len();
-    summary(&format!("load: first call of each of {LOAD_SESSIONS} concurrent sessions (cold worker start)"), cold);
-    summary(&format!("load: calls on running workers, {LOAD_SESSIONS} sessions calling once a second"), calls);
+    println!("bench: load: first calls of {load_sessions} sessions opened at once: {} bound a warm pod, {} started one, {first_failed} failed, {unknown} not classified", warm.len(), cold.len());
+    if !warm.is_empty() {
+        summary("load: first call, warm-pool bind (call to answer)", warm);
+    }
+    if !cold.is_empty() {
+        summary("load: first call, cold worker start (call to answer)", cold);
+    }
+    summary(&format!("load: calls on running workers, {load_sessions} sessions calling once a second"), calls);
     println!("bench: load: {total_calls} calls in {} s, {failed} failed", ran.as_secs());
-    println!("bench: load: gateway API requests per session: {:.1}", requests as f64 / LOAD_SESSIONS as f64);
+    println!("bench: load: gateway API requests per session: {:.1}", requests as f64 / load_sessions as f64);
+    for (kind, n) in by_kind {
+        println!("bench: load:   {kind}: {:.1} per session", n as f64 / load_sessions as f64);
+    }
     let cpu = |a: f64, b: f64| (b - a) / ran.as_secs_f64();
     println!("bench: load: gateway CPU {:.2} cores on average, peak memory {} MiB", cpu((before.0).0, (after.0).0), (after.0).1 >> 20);
     println!("bench: load: operator CPU {:.3} cores on average, peak memory {} MiB", cpu((before.1).0, (after.1).0), (after.1).1 >> 20);
@@ -437,7 +539,11 @@ async fn failover_benchmark() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let release = HelmRelease::install(&["gateway.replicas=2", "gateway.service.sessionAffinity=None"]);
     let tenant = TestNamespace::create("tw-bench-failover");
-    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant.0, "-f", "-"], &LOAD_TOOL.replace("TOOL_IMAGE", &tool_image()));
+    // `BENCH_FAILOVER_WARM_POOL` (default 0): with a warm pool, the survivor binds a ready pod for the
+    // session's next call instead of starting one.
+    let warm_pool = std::env::var("BENCH_FAILOVER_WARM_POOL").unwrap_or_else(|_| "0".into());
+    let tool = LOAD_TOOL.replace("TOOL_IMAGE", &tool_image()).replace("WARM_POOL", &warm_pool);
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant.0, "-f", "-"], &tool);
     assert!(ok, "{out}");
     kubectl_ok(&["wait", "-n", &tenant.0, "--for=condition=Ready", "mcptool/get-echo", "--timeout=60s"]);
     let url = release.mcp_url(&tenant.0);

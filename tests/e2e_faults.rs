@@ -120,8 +120,10 @@ async fn a_gateway_killed_or_deleted_mid_call_accounts_for_the_call_and_leaves_n
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Counters written within a second (the default waits a minute), so the restart's carry-over shows.
     let release = HelmRelease::install(&[
         "gateway.replicas=1",
+        "gateway.sessionCountersInterval=1s",
         "operator.replicas=2",
         "gateway.shutdownDelay=1s",
         "gateway.shutdownGrace=3s",

@@ -87,7 +87,8 @@ async fn a_sixty_second_api_server_outage_stops_only_what_needs_the_api_server()
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let release = HelmRelease::install(&["gateway.replicas=1", "operator.replicas=1"]);
+    // Counters written within a second (the default waits a minute after the last write).
+    let release = HelmRelease::install(&["gateway.replicas=1", "operator.replicas=1", "gateway.sessionCountersInterval=1s"]);
     let tenant_namespace = TestNamespace::create("tw-e2e-outage");
     let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());
     let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &MANIFESTS.replace("TOOL_IMAGE", &tool_image()));

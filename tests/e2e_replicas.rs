@@ -89,7 +89,13 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let release = HelmRelease::install(&["gateway.replicas=2", "gateway.service.sessionAffinity=None", "operator.replicas=1"]);
+    // Counters written within a second (the default waits a minute), so they carry over exactly.
+    let release = HelmRelease::install(&[
+        "gateway.replicas=2",
+        "gateway.service.sessionAffinity=None",
+        "gateway.sessionCountersInterval=1s",
+        "operator.replicas=1",
+    ]);
     let tenant_namespace = TestNamespace::create("tw-e2e-replicas");
     let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());
     let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &MANIFESTS.replace("TOOL_IMAGE", &tool_image()));

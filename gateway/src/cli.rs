@@ -225,6 +225,11 @@ pub struct GatewayArgs {
     /// a request for one of them that reaches another replica is forwarded here (docs/sessions-kubernetes.md).
     #[arg(long)]
     pub advertise_ip: Option<std::net::IpAddr>,
+    /// The namespace this replica's pod runs in (the chart sets `POD_NAMESPACE`): when a session's
+    /// holder does not accept a connection at once, its pod is looked up there, and a deleted one is not
+    /// waited for.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
     #[arg(long, default_value_t = crate::kubernetes::default_worker_image())]
     pub worker_image: String,
     /// Static tokens file (a mounted Secret).
@@ -258,6 +263,11 @@ pub struct GatewayArgs {
     /// Kubernetes runtime: how long a worker pod may take to become ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub worker_start_timeout: Duration,
+    /// Kubernetes runtime: a session whose McpSession status changed only in its counters (calls,
+    /// denials, last activity) is written this long after its last write; workers, taint and approvals
+    /// are written within a second. Lower: fresher counters (also after a failover), more API writes.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub session_counters_interval: Duration,
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -294,6 +304,8 @@ impl GatewayArgs {
             idle_timeout: self.idle_timeout,
             max_lifetime: self.max_session_lifetime,
             advertise_address: self.advertise_ip.map(|ip| SocketAddr::new(ip, self.listen.port()).to_string()),
+            pod_namespace: self.pod_namespace.clone(),
+            counters_interval: self.session_counters_interval,
             ..crate::kubernetes::KubernetesConfig::default()
         };
         let inner = crate::kubernetes::KubernetesRuntime::new(client, config, metrics);

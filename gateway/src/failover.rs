@@ -173,10 +173,25 @@ pub struct Holder {
     sender: hyper::client::conn::http1::SendRequest<Body>,
 }
 
-/// Connects to the replica at `address`; an error means nothing reached it.
-pub async fn connect(address: &str) -> Result<Holder, ForwardError> {
+/// How long a connection to a live replica may take before the edge asks whether its pod is gone.
+/// The kernel accepts for a live process, so on the cluster network this is far above the usual time.
+const QUICK_CONNECT: Duration = Duration::from_millis(50);
+
+/// Connects to the replica at `address`; an error means nothing reached it. When no connection comes
+/// within [`QUICK_CONNECT`], `holder_gone` is asked (the runtime looks up the holder's pod); a deleted
+/// holder is not waited for.
+pub async fn connect(address: &str, holder_gone: impl Future<Output = bool>) -> Result<Holder, ForwardError> {
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address));
-    let stream = match connect.await {
+    let gone = async {
+        tokio::time::sleep(QUICK_CONNECT).await;
+        holder_gone.await
+    };
+    let connected = tokio::select! {
+        connected = connect => connected,
+        // When the answer is "not known to be gone" this branch is disabled and the connect goes on.
+        true = gone => return Err(ForwardError::Unreachable(format!("{address}: its pod is gone"))),
+    };
+    let stream = match connected {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(ForwardError::Unreachable(format!("{address}: {e}"))),
         Err(_) => return Err(ForwardError::Unreachable(format!("{address}: no connection within {CONNECT_TIMEOUT:?}"))),

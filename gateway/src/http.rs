@@ -236,7 +236,7 @@ pub(crate) async fn mcp_entry(app: App, namespace: String, mut request: Request)
         let forwarded = request.headers().contains_key(crate::failover::FORWARDED_BY);
         let mut route = crate::failover::route(gateway, &namespace, &id, &principal.subject, forwarded).await;
         if let crate::failover::Route::Forward(address, home) = route {
-            match crate::failover::connect(&address).await {
+            match crate::failover::connect(&address, gateway.runtime.holder_gone(&address)).await {
                 Ok(holder) => {
                     gateway.metrics.session_forwarded(&namespace);
                     return match holder.forward(&gateway_id, request).await {

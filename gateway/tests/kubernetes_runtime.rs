@@ -86,13 +86,16 @@ async fn session_start_creates_mcp_session_and_first_call_creates_its_pod() {
 }
 
 #[tokio::test]
-async fn status_writes_are_batched_into_one_per_flush() {
+async fn status_writes_are_batched_and_counters_alone_wait_for_their_interval() {
     let (client, handle) = client();
     let server = tokio::spawn(serve(
         handle,
         vec![
             step("POST", &[SESSIONS], 201, Reply::Created),
             step("PATCH", &[SESSIONS, "/busy/status"], 200, Reply::Json(kubernetes_support::mcp_session("team-a", "busy", "u"))),
+            // Ending the session comes next: a status write in between would fail this step.
+            step("DELETE", &[PODS, "labelSelector=toolwarden.dev%2Fsession%3Dbusy"], 200, Reply::Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}))),
+            step("DELETE", &[SESSIONS, "/busy"], 200, Reply::Json(status_error(200, "", ""))),
         ],
     ));
     let rt = KubernetesRuntime::new(client, config(), Metrics::default());
@@ -100,8 +103,32 @@ async fn status_writes_are_batched_into_one_per_flush() {
     for _ in 0..500 {
         rt.record_call("busy", false, None);
     }
+    rt.flush().await; // only counters moved, within a minute of the create: no write
+    rt.record_call("busy", false, Some("get_page"));
+    rt.flush().await; // the taint: written at once, with the counters
+    rt.flush().await; // nothing changed: no write
+    rt.record_call("busy", true, None);
+    rt.flush().await; // counters again: they wait
+    rt.end_session("busy", "closed").await.unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!((seen[1].body["status"]["calls"].as_u64(), seen[1].body["status"]["tainted"].as_bool()), (Some(501), Some(true)));
+
+    // With the interval passed, counters alone are written.
+    let (client, handle) = kubernetes_support::client();
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            step("POST", &[SESSIONS], 201, Reply::Created),
+            step("PATCH", &[SESSIONS, "/busy/status"], 200, Reply::Json(kubernetes_support::mcp_session("team-a", "busy", "u"))),
+        ],
+    ));
+    let rt = KubernetesRuntime::new(client, KubernetesConfig { counters_interval: Duration::ZERO, ..config() }, Metrics::default());
+    rt.start_session(start("busy")).await.unwrap();
+    for _ in 0..500 {
+        rt.record_call("busy", false, None);
+    }
     rt.flush().await;
-    rt.flush().await; // nothing changed: no second write
+    rt.flush().await;
     let seen = server.await.unwrap();
     assert_eq!(seen[1].body["status"]["calls"], 500);
 }

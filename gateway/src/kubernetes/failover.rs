@@ -4,9 +4,11 @@
 //! gone, the first replica to claim the McpSession (an update conditional on the resourceVersion it
 //! read, so two cannot both win) continues the session from what the McpSession recorded.
 
+use std::net::SocketAddr;
+
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams};
-use kube::{Api, ResourceExt};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
 use toolwarden_core::resources::{McpSession, SessionPhase};
 
 use super::pod::{LABEL_GATEWAY, label_value};
@@ -92,6 +94,28 @@ pub fn claim_patch(home: &SessionHome, gateway_id: &str, address: Option<&str>) 
     })
 }
 
+/// Whether the replica that listened at `address` is gone: no pod of `namespace` (the gateways' own)
+/// has that IP any more, or only ones being deleted or finished. Asked only when a connection to it
+/// does not come at once; an API error answers "not known to be gone", so the caller waits out its
+/// connect timeout as before.
+pub async fn holder_gone(client: &Client, namespace: &str, address: &str) -> bool {
+    let Ok(address) = address.parse::<SocketAddr>() else { return false };
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match api.list(&ListParams::default().fields(&format!("status.podIP={}", address.ip()))).await {
+        Ok(pods) => !pods.items.iter().any(serving),
+        Err(e) => {
+            tracing::debug!(%address, error = %e, "could not look up the pod of a gateway replica");
+            false
+        }
+    }
+}
+
+/// A pod that may still be serving: not being deleted, not finished.
+fn serving(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +157,21 @@ mod tests {
         assert!(new.active(), "a session whose status is not written yet");
         assert!(home("gw-a", SessionPhase::Active).held_by("gw-a"));
         assert!(!home("gw-a", SessionPhase::Active).held_by("gw-b"));
+    }
+
+    #[test]
+    fn a_holder_is_gone_only_when_no_pod_with_its_ip_may_still_serve() {
+        let pod = |phase: &str, deleting: bool| -> Pod {
+            let mut metadata = serde_json::json!({"name": "gw"});
+            if deleting {
+                metadata["deletionTimestamp"] = "2026-12-07T10:00:00Z".into();
+            }
+            serde_json::from_value(serde_json::json!({"metadata": metadata, "status": {"phase": phase}})).unwrap()
+        };
+        assert!(serving(&pod("Running", false)));
+        assert!(serving(&pod("Pending", false)), "a container restarting in its pod keeps the IP");
+        assert!(!serving(&pod("Running", true)), "being deleted");
+        assert!(!serving(&pod("Failed", false)));
+        assert!(!serving(&pod("Succeeded", false)));
     }
 }

@@ -13,6 +13,7 @@ pub mod pods;
 pub mod restart;
 pub mod runtime;
 pub mod session_store;
+pub mod status_writes;
 pub mod warm_pool;
 
 pub use metrics::Metrics;
@@ -30,8 +31,11 @@ pub struct KubernetesConfig {
     pub start_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
-    /// At most one McpSession status write per session per interval.
+    /// How often changed McpSession statuses are written (at most one write per session per interval).
     pub status_interval: Duration,
+    /// A status change of only counters and last activity waits until this long after the session's
+    /// last write (docs/sessions-kubernetes.md): it bounds what a busy session costs the API server.
+    pub counters_interval: Duration,
     /// How often idle and expired sessions are looked for, and warm pools topped up.
     pub sweep_interval: Duration,
     /// Whether sessions found after a restart are kept for their clients to come back to
@@ -40,6 +44,9 @@ pub struct KubernetesConfig {
     /// `host:port` other replicas reach this gateway at (the pod IP and MCP port); written on the
     /// McpSessions it holds so they can forward a session's requests here. `None`: not forwarded to.
     pub advertise_address: Option<String>,
+    /// The namespace of the gateway's own pods: a replica that does not connect to a session's holder
+    /// at once looks there whether the holder's pod is gone. `None`: it waits out the connect timeout.
+    pub pod_namespace: Option<String>,
 }
 
 /// `ghcr.io/toolwarden/worker:<this version>`.
@@ -56,9 +63,11 @@ impl Default for KubernetesConfig {
             idle_timeout: Duration::from_secs(30 * 60),
             max_lifetime: Duration::from_secs(8 * 60 * 60),
             status_interval: Duration::from_secs(1),
+            counters_interval: Duration::from_secs(60),
             sweep_interval: Duration::from_secs(5),
             resume_sessions: true,
             advertise_address: None,
+            pod_namespace: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The Kubernetes runtime: sessions held by this gateway, their McpSessions and worker pods.
 //!
 //! Calls never wait on status writes: counters change in memory and a flusher applies at most one
-//! status per session per `status_interval`. A watch on this gateway's McpSessions ends a session
+//! status per session per `status_interval`, counters alone only every `counters_interval`
+//! (`status_writes`). A watch on this gateway's McpSessions ends a session
 //! within seconds of `kubectl delete mcpsession`.
 
 use std::collections::HashMap;
@@ -22,6 +23,7 @@ use super::failover::{self, SessionHome};
 use super::pod::{Binding, LABEL_GATEWAY, WORKER_PORT, WorkerPodParams, build_worker_pod, label_value, pod_name};
 use super::restart::{ANNOTATION_SESSION_ID, RestartReport, recover};
 use super::session_store::{SessionStore, gateway_selector, merge_remote_decisions, session_object_name};
+use super::status_writes::Unwritten;
 use super::warm_pool::{WarmPods, WarmPools, bind, start_warm_pod};
 use super::{Error, KubernetesConfig, Metrics, Result, now_rfc3339, pods, random_hex, sha256_hex};
 
@@ -66,7 +68,9 @@ struct Session {
     started: Instant,
     last_activity: Instant,
     status: McpSessionStatus,
-    dirty: bool,
+    unwritten: Unwritten,
+    /// When its status was last written (or the McpSession created).
+    written: Instant,
     /// By McpTool name; the async lock makes concurrent first calls share one pod start.
     workers: HashMap<String, Slot>,
 }
@@ -135,7 +139,8 @@ impl KubernetesRuntime {
             // The client gets a full idle period to come back.
             last_activity: Instant::now(),
             status: session.status.clone().unwrap_or_default(),
-            dirty: false,
+            unwritten: Unwritten::Nothing,
+            written: Instant::now(),
             workers: HashMap::new(),
         };
         if self.lock().insert(id, entry).is_none() {
@@ -177,7 +182,9 @@ impl KubernetesRuntime {
             started: Instant::now(),
             last_activity: Instant::now(),
             status,
-            dirty: true,
+            // A session without a status counts as active everywhere; its first worker writes it.
+            unwritten: Unwritten::Counters,
+            written: Instant::now(),
             workers: HashMap::new(),
         };
         self.lock().insert(start.id, session);
@@ -218,7 +225,8 @@ impl KubernetesRuntime {
             started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             last_activity: Instant::now(),
             status: status.clone(),
-            dirty: true,
+            unwritten: Unwritten::Now,
+            written: Instant::now(),
             workers: HashMap::new(),
         };
         let mut sessions = self.lock();
@@ -367,13 +375,13 @@ impl KubernetesRuntime {
     fn with_session<T>(&self, id: &str, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
         let mut sessions = self.lock();
         let s = sessions.get_mut(id)?;
-        s.dirty = true;
+        s.unwritten.note(Unwritten::Now);
         Some(f(s))
     }
 
     /// Counts a call (or a refusal) and notes a taint; shows on the McpSession within a second.
     pub fn record_call(&self, session_id: &str, denied: bool, tainted_by: Option<&str>) {
-        self.with_session(session_id, |s| {
+        if let Some(s) = self.lock().get_mut(session_id) {
             s.last_activity = Instant::now();
             s.status.last_activity = Some(now_rfc3339());
             if denied {
@@ -381,13 +389,16 @@ impl KubernetesRuntime {
             } else {
                 s.status.calls += 1;
             }
+            s.unwritten.note(Unwritten::Counters);
+            // The taint is what a replica taking the session over must know: written at once.
             if let Some(tool) = tainted_by
                 && !s.status.tainted
             {
                 s.status.tainted = true;
                 s.status.tainted_by = Some(tool.to_owned());
+                s.unwritten.note(Unwritten::Now);
             }
-        });
+        }
     }
 
     /// Keeps the session alive without counting anything (`tools/list`, pings).
@@ -408,6 +419,10 @@ impl KubernetesRuntime {
     /// The session's approvals as this replica knows them, decisions by other replicas merged in.
     pub fn pending_approvals(&self, session_id: &str) -> Vec<PendingApproval> {
         self.lock().get(session_id).map(|s| s.status.pending_approvals.clone()).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn store(&self) -> &SessionStore {
@@ -460,14 +475,16 @@ impl KubernetesRuntime {
         self.ended_tx.subscribe()
     }
 
-    /// Writes the status of every session changed since the last flush (one write each).
+    /// Writes the status of every session whose changes are due (one write each; see `status_writes`).
     pub async fn flush(&self) {
+        let now = Instant::now();
         let batch: Vec<(String, String, String, McpSessionStatus)> = self
             .lock()
             .iter_mut()
-            .filter(|(_, s)| s.dirty)
+            .filter(|(_, s)| s.unwritten.due(s.written, now, self.config.counters_interval))
             .map(|(id, s)| {
-                s.dirty = false;
+                s.unwritten = Unwritten::Nothing;
+                s.written = now;
                 (id.clone(), s.namespace.clone(), s.name.clone(), s.status.clone())
             })
             .collect();
@@ -551,7 +568,7 @@ impl KubernetesRuntime {
         {
             s.status.pending_approval_count =
                 s.status.pending_approvals.iter().filter(|a| a.state == ApprovalState::Pending).count() as u32;
-            s.dirty = true;
+            s.unwritten.note(Unwritten::Now);
         }
     }
 

@@ -177,6 +177,15 @@ impl WorkerRuntime for KubernetesWorkerRuntime {
         Box::pin(async move { self.inner.take_over(home, id).await.map_err(runtime_error) })
     }
 
+    fn holder_gone<'a>(&'a self, address: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match &self.inner.config().pod_namespace {
+                Some(namespace) => kubernetes::failover::holder_gone(self.inner.client(), namespace, address).await,
+                None => false,
+            }
+        })
+    }
+
     fn subscribe_ended(&self) -> Option<broadcast::Receiver<EndedSession>> {
         Some(self.ended.subscribe())
     }

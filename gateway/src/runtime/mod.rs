@@ -142,6 +142,10 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn take_over<'a>(&'a self, _home: &'a SessionHome, _id: &'a str) -> BoxFuture<'a, Result<McpSessionStatus, RuntimeError>> {
         Box::pin(async { Err(RuntimeError::new("session_moved", "this gateway keeps its sessions in memory only")) })
     }
+    /// Whether the replica that listened at `address` is known to be gone (its pod deleted).
+    fn holder_gone<'a>(&'a self, _address: &'a str) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
 }
 
 pub use crate::kubernetes::failover::SessionHome;
