@@ -140,3 +140,31 @@ async fn a_used_approval_is_recorded_as_used_on_the_mcp_session() {
     assert_eq!((written[0]["id"].as_str(), written[0]["state"].as_str()), (Some("ap-1"), Some("used")), "{written}");
     assert_eq!(seen[2].body["metadata"]["resourceVersion"], "11");
 }
+
+#[tokio::test]
+async fn a_decision_made_on_another_replica_is_not_undone_by_the_holders_next_approvals() {
+    let (client, handle) = client();
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            step("POST", &[SESSIONS], 201, Reply::Created),
+            step("PATCH", &[&format!("{SESSIONS}/sess-1/status")], 200, Reply::Json(session("gw-0", "13", json!({})))),
+        ],
+    ));
+    let rt = runtime(client);
+    rt.start_session(start()).await.unwrap();
+    let pending = |id: &str| PendingApproval { id: id.into(), tool: "delete_note".into(), ..Default::default() };
+    rt.set_pending_approvals("sess-1", vec![pending("ap-1")]);
+    // Another replica approved ap-1 on the McpSession; the holder's watch sees it.
+    let decided = json!({"pendingApprovals": [{"id": "ap-1", "tool": "delete_note", "argumentsHash": "", "policy": "",
+        "requestedAt": "", "expiresAt": "", "state": "approved", "decidedBy": "bob"}]});
+    rt.observe(serde_json::from_value(session("gw-0", "12", decided)).unwrap(), false).await;
+    // The agent parks another call before retrying: the holder's list still says ap-1 is pending.
+    rt.set_pending_approvals("sess-1", vec![pending("ap-1"), pending("ap-2")]);
+    rt.flush().await;
+    let seen = server.await.unwrap();
+    let written = &seen[1].body["status"]["pendingApprovals"];
+    assert_eq!((written[0]["id"].as_str(), written[0]["state"].as_str(), written[0]["decidedBy"].as_str()), (Some("ap-1"), Some("approved"), Some("bob")), "{written}");
+    assert_eq!(written[1]["state"], "pending");
+    assert_eq!(seen[1].body["status"]["pendingApprovalCount"], 1);
+}
