@@ -120,10 +120,13 @@ async fn call_with(url: &str, session: &str, tool: &str, arguments: Value) -> St
     request(url, session, &body).await
 }
 
-/// The JSON-RPC answer in a body (plain JSON, or the one `data:` line of an SSE stream).
+/// The JSON-RPC answer in a body: plain JSON, or the `data:` line of an SSE stream that holds it.
 fn answer(body: &str) -> Value {
-    let json = body.lines().find_map(|l| l.strip_prefix("data:")).unwrap_or(body).trim();
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("not a JSON-RPC answer ({e}): {body}"))
+    let candidates = std::iter::once(body).chain(body.lines().filter_map(|l| l.strip_prefix("data:")));
+    candidates
+        .filter_map(|text| serde_json::from_str::<Value>(text.trim()).ok())
+        .find(|v| v.get("result").is_some() || v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC answer in: {body}"))
 }
 
 /// A field of a refusal's `structuredContent` (`code`, `approvalId`, `confirmToken`, `reason`).

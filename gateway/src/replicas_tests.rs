@@ -188,7 +188,7 @@ spec:
   subjects: {users: [developer]}
   tools: {names: [delete-note]}
   decision: allow
-  approval: {mode: human, approvers: {users: [alice]}}
+  approval: {mode: human, approvers: {users: [alice, s]}}
 ---
 apiVersion: toolwarden.dev/v1alpha1
 kind: ToolPolicy
@@ -371,6 +371,7 @@ async fn approvals_carry_over_to_the_replica_that_takes_the_session_over() {
     assert_eq!((code(&pending), field(&pending, "approvalId")), ("approval_required".to_owned(), ids["pending.md"].clone()), "still the same one");
     // Still decidable, on B now, by the approver the policy names.
     let decided = b.approvals.decide(&ids["pending.md"], "mallory", &[], true, None, |_| Ok(()));
+    assert!(b.approvals.get(&ids["pending.md"]).is_some_and(|a| a.may_decide("alice", &[]).is_ok()), "its approvers came with it");
     assert!(matches!(decided, Err(crate::approvals::DecideError::NotAnApprover(_))));
     assert_eq!(runs(&cluster), [
         r#"delete_note on gw-b: {"path":"approved-on-a.md"}"#,
@@ -384,6 +385,34 @@ async fn approvals_carry_over_to_the_replica_that_takes_the_session_over() {
         assert_eq!(code(&call(&c, &on_c, "delete_note", ask(path)).await), "approval_required", "{path} is not used twice");
     }
     assert_eq!(runs(&cluster).len(), 2);
+}
+
+/// `POST /approvals/{id}/approve` on `gateway`, as the approver `s` (the tests' static token).
+async fn approve_over_http(gateway: &Arc<Gateway>, id: &str) -> axum::http::StatusCode {
+    let (service, _) = crate::http::mcp_service(gateway, CancellationToken::new());
+    let app = crate::http::App::new(gateway.clone(), service);
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(axum::http::header::AUTHORIZATION, format!("Bearer {}", "t".repeat(32)).parse().unwrap());
+    let response = crate::approvals_api::approve(axum::extract::State(app), axum::extract::Path(id.to_owned()), headers, Ok(Default::default())).await;
+    response.status()
+}
+
+#[tokio::test]
+async fn an_approval_decided_on_the_replica_that_lost_the_session_reaches_the_new_holder() {
+    let cluster = Arc::new(Cluster::default());
+    let (a, a_runtime) = replica("gw-a", &cluster, RELEASE_KEY).await;
+    let (b, b_runtime) = replica("gw-b", &cluster, RELEASE_KEY).await;
+    let on_a = a.start_session(new_session()).await;
+    let id = field(&call(&a, &on_a, "delete_note", json!({"path": "x.md"})).await, "approvalId");
+    a_runtime.flush();
+    // A was only unreachable: B continued the session, and A's McpSession watch tells it so.
+    let on_b = continue_on(&b, &b_runtime).await;
+    a.end_session("sess-1", "moved").await;
+    assert!(a.approvals.get(&id).is_none(), "A no longer keeps a copy that a decision could be lost in");
+    // An approver's request reaches A: decided on the McpSession, where B finds it.
+    assert_eq!(approve_over_http(&a, &id).await, axum::http::StatusCode::OK);
+    assert_eq!(code(&call(&b, &on_b, "delete_note", json!({"path": "x.md"})).await), "ok");
+    assert_eq!(runs(&cluster), [r#"delete_note on gw-b: {"path":"x.md"}"#]);
 }
 
 #[tokio::test]
