@@ -153,6 +153,11 @@ async fn helm_install_serves_tools_upgrades_and_uninstalls_cleanly() {
             (answered, failed)
         }
     });
+    // The confirm-token key every replica shares was made at install; the upgrade must keep it (tokens
+    // handed out before it stay valid).
+    let confirm_key = || kubectl_ok(&["get", "secret", &format!("{fullname}-gateway-confirm-key"), "-n", &ns, "-o", "jsonpath={.data.key}"]);
+    let key_before = confirm_key();
+    assert_eq!(key_before.len(), 88, "64 random characters, base64-encoded: {} bytes", key_before.len());
     helm(&["upgrade", &name, &chart, "--namespace", &ns, "--reuse-values", "--set-string", "gateway.podAnnotations.e2e-rollout=1",
         "--set-string", "operator.podAnnotations.e2e-rollout=1", "--wait", "--timeout", "5m"]);
     upgraded.store(true, Ordering::Relaxed);
@@ -162,6 +167,7 @@ async fn helm_install_serves_tools_upgrades_and_uninstalls_cleanly() {
     assert!(answered > 0);
     let after = connect(&url).await;
     assert_eq!(echo(&after, "after the upgrade").await.is_error, Some(false));
+    assert!(confirm_key() == key_before, "helm upgrade made a new confirm-token key");
 
     // Least privilege, as the API server evaluates it.
     let gateway = format!("system:serviceaccount:{ns}:{fullname}-gateway");
@@ -169,6 +175,7 @@ async fn helm_install_serves_tools_upgrades_and_uninstalls_cleanly() {
     assert!(can_i(&gateway, "create", "pods", &tenant), "the gateway must create worker pods");
     assert!(can_i(&gateway, "watch", "mcpsessions.toolwarden.dev", &tenant), "the gateway must watch McpSessions");
     assert!(!can_i(&gateway, "get", "secrets", &tenant), "the gateway must never read Secrets");
+    assert!(!can_i(&gateway, "get", "secrets", &ns), "the gateway reads its mounted Secrets (tokens, confirm key) as files only");
     assert!(!can_i(&gateway, "create", "networkpolicies.networking.k8s.io", &tenant), "NetworkPolicies are the operator's");
     assert!(can_i(&operator, "patch", "networkpolicies.networking.k8s.io", &tenant), "the operator writes NetworkPolicies");
     assert!(can_i(&operator, "watch", "mcptools.toolwarden.dev", &tenant), "the operator watches McpTools");

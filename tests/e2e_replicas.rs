@@ -1,13 +1,15 @@
 //! e2e on a real cluster: two gateway replicas behind the Service with no session affinity. A session's
 //! requests reach either replica (the other forwards them to the one holding it); when the holder's pod
 //! is killed, the session's next request continues on the survivor with its taint and counters, and
-//! its new worker pod replaces the old one. Ending it leaves nothing behind.
+//! its new worker pod replaces the old one. A human approval parked before the kill and approved after
+//! it runs once on the survivor; a confirm token issued before the kill runs once there, and a token
+//! used before the kill (and any replay) is refused. Ending it leaves nothing behind.
 
 mod e2e_support;
 
 use std::time::{Duration, Instant};
 
-use e2e_support::{AGENT_TOKEN, HelmRelease, TestNamespace, enabled, items, json_of, kubectl_ok, kubectl_stdin, tool_image, wait_for};
+use e2e_support::{AGENT_TOKEN, APPROVER_TOKEN, HelmRelease, TestNamespace, enabled, items, json_of, kubectl_ok, kubectl_stdin, tool_image, wait_for};
 use serde_json::{Value, json};
 
 const MANIFESTS: &str = r#"
@@ -49,6 +51,47 @@ spec:
   tools: {names: [write-note]}
   decision: allow
   taintedSessions: deny
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: delete-note}
+spec:
+  description: Deletes a note (echoes its name back).
+  effect: destructive
+  inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
+  runtime:
+    exec: {image: "TOOL_IMAGE", command: [echo], args: ["{{text}}"]}
+  outputTrust: trusted
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: send-note}
+spec:
+  description: Sends a note to the team (echoes it back).
+  effect: external
+  inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
+  runtime:
+    exec: {image: "TOOL_IMAGE", command: [echo], args: ["{{text}}"]}
+  outputTrust: trusted
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: e2e-delete-approved}
+spec:
+  subjects: {users: [e2e]}
+  tools: {names: [delete-note]}
+  decision: allow
+  approval: {mode: human, approvers: {users: [e2e-approver]}}
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: e2e-send-confirmed}
+spec:
+  subjects: {users: [e2e]}
+  tools: {names: [send-note]}
+  decision: allow
+  approval: {mode: confirm}
+  taintedSessions: allow
 "#;
 
 /// One MCP request in `session` through the Service; retried while the connection itself fails (what a
@@ -69,12 +112,63 @@ async fn request(url: &str, session: &str, body: &Value) -> String {
 }
 
 async fn call(url: &str, session: &str, tool: &str, text: &str) -> String {
-    let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": tool, "arguments": {"text": text}}});
+    call_with(url, session, tool, json!({"text": text})).await
+}
+
+async fn call_with(url: &str, session: &str, tool: &str, arguments: Value) -> String {
+    let body = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": tool, "arguments": arguments}});
     request(url, session, &body).await
 }
 
+/// The JSON-RPC answer in a body: plain JSON, or the `data:` line of an SSE stream that holds it.
+fn answer(body: &str) -> Value {
+    let candidates = std::iter::once(body).chain(body.lines().filter_map(|l| l.strip_prefix("data:")));
+    candidates
+        .filter_map(|text| serde_json::from_str::<Value>(text.trim()).ok())
+        .find(|v| v.get("result").is_some() || v.get("error").is_some())
+        .unwrap_or_else(|| panic!("no JSON-RPC answer in: {body}"))
+}
+
+/// A field of a refusal's `structuredContent` (`code`, `approvalId`, `confirmToken`, `reason`).
+fn refusal_field(body: &str, key: &str) -> String {
+    answer(body)["result"]["structuredContent"][key].as_str().unwrap_or_default().to_owned()
+}
+
+/// Approves `id` through the approvals API of whichever replica the Service picks, retried while the
+/// Service still routes to the lost replica or no replica can read the McpSessions yet.
+async fn approve(url: &str, id: &str) {
+    let base = url.split("/mcp/").next().expect("an /mcp/ URL");
+    let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sent = client.post(format!("{base}/approvals/{id}/approve")).bearer_auth(APPROVER_TOKEN).json(&json!({"reason": "e2e"})).send().await;
+        match sent {
+            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_server_error() => {}
+            Ok(response) => panic!("approving {id}: HTTP {} {}", response.status(), response.text().await.unwrap_or_default()),
+            Err(_) => {}
+        }
+        assert!(Instant::now() < deadline, "approving {id}: no replica answered within 30 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn open_session(url: &str) -> String {
-    e2e_support::open_raw_session(url, &["write_note", "get_page"]).await
+    e2e_support::open_raw_session(url, &["write_note", "get_page", "delete_note", "send_note"]).await
+}
+
+/// The identical retry of the approved call, repeated while the decision (made through another replica,
+/// perhaps) has not reached the session's holder yet: the same approval is then still pending.
+async fn retry_until_decided(url: &str, session: &str, approval: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = call(url, session, "delete_note", "old.md").await;
+        if !(refusal_field(&answer, "code") == "approval_required" && refusal_field(&answer, "approvalId") == approval) {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "approval {approval} did not reach the session's holder within 30 s: {answer}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn the_session(tenant: &str) -> Value {
@@ -100,7 +194,7 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
     let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());
     let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &MANIFESTS.replace("TOOL_IMAGE", &tool_image()));
     assert!(ok, "{out}");
-    for tool in ["mcptool/get-page", "mcptool/write-note"] {
+    for tool in ["mcptool/get-page", "mcptool/write-note", "mcptool/delete-note", "mcptool/send-note"] {
         kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", tool, "--timeout=60s"]);
     }
     let url = release.mcp_url(&tenant);
@@ -119,13 +213,32 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
         let status = the_session(&tenant)["status"].clone();
         (status["calls"] == 7 && status["denials"] == 1 && status["tainted"] == true).then_some(())
     });
+
+    // Before the kill: a destructive call parked for a human approver, a confirm token used (the call ran
+    // once; the client will replay it), and one handed out but not used yet.
+    let parked = call(&url, &session, "delete_note", "old.md").await;
+    assert_eq!(refusal_field(&parked, "code"), "approval_required", "{parked}");
+    let approval = refusal_field(&parked, "approvalId");
+    let preview = call(&url, &session, "send_note", "before the kill").await;
+    let used_token = refusal_field(&preview, "confirmToken");
+    assert!(!used_token.is_empty(), "a confirm token: {preview}");
+    let sent = call_with(&url, &session, "send_note", json!({"text": "before the kill", "confirm_token": used_token})).await;
+    assert!(sent.contains("before the kill") && !sent.contains(r#""isError":true"#), "the confirmed call ran: {sent}");
+    let preview = call(&url, &session, "send_note", "after the kill").await;
+    let fresh_token = refusal_field(&preview, "confirmToken");
+    wait_for("the McpSession records the pending approval and the used token", Duration::from_secs(30), || {
+        let status = the_session(&tenant)["status"].clone();
+        let pending = status["pendingApprovals"].as_array().is_some_and(|l| l.iter().any(|a| a["id"] == approval.as_str() && a["state"] == "pending"));
+        let used = status["usedConfirmTokens"].as_array().is_some_and(|l| l.len() == 1);
+        (pending && used && status["calls"] == 11).then_some(())
+    });
     let before = the_session(&tenant);
     let holder = before["metadata"]["labels"]["toolwarden.dev/gateway"].as_str().unwrap().to_owned();
     let old_workers: Vec<String> = items(&json_of(&["get", "pods", "-n", &tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]))
         .iter()
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(old_workers.len(), 2, "one worker pod per tool: {old_workers:?}");
+    assert_eq!(old_workers.len(), 3, "one worker pod per tool that ran (write_note, get_page, send_note): {old_workers:?}");
 
     // The holder is lost outright: its pod object is force-deleted (so nothing restarts it) and its
     // process SIGKILLed at once (no shutdown code runs). The session's next request continues.
@@ -145,7 +258,7 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
 
     let after = wait_for("the survivor holds the session and counts on", Duration::from_secs(30), || {
         let after = the_session(&tenant);
-        (after["status"]["calls"] == 8 && after["status"]["denials"] == 2).then_some(after)
+        (after["status"]["calls"] == 12 && after["status"]["denials"] == 2).then_some(after)
     });
     let survivor = after["metadata"]["labels"]["toolwarden.dev/gateway"].as_str().unwrap().to_owned();
     assert_ne!(survivor, holder, "the McpSession names the replica that took it over");
@@ -155,6 +268,27 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
         let names: Vec<String> = pods.iter().filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned)).collect();
         (!names.iter().any(|n| old_workers.contains(n))).then_some(())
     });
+
+    // The confirm token used before the kill is refused on the survivor (the client's retry after a 502
+    // would otherwise run the call twice); the one handed out before the kill runs once, then is refused.
+    let replay = call_with(&url, &session, "send_note", json!({"text": "before the kill", "confirm_token": used_token})).await;
+    assert_eq!((refusal_field(&replay, "code").as_str(), refusal_field(&replay, "reason").as_str()), ("confirm_token_invalid", "reused"), "{replay}");
+    let confirmed = json!({"text": "after the kill", "confirm_token": fresh_token});
+    let sent = call_with(&url, &session, "send_note", confirmed.clone()).await;
+    assert!(sent.contains("after the kill") && !sent.contains(r#""isError":true"#), "a token from the lost replica runs on the survivor: {sent}");
+    let replay = call_with(&url, &session, "send_note", confirmed).await;
+    assert_eq!((refusal_field(&replay, "code").as_str(), refusal_field(&replay, "reason").as_str()), ("confirm_token_invalid", "reused"), "{replay}");
+
+    // The approval parked on the lost replica is still the one the retry finds; approved now, through
+    // the approvals API, the identical call runs once, and the next identical call asks anew.
+    let waiting = call(&url, &session, "delete_note", "old.md").await;
+    assert_eq!((refusal_field(&waiting, "code"), refusal_field(&waiting, "approvalId")), ("approval_required".to_owned(), approval.clone()), "{waiting}");
+    approve(&url, &approval).await;
+    let ran = retry_until_decided(&url, &session, &approval).await;
+    assert!(ran.contains("old.md") && !ran.contains(r#""isError":true"#), "the approved call ran: {ran}");
+    let again = call(&url, &session, "delete_note", "old.md").await;
+    assert_eq!(refusal_field(&again, "code"), "approval_required", "{again}");
+    assert_ne!(refusal_field(&again, "approvalId"), approval, "a used approval does not run a second call");
 
     // Ending it, through whichever replica the Service picks, leaves nothing behind.
     let ended = reqwest::Client::new().delete(&url).bearer_auth(AGENT_TOKEN).header("Mcp-Session-Id", &session).send().await.unwrap();

@@ -77,3 +77,25 @@ async fn an_unreachable_api_server_at_start_leaves_the_gateway_up_and_unready() 
     let _ = gateway.kill();
     let _ = gateway.wait();
 }
+
+#[test]
+fn a_confirm_key_file_too_short_or_missing_stops_the_gateway_at_start_with_a_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("confirm-key");
+    std::fs::write(&short, "not-32-bytes\n").unwrap();
+    for (file, expected) in [
+        (short.clone(), "the key is 12 bytes long; at least 32 are needed"),
+        (dir.path().join("absent"), "cannot read it"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_toolwarden"))
+            .args(["gateway", "--runtime", "kubernetes", "--listen", "127.0.0.1:0", "--confirm-key-file"])
+            .arg(&file)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .output()
+            .expect("toolwarden gateway runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the gateway started with {}", file.display());
+        assert!(stderr.contains("--confirm-key-file") && stderr.contains(expected), "{stderr}");
+    }
+}

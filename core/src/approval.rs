@@ -36,7 +36,7 @@ struct Payload {
 pub enum TokenError {
     #[error("the confirm token is malformed: repeat the call without confirm_token to get a new one")]
     Malformed,
-    #[error("the confirm token was not issued by this gateway")]
+    #[error("the confirm token was not issued by this gateway (nor by another replica of it): repeat the call without confirm_token to get a new one")]
     BadSignature,
     #[error("the confirm token has expired: repeat the call without confirm_token to get a new one")]
     Expired,
@@ -138,6 +138,19 @@ impl UsedTokens {
         Ok(())
     }
 
+    /// Forgets a use that did not happen after all (its record could not be written, nothing ran): the
+    /// token may be presented again.
+    pub fn release(&mut self, nonce: &str) {
+        self.used.remove(nonce);
+    }
+
+    /// Marks a nonce used elsewhere (another gateway replica, read from the session's record).
+    pub fn load(&mut self, nonce: &str, expires_ms: u64, now_ms: u64) {
+        if expires_ms > now_ms {
+            self.used.insert(nonce.to_owned(), expires_ms);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.used.len()
     }
@@ -194,6 +207,22 @@ mod tests {
         let sig = token.rsplit('.').next().unwrap();
         let forged = format!("{PREFIX}.{forged_body}.{sig}");
         assert_eq!(verify_token(KEY, &forged, binding("s1", "t", &hash), 1), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn a_nonce_used_elsewhere_is_refused_and_a_released_one_counts_again() {
+        let hash = arguments_hash(&json!({}));
+        let token = issue_token(KEY, binding("s1", "t", &hash), 0, 60_000, [3; 16]);
+        let verified = verify_token(KEY, &token, binding("s1", "t", &hash), 1).unwrap();
+        let mut used = UsedTokens::default();
+        used.load(&verified.nonce, verified.expires_ms, 1);
+        assert_eq!(used.consume(&verified, 2), Err(TokenError::Reused), "used on another replica");
+        let mut fresh = UsedTokens::default();
+        fresh.consume(&verified, 2).unwrap();
+        fresh.release(&verified.nonce);
+        assert_eq!(fresh.consume(&verified, 3), Ok(()), "a use that was not recorded did not count");
+        fresh.load("old", 5, 10);
+        assert_eq!(fresh.len(), 1, "an expired record is not loaded");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::Value;
-use toolwarden_core::approval::{TokenBinding, TokenError, UsedTokens, issue_token, verify_token};
+use toolwarden_core::approval::{TokenBinding, TokenError, UsedTokens, VerifiedToken, issue_token, verify_token};
 use toolwarden_core::resources::{ApprovalState, Approvers, PendingApproval};
 
 use crate::audit::rfc3339;
@@ -125,7 +125,9 @@ impl Approval {
             expires_at: rfc3339(self.expires_at),
             state: self.state,
             decided_by: self.decided_by.clone(),
-            reason: Some(self.reason.clone()),
+            // Once decided, the record carries the decider's reason (as another replica writes it).
+            reason: if self.state == ApprovalState::Pending { Some(self.reason.clone()) } else { self.decision_reason.clone() },
+            call_id: Some(self.call_id.clone()).filter(|c| !c.is_empty()),
         }
     }
 }
@@ -159,9 +161,11 @@ pub enum DecideError {
 }
 
 pub struct Approvals {
-    key: [u8; 32],
-    used: Mutex<UsedTokens>,
-    human: Mutex<HashMap<String, Approval>>,
+    /// The HMAC key of confirm tokens: drawn at start, or the release's shared key
+    /// (`--confirm-key-file`) so that every replica accepts the tokens of the others.
+    key: Vec<u8>,
+    pub(crate) used: Mutex<UsedTokens>,
+    pub(crate) human: Mutex<HashMap<String, Approval>>,
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -175,10 +179,11 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 impl Default for Approvals {
+    /// With a key of this process only: its confirm tokens are valid on this gateway alone.
     fn default() -> Self {
-        let mut key = [0u8; 32];
+        let mut key = vec![0u8; 32];
         getrandom::fill(&mut key).expect("the OS random source works");
-        Approvals { key, used: Mutex::default(), human: Mutex::default() }
+        Approvals::with_key(key)
     }
 }
 
@@ -195,6 +200,11 @@ pub struct HumanRequest<'a> {
 }
 
 impl Approvals {
+    /// Signs confirm tokens with `key` (see [`crate::approvals_carry::read_confirm_key`]).
+    pub fn with_key(key: Vec<u8>) -> Self {
+        Approvals { key, used: Mutex::default(), human: Mutex::default() }
+    }
+
     pub fn issue_confirm(&self, binding: TokenBinding<'_>, ttl: Duration) -> (String, SystemTime) {
         let now = SystemTime::now();
         let mut nonce = [0u8; 16];
@@ -203,11 +213,27 @@ impl Approvals {
         (token, now + ttl)
     }
 
-    /// Verifies and consumes a confirm token.
-    pub fn use_confirm(&self, token: &str, binding: TokenBinding<'_>) -> Result<(), TokenError> {
+    /// Verifies and consumes a confirm token; returns its nonce and expiry, which the runtime records
+    /// where other replicas see them before the call runs (else [`Approvals::release_confirm`]).
+    pub fn use_confirm(&self, token: &str, binding: TokenBinding<'_>) -> Result<VerifiedToken, TokenError> {
         let now = unix_ms(SystemTime::now());
         let verified = verify_token(&self.key, token, binding, now)?;
-        self.used.lock().unwrap_or_else(|e| e.into_inner()).consume(&verified, now)
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).consume(&verified, now)?;
+        Ok(verified)
+    }
+
+    /// The use of a confirm token could not be recorded and nothing ran: the token counts again.
+    pub fn release_confirm(&self, nonce: &str) {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).release(nonce);
+    }
+
+    /// The use of approved `id` could not be recorded and nothing ran: it is approved again, for the
+    /// agent's next identical call.
+    pub fn unuse(&self, id: &str) {
+        let mut map = self.human.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = map.get_mut(id).filter(|a| a.state == ApprovalState::Used) {
+            a.state = ApprovalState::Approved;
+        }
     }
 
     fn expire(map: &mut HashMap<String, Approval>, now: SystemTime) {
@@ -352,13 +378,23 @@ impl Approvals {
         }
     }
 
-    /// Pending approvals of one session (for the runtime's McpSession status).
+    /// Approvals of one session that its next calls may still meet (for the runtime's McpSession
+    /// status, from which a replica taking the session over restores them): pending, approved and not
+    /// yet used, denied and not yet told.
     pub fn of_session(&self, session_id: &str) -> Vec<PendingApproval> {
         let map = self.human.lock().unwrap_or_else(|e| e.into_inner());
-        map.values()
-            .filter(|a| a.session_id == session_id && a.state == ApprovalState::Pending)
+        let mut list: Vec<PendingApproval> = map
+            .values()
+            .filter(|a| a.session_id == session_id)
+            .filter(|a| match a.state {
+                ApprovalState::Pending | ApprovalState::Approved => true,
+                ApprovalState::Denied => !a.denial_reported,
+                ApprovalState::Expired | ApprovalState::Used => false,
+            })
             .map(Approval::pending_approval)
-            .collect()
+            .collect();
+        list.sort_by(|a, b| a.requested_at.cmp(&b.requested_at).then(a.id.cmp(&b.id)));
+        list
     }
 
     /// Per namespace: pending count and age of the oldest, for the metrics.

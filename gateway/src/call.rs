@@ -226,7 +226,12 @@ async fn answer(
                 let binding = TokenBinding { session: &session.id, tool: &tool.name, arguments_hash: &hash };
                 match confirm_token {
                     Some(token) => match gw.approvals.use_confirm(&token, binding) {
-                        Ok(()) => call.record.approval = "confirmed".to_owned(),
+                        Ok(verified) => {
+                            if let Err(refusal) = used::confirm_token(gw, session, &tool.name, &verified).await {
+                                return call.refuse(refusal, label, "refused", Some(tool)).into();
+                            }
+                            call.record.approval = "confirmed".to_owned();
+                        }
                         Err(e) => {
                             let refusal = Refusal::new(DenialCode::ConfirmTokenInvalid.as_str(), format!("{}: {e}", tool.name))
                                 .detail("reason", json!(e.code()));
@@ -556,6 +561,9 @@ async fn confirm_preview(
 
 #[path = "call_human.rs"]
 mod human;
+
+#[path = "call_used.rs"]
+mod used;
 
 #[cfg(test)]
 #[path = "call_tests.rs"]

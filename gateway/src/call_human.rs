@@ -90,6 +90,9 @@ pub(super) async fn approval(
     }
     let refusal = match status {
         HumanStatus::Approved { id, decided_by } => {
+            if let Err(refusal) = super::used::approval(gw, session, &tool.name, &id).await {
+                return Some(call.refuse(refusal, label, "refused", Some(tool)).into());
+            }
             call.record.approval = "approved".to_owned();
             call.record.message = Some(format!("approval {id} by {decided_by}"));
             gw.approvals_changed(&session.id);

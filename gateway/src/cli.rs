@@ -235,6 +235,11 @@ pub struct GatewayArgs {
     /// Static tokens file (a mounted Secret).
     #[arg(long)]
     pub tokens: Option<PathBuf>,
+    /// The release's confirm-token key (a mounted Secret, at least 32 bytes): every replica signs and
+    /// checks confirm tokens with it, so a token one replica issued is valid on the others. Without it
+    /// each process draws its own key and its tokens are valid on it alone.
+    #[arg(long)]
+    pub confirm_key_file: Option<PathBuf>,
     #[arg(long)]
     pub jwt_issuer: Option<String>,
     #[arg(long)]
@@ -314,6 +319,7 @@ impl GatewayArgs {
 
     pub async fn run(self) -> anyhow::Result<()> {
         init_logging();
+        let confirm_key = self.confirm_key_file.as_deref().map(crate::approvals_carry::read_confirm_key).transpose()?;
         let auth = Authenticator::new(self.auth_config()?).await?;
         let runtime_metrics = crate::kubernetes::Metrics::default();
         let (metrics, registry) = GatewayMetrics::new(runtime_metrics.clone());
@@ -337,7 +343,15 @@ impl GatewayArgs {
             ..self.serve.settings(self.listen)?
         };
         let telemetry = toolwarden_telemetry::Telemetry::from_env("toolwarden-gateway", &metrics.spans)?;
-        let gateway = Arc::new(Gateway::new(settings, auth, runtime, audit, metrics, registry).with_telemetry(telemetry));
+        let mut gateway = Gateway::new(settings, auth, runtime, audit, metrics, registry).with_telemetry(telemetry);
+        match confirm_key {
+            Some(key) => gateway = gateway.with_confirm_key(key),
+            None if to_start.is_some() => tracing::warn!(
+                "no --confirm-key-file: confirm tokens are valid only on the replica that issued them (the chart mounts a shared key)"
+            ),
+            None => {}
+        }
+        let gateway = Arc::new(gateway);
         if let Some(inner) = to_start {
             gateway.set_runtime_starting();
             tokio::spawn(start_kubernetes_runtime(inner, gateway.clone()));

@@ -4,6 +4,7 @@
 //! A request flows `http` (authenticate, session ownership) → rmcp → `mcp` (catalog, session) → `call`
 //! (decide, limits, audit, approvals, runtime, taint). `state::Gateway` holds what they share.
 pub mod approvals;
+pub mod approvals_carry;
 pub mod approvals_api;
 pub mod approvals_check;
 pub mod approvals_client;
@@ -33,3 +34,6 @@ pub mod session_manager;
 pub mod sessions;
 pub mod state;
 pub mod trace;
+
+#[cfg(test)]
+mod replicas_tests;

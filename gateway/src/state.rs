@@ -147,6 +147,13 @@ impl Gateway {
         }
     }
 
+    /// Signs and checks confirm tokens with the release's shared `key` (`--confirm-key-file`), so that
+    /// every replica accepts the tokens of the others (set before the gateway is shared).
+    pub fn with_confirm_key(mut self, key: Vec<u8>) -> Gateway {
+        self.approvals = Approvals::with_key(key);
+        self
+    }
+
     /// Traces calls with `telemetry` (set before the gateway is shared).
     pub fn with_telemetry(mut self, telemetry: Option<Arc<toolwarden_telemetry::Telemetry>>) -> Gateway {
         self.telemetry = telemetry;
@@ -279,14 +286,19 @@ impl Gateway {
     }
 
     /// Holds a session another replica (or this gateway's previous run) held, taken over by
-    /// [`crate::failover`]: `carried` is what its McpSession recorded (the taint; the runtime already
-    /// holds its counters and approvals).
+    /// [`crate::failover`]: `carried` is what its McpSession recorded: the taint, and the approvals and
+    /// used confirm tokens, taken into [`Approvals`] (the runtime already holds the counters).
     pub async fn resume_session(&self, new: NewSession, carried: Option<McpSessionStatus>) -> Arc<SessionRecord> {
         let (record, created) = self.sessions.insert(new);
         if created {
             let tainted_by = carried.as_ref().filter(|s| s.tainted).map(|s| s.tainted_by.clone().unwrap_or_default());
             if let Some(tool) = tainted_by {
                 record.taint.lock().unwrap_or_else(|e| e.into_inner()).tainted_by = Some(tool);
+            }
+            if let Some(recorded) = &carried {
+                let session = crate::approvals_carry::RestoredSession { id: &record.id, namespace: &record.namespace, subject: &record.subject };
+                self.approvals.restore(&session, recorded, self.engine(&record.namespace).as_deref());
+                self.approvals_changed(&record.id);
             }
             tracing::info!(session = %record.id, namespace = %record.namespace, subject = %record.subject,
                 tainted = record.tainted(), "session continued on this gateway replica");
@@ -326,6 +338,10 @@ impl Gateway {
         let _ending = self.ending.token();
         let Some(record) = self.sessions.remove(id) else { return };
         self.limits.end_session(id);
+        if reason == "moved" {
+            // Another replica continues it: its approvals are decided there or on its McpSession.
+            self.approvals.forget_session(id);
+        }
         self.runtime.end_session(id, reason).await;
         tracing::info!(session = %id, namespace = %record.namespace, reason, "session ended");
     }

@@ -141,6 +141,9 @@ pub fn helm(args: &[&str]) -> String {
 /// The agent's bearer token of chart installs; the chart's Secret holds only its SHA-256.
 pub const AGENT_TOKEN: &str = "test";
 const AGENT_TOKEN_SHA256: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+/// An approver's bearer token of chart installs (subject `e2e-approver`, group `approvers`).
+pub const APPROVER_TOKEN: &str = "e2e-approver";
+const APPROVER_TOKEN_SHA256: &str = "74553378f44bc8bddcb1ed0c24e42fb2172211d30f32f681749c13a1cd437691";
 
 /// `helm install` of charts/toolwarden with its default images (the ones scripts/e2e.sh loads) into a
 /// fresh namespace enforcing Pod Security `restricted`; uninstalled when dropped unless `installed` was
@@ -154,14 +157,17 @@ pub struct HelmRelease {
 }
 
 impl HelmRelease {
-    /// Installs with the agent token `AGENT_TOKEN` (subject `e2e`, group `developers`) and `sets`, and
+    /// Installs with the agent token `AGENT_TOKEN` (subject `e2e`, group `developers`), the approver
+    /// token `APPROVER_TOKEN` (subject `e2e-approver`) and `sets`, and
     /// waits until every Deployment is available.
     pub fn install(sets: &[&str]) -> HelmRelease {
         install_crds();
         let name = format!("tw-{}", suffix());
         let namespace = TestNamespace::create("tw-e2e-helm");
         let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/toolwarden").display().to_string();
-        let tokens = format!("tokens:\n  - sha256: {AGENT_TOKEN_SHA256}\n    subject: e2e\n    groups: [developers]\n");
+        let tokens = format!(
+            "tokens:\n  - sha256: {AGENT_TOKEN_SHA256}\n    subject: e2e\n    groups: [developers]\n  - sha256: {APPROVER_TOKEN_SHA256}\n    subject: e2e-approver\n    groups: [approvers]\n"
+        );
         let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gateway-tokens"}, "stringData": {"tokens.yaml": tokens}});
         let (ok, out) = kubectl_stdin(&["apply", "-n", &namespace.0, "-f", "-"], &secret.to_string());
         assert!(ok, "the gateway tokens Secret: {out}");

@@ -86,6 +86,11 @@ pub struct McpSessionStatus {
     pub pending_approvals: Vec<PendingApproval>,
     #[serde(default)]
     pub pending_approval_count: u32,
+    /// Confirm tokens of this session already used, until they expire: any gateway replica that holds
+    /// the session refuses them again (docs/approvals.md, "Several gateway replicas"). Only the nonce:
+    /// no token can be made from it without the release's key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_confirm_tokens: Vec<UsedConfirmToken>,
     #[serde(default)]
     pub tainted: bool,
     /// The tool whose untrusted output tainted the session.
@@ -143,4 +148,16 @@ pub struct PendingApproval {
     pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The call that asked for it (its audit lines carry this id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+}
+
+/// A used confirm token: its nonce, and when the token expires (after which the record goes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsedConfirmToken {
+    pub nonce: String,
+    /// RFC 3339.
+    pub expires_at: String,
 }

@@ -14,6 +14,7 @@ pub mod restart;
 pub mod runtime;
 pub mod session_store;
 pub mod status_writes;
+pub mod used;
 pub mod warm_pool;
 
 pub use metrics::Metrics;
@@ -99,6 +100,8 @@ pub enum Error {
     UnknownSession { session: String },
     #[error("session {session} moved to another gateway replica while this one claimed it")]
     Moved { session: String },
+    #[error("this session has used {limit} confirm tokens that have not expired yet, the most its McpSession records: wait for the oldest to expire")]
+    TooManyUsedTokens { limit: usize },
     #[error("the operating system gave no random bytes for a worker token: {0}")]
     NoEntropy(String),
     #[error("Kubernetes API: {context}: {source}")]
@@ -127,6 +130,7 @@ impl Error {
             Error::Moved { .. } => "session_moved",
             Error::Api { .. } => "api_error",
             Error::NoEntropy(_) => "no_entropy",
+            Error::TooManyUsedTokens { .. } => "too_many_used_tokens",
         }
     }
 

@@ -379,7 +379,14 @@ impl KubernetesRuntime {
         Some(f(s))
     }
 
-    /// Counts a call (or a refusal) and notes a taint; shows on the McpSession within a second.
+    /// Changes the status of held session `id` (`f` gets its namespace, McpSession name and status); the
+    /// flusher writes it. `None` when this gateway does not hold `id`.
+    pub(super) fn with_status<T>(&self, id: &str, f: impl FnOnce(&str, &str, &mut McpSessionStatus) -> T) -> Option<T> {
+        self.with_session(id, |s| f(&s.namespace, &s.name, &mut s.status))
+    }
+
+    /// Counts a call (or a refusal) and notes a taint: the taint shows on the McpSession within a
+    /// second, counters alone within `counters_interval`.
     pub fn record_call(&self, session_id: &str, denied: bool, tainted_by: Option<&str>) {
         if let Some(s) = self.lock().get_mut(session_id) {
             s.last_activity = Instant::now();
@@ -409,8 +416,10 @@ impl KubernetesRuntime {
     }
 
     /// Replaces the session's pending approvals (written to the McpSession so any replica can decide).
-    pub fn set_pending_approvals(&self, session_id: &str, approvals: Vec<PendingApproval>) {
+    /// A decision another replica made, folded in by the watch, is kept over a stale `Pending`.
+    pub fn set_pending_approvals(&self, session_id: &str, mut approvals: Vec<PendingApproval>) {
         self.with_session(session_id, |s| {
+            merge_remote_decisions(&mut approvals, &s.status.pending_approvals);
             s.status.pending_approval_count = approvals.iter().filter(|a| a.state == ApprovalState::Pending).count() as u32;
             s.status.pending_approvals = approvals;
         });

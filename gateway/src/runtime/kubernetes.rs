@@ -13,7 +13,7 @@ use toolwarden_core::resources::{ApprovalState, ClientInfo, McpSessionStatus, Pe
 use toolwarden_worker::protocol::{CallRequest, CallResult};
 
 use super::worker_client::{WorkerClient, WorkerEndpoint as ClientEndpoint};
-use super::{EndedSession, RuntimeError, SessionHome, SessionInfo, SharedApproval, WorkerRuntime};
+use super::{EndedSession, RuntimeError, SessionHome, SessionInfo, SessionUse, SharedApproval, WorkerRuntime};
 use crate::kubernetes::{self, KubernetesRuntime, SessionStart, WorkerEndpoint};
 
 /// Time the gateway waits beyond the tool's own timeout (which the worker enforces) before it gives up
@@ -159,6 +159,10 @@ impl WorkerRuntime for KubernetesWorkerRuntime {
 
     fn set_pending_approvals(&self, session_id: &str, approvals: Vec<PendingApproval>) {
         self.inner.set_pending_approvals(session_id, approvals);
+    }
+
+    fn record_use<'a>(&'a self, session_id: &'a str, used: &'a SessionUse) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move { self.inner.record_use(session_id, used).await.map_err(runtime_error) })
     }
 
     fn gateway_id(&self) -> Option<&str> {

@@ -95,6 +95,13 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn touch(&self, _session_id: &str) {}
     /// The session's pending human approvals, kept on the McpSession so any gateway replica can decide them.
     fn set_pending_approvals(&self, _session_id: &str, _approvals: Vec<PendingApproval>) {}
+    /// Records, where every gateway replica sees it, that a confirm token or an approval of the session
+    /// is used, before its call runs: a replica that takes the session over refuses it again. `Err`: not
+    /// recorded, and the call must not run. With one gateway (the local runtime) its memory is the
+    /// record: nothing to write.
+    fn record_use<'a>(&'a self, _session_id: &'a str, _used: &'a SessionUse) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Sessions the runtime ended on its own (`kubectl delete mcpsession`, idle, max lifetime); the
     /// gateway drops them and refuses their id afterwards. `None` when the runtime never does.
     fn subscribe_ended(&self) -> Option<tokio::sync::broadcast::Receiver<EndedSession>> {
@@ -149,6 +156,7 @@ pub trait WorkerRuntime: Send + Sync + 'static {
 }
 
 pub use crate::kubernetes::failover::SessionHome;
+pub use crate::kubernetes::used::SessionUse;
 use toolwarden_core::resources::McpSessionStatus;
 
 /// A session the runtime ended by itself.
