@@ -135,8 +135,11 @@ async fn a_tool_disabled_or_its_secret_deleted_while_calls_run_ends_them_as_docu
     assert!(body.contains("check_later is disabled: frozen by the e2e test") && body.contains("stopped while it ran"), "{body}");
     let result = result_line(&release, &session, "check_later", "disabled");
     assert_eq!(result["code"], "tool_disabled", "{result}");
-    let ready = condition(&tenant, "check-later", "Ready");
-    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("Disabled")), "{ready}");
+    // The operator writes the condition after the config it compiled, which already stopped the call.
+    wait_for("the McpTool says it is disabled", Duration::from_secs(30), || {
+        let ready = condition(&tenant, "check-later", "Ready");
+        (ready["status"] == "False" && ready["reason"] == "Disabled").then_some(())
+    });
     let refused = answer(&url, &session, "check_later", 1).await;
     assert_eq!(code_of(&refused).as_deref(), Some("tool_disabled"), "a later call is refused: {refused}");
     assert!(refused.contains("frozen by the e2e test") && !refused.contains("woke"), "{refused}");
