@@ -69,7 +69,7 @@ impl Drop for Call<'_> {
         if self.trace.is_some() {
             self.end_approval();
             if let Some(trace) = self.trace.as_mut() {
-                trace.finish(std::mem::take(&mut self.record));
+                trace.finish(&self.record);
             }
         }
     }

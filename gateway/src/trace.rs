@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use http::HeaderMap;
 use toolwarden_core::audit::AuditRecord;
 use toolwarden_core::policy::Decision;
-use toolwarden_telemetry::{KeyValue, Parent, Span, SpanId, SpanKind, Telemetry, Trace, parse_traceparent};
+use toolwarden_telemetry::{Parent, SpanId, SpanKind, SpanWriter, Telemetry, Trace, parse_traceparent};
 use toolwarden_worker::protocol::CallResult;
 
 use crate::runtime::RuntimeError;
@@ -57,7 +57,7 @@ impl CallTrace {
         let mut trace = Trace::start(telemetry, parent, "tools/call");
         let started = edge.map_or_else(SystemTime::now, |e| e.received);
         if let Some(edge) = edge {
-            trace.child(|| Span::new("authenticate", edge.received, edge.authenticated, Vec::new()).kind(SpanKind::Internal));
+            trace.child("authenticate", edge.received, edge.authenticated, |_| {});
         }
         CallTrace { trace: Some(trace), started }
     }
@@ -66,48 +66,48 @@ impl CallTrace {
         self.trace.as_ref().map(Trace::trace_id_hex).unwrap_or_default()
     }
 
-    fn add(&mut self, make: impl FnOnce() -> Span) {
-        if let Some(trace) = self.trace.as_mut() {
-            trace.child(make);
+    /// Adds a child span `name` from `start` to now; `write` runs only when the trace is sampled.
+    fn add(&mut self, name: &str, start: SystemTime, write: impl FnOnce(&mut SpanWriter<'_>)) {
+        if let Some(trace) = self.trace.as_mut().filter(|t| t.sampled()) {
+            trace.child(name, start, SystemTime::now(), write);
         }
     }
 
     /// `decide`: the policy engine's decision, from `start` to now.
     pub fn decided(&mut self, start: SystemTime, decision: &Decision, record: &AuditRecord) {
-        self.add(|| {
-            let mut attributes = vec![
-                KeyValue::new("toolwarden.decision", decision.label()),
-                KeyValue::new("toolwarden.arguments", record.arguments.to_string()),
-            ];
-            let (policy, rule, code) = match decision {
-                Decision::Deny(d) => (d.policy.clone(), d.rule.clone(), Some(d.code.as_str().to_owned())),
-                Decision::Allow(a) => (a.policies.first().cloned(), None, None),
-                Decision::NeedsApproval(r) => (Some(r.policy.clone()), None, None),
-            };
-            attributes.extend(policy.map(|p| KeyValue::new("toolwarden.policy", p)));
-            attributes.extend(rule.map(|r| KeyValue::new("toolwarden.rule", r)));
-            attributes.extend(code.map(|c| KeyValue::new("toolwarden.code", c)));
-            if !record.argument_provenance.is_empty() {
-                attributes.push(KeyValue::new("toolwarden.argument_provenance", record.argument_provenance.join(",")));
+        self.add("decide", start, |span| {
+            span.str("toolwarden.decision", decision.label());
+            span.display("toolwarden.arguments", &record.arguments);
+            match decision {
+                Decision::Deny(d) => {
+                    span.opt_str("toolwarden.policy", d.policy.as_deref()).opt_str("toolwarden.rule", d.rule.as_deref());
+                    span.str("toolwarden.code", d.code.as_str());
+                }
+                Decision::Allow(a) => {
+                    span.opt_str("toolwarden.policy", a.policies.first().map(String::as_str));
+                }
+                Decision::NeedsApproval(r) => {
+                    span.str("toolwarden.policy", &r.policy);
+                }
             }
-            Span::new("decide", start, SystemTime::now(), attributes)
+            if !record.argument_provenance.is_empty() {
+                span.display("toolwarden.argument_provenance", &Joined(&record.argument_provenance));
+            }
         });
     }
 
     /// `rate_limit`: the subject's and session's limits were checked.
     pub fn rate_limited(&mut self, start: SystemTime, limited: Option<&str>) {
-        self.add(|| {
-            let mut attributes = vec![KeyValue::new("toolwarden.rate_limit", if limited.is_some() { "limited" } else { "ok" })];
-            attributes.extend(limited.map(|policy| KeyValue::new("toolwarden.policy", policy.to_owned())));
-            Span::new("rate_limit", start, SystemTime::now(), attributes)
+        self.add("rate_limit", start, |span| {
+            span.str("toolwarden.rate_limit", if limited.is_some() { "limited" } else { "ok" });
+            span.opt_str("toolwarden.policy", limited);
         });
     }
 
     /// `approval`: the confirm or human approval step, with the state it left the call in.
     pub fn approval(&mut self, start: SystemTime, mode: &'static str, state: &str) {
-        self.add(|| {
-            let attributes = vec![KeyValue::new("toolwarden.approval.mode", mode), KeyValue::new("toolwarden.approval", state.to_owned())];
-            Span::new("approval", start, SystemTime::now(), attributes)
+        self.add("approval", start, |span| {
+            span.str("toolwarden.approval.mode", mode).str("toolwarden.approval", state);
         });
     }
 
@@ -132,93 +132,95 @@ impl CallTrace {
         preview: bool,
         outcome: &Result<CallResult, RuntimeError>,
     ) {
+        let Some(trace) = self.trace.as_mut().filter(|t| t.sampled()) else { return };
         let mut call_start = start;
         if let Some(w) = started_worker {
             call_start = w.ended;
-            self.add(|| {
-                let mut attributes = vec![KeyValue::new("toolwarden.worker.start", w.kind), KeyValue::new("toolwarden.worker.runtime", runtime)];
-                attributes.extend(w.failed.map(|code| KeyValue::new("error.type", code)));
-                Span::new("worker.start", w.started, w.ended, attributes).error(w.failed.map(str::to_owned))
+            trace.child("worker.start", w.started, w.ended, |span| {
+                span.str("toolwarden.worker.start", w.kind).str("toolwarden.worker.runtime", runtime);
+                if let Some(code) = w.failed {
+                    span.str("error.type", code).error(code);
+                }
             });
         }
-        self.add(|| {
-            let mut attributes = vec![
-                KeyValue::new("toolwarden.worker.runtime", runtime),
-                KeyValue::new("toolwarden.tool.runtime", tool_runtime),
-                KeyValue::new("toolwarden.worker.started", started_worker.is_some()),
-            ];
+        trace.child("worker.call", call_start.max(start), SystemTime::now(), |span| {
+            span.kind(SpanKind::Client);
+            span.str("toolwarden.worker.runtime", runtime).str("toolwarden.tool.runtime", tool_runtime);
+            span.bool("toolwarden.worker.started", started_worker.is_some());
             if preview {
-                attributes.push(KeyValue::new("toolwarden.preview", true));
+                span.bool("toolwarden.preview", true);
             }
             let error = match outcome {
-                Ok(r) if r.is_error => r.error_code.clone().or(Some("error".into())),
+                Ok(r) if r.is_error => Some(r.error_code.as_deref().unwrap_or("error")),
                 Ok(_) => None,
-                Err(e) => Some(e.code.to_owned()),
+                Err(e) => Some(e.code),
             };
             if let Ok(r) = outcome {
-                attributes.push(KeyValue::new("toolwarden.worker.duration_ms", r.duration_ms as i64));
-                attributes.extend(r.http_status.map(|s| KeyValue::new("http.response.status_code", i64::from(s))));
+                span.int("toolwarden.worker.duration_ms", r.duration_ms as i64);
+                if let Some(status) = r.http_status {
+                    span.int("http.response.status_code", i64::from(status));
+                }
             }
-            attributes.extend(error.clone().map(|code| KeyValue::new("error.type", code)));
-            let span = Span::new("worker.call", call_start.max(start), SystemTime::now(), attributes).kind(SpanKind::Client).error(error);
-            match call_span {
-                Some(id) => span.with_id(id),
-                None => span,
+            if let Some(code) = error {
+                span.str("error.type", code).error(code);
+            }
+            if let Some(id) = call_span {
+                span.id(id);
             }
         });
     }
 
     /// `result`: the result line was written and counted (status, bytes, truncated, redacted).
     pub fn result(&mut self, start: SystemTime, record: &AuditRecord) {
-        self.add(|| Span::new("result", start, SystemTime::now(), outcome_attributes(record)));
+        self.add("result", start, |span| outcome_attributes(span, record));
     }
 
-    /// Ends the trace: the root span `tools/call {tool}` from the request's arrival to now. Takes the
-    /// call's record, whose lines are written: its strings move into the span instead of being copied.
-    pub fn finish(&mut self, record: AuditRecord) {
+    /// Ends the trace: the root span `tools/call {tool}` from the request's arrival to now, with the
+    /// call's record (its lines are written) as attributes.
+    pub fn finish(&mut self, record: &AuditRecord) {
         let Some(trace) = self.trace.take() else { return };
-        let started = self.started;
-        trace.finish(move || {
-            let failed = matches!(record.status.as_deref(), Some("error" | "timeout" | "worker_failed"));
-            let error = failed.then(|| record.code.clone().unwrap_or_else(|| "error".into()));
-            let name = format!("tools/call {}", record.tool);
-            let mut attributes = Vec::with_capacity(16);
-            attributes.extend([
-                KeyValue::new("mcp.method.name", "tools/call"),
-                KeyValue::new("gen_ai.operation.name", "execute_tool"),
-                KeyValue::new("gen_ai.tool.name", record.tool),
-                KeyValue::new("mcp.session.id", record.session_id),
-                KeyValue::new("toolwarden.call_id", record.call_id),
-                KeyValue::new("toolwarden.namespace", record.namespace),
-                KeyValue::new("enduser.id", record.subject),
-                KeyValue::new("toolwarden.client", record.client),
-                KeyValue::new("toolwarden.decision", record.decision),
-                KeyValue::new("toolwarden.approval", record.approval),
-            ]);
-            attributes.extend(record.status.map(|s| KeyValue::new("toolwarden.status", s)));
-            attributes.extend(record.code.map(|c| KeyValue::new("toolwarden.code", c)));
-            attributes.extend(outcome_figures(record.output_bytes, record.truncated, record.redacted));
-            attributes.extend(record.policy.map(|p| KeyValue::new("toolwarden.policy", p)));
-            Span::new(name, started, SystemTime::now(), attributes).kind(SpanKind::Server).error(error)
+        trace.finish("tools/call", Some(&record.tool), self.started, SystemTime::now(), |span| {
+            span.kind(SpanKind::Server);
+            span.str("mcp.method.name", "tools/call").str("gen_ai.operation.name", "execute_tool").str("gen_ai.tool.name", &record.tool);
+            span.str("mcp.session.id", &record.session_id).str("toolwarden.call_id", &record.call_id);
+            span.str("toolwarden.namespace", &record.namespace).str("enduser.id", &record.subject).str("toolwarden.client", &record.client);
+            span.str("toolwarden.decision", &record.decision).str("toolwarden.approval", &record.approval);
+            outcome_attributes(span, record);
+            if matches!(record.status.as_deref(), Some("error" | "timeout" | "worker_failed")) {
+                span.error(record.code.as_deref().unwrap_or("error"));
+            }
         });
     }
 }
 
 /// Status and output figures of a call, as its result line has them.
-fn outcome_attributes(record: &AuditRecord) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(6);
-    attributes.extend(record.status.clone().map(|s| KeyValue::new("toolwarden.status", s)));
-    attributes.extend(record.code.clone().map(|c| KeyValue::new("toolwarden.code", c)));
-    attributes.extend(outcome_figures(record.output_bytes, record.truncated, record.redacted));
-    attributes.extend(record.policy.clone().map(|p| KeyValue::new("toolwarden.policy", p)));
-    attributes
+fn outcome_attributes(span: &mut SpanWriter<'_>, record: &AuditRecord) {
+    span.opt_str("toolwarden.status", record.status.as_deref()).opt_str("toolwarden.code", record.code.as_deref());
+    if let Some(bytes) = record.output_bytes {
+        span.int("toolwarden.output_bytes", bytes as i64);
+    }
+    if let Some(truncated) = record.truncated {
+        span.bool("toolwarden.truncated", truncated);
+    }
+    if let Some(redacted) = record.redacted {
+        span.bool("toolwarden.redacted", redacted);
+    }
+    span.opt_str("toolwarden.policy", record.policy.as_deref());
 }
 
-fn outcome_figures(output_bytes: Option<u64>, truncated: Option<bool>, redacted: Option<bool>) -> impl Iterator<Item = KeyValue> {
-    let bytes = output_bytes.map(|b| KeyValue::new("toolwarden.output_bytes", b as i64));
-    let truncated = truncated.map(|t| KeyValue::new("toolwarden.truncated", t));
-    let redacted = redacted.map(|r| KeyValue::new("toolwarden.redacted", r));
-    bytes.into_iter().chain(truncated).chain(redacted)
+/// A list written as its items joined by commas.
+struct Joined<'a>(&'a [String]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, item) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(item)?;
+        }
+        Ok(())
+    }
 }
 
 /// A worker the call started (or tried to): which kind, when, and the failure code if it failed.

@@ -92,18 +92,15 @@ impl Metrics {
     /// one span `reconcile {controller}` with the object, the result and the error's kind and sentence
     /// (names and API errors, never Secret data: the operator reads Secrets' keys, not their values into errors).
     pub fn trace_reconcile(&self, controller: &'static str, object: &str, elapsed: std::time::Duration, error: Option<&crate::error::Error>) {
-        use toolwarden_telemetry::{KeyValue, Span, Trace};
         let Some(telemetry) = &self.telemetry else { return };
         let end = std::time::SystemTime::now();
         let start = end.checked_sub(elapsed).unwrap_or(end);
-        Trace::start(telemetry, None, "reconcile").finish(|| {
-            let mut attributes = vec![
-                KeyValue::new("toolwarden.controller", controller),
-                KeyValue::new("toolwarden.object", object.to_owned()),
-                KeyValue::new("toolwarden.reconcile.result", if error.is_some() { "error" } else { "success" }),
-            ];
-            attributes.extend(error.map(|e| KeyValue::new("error.type", e.metric_label())));
-            Span::new(format!("reconcile {controller}"), start, end, attributes).error(error.map(|e| e.to_string()))
+        toolwarden_telemetry::Trace::start(telemetry, None, "reconcile").finish("reconcile", Some(controller), start, end, |span| {
+            span.str("toolwarden.controller", controller).str("toolwarden.object", object);
+            span.str("toolwarden.reconcile.result", if error.is_some() { "error" } else { "success" });
+            if let Some(e) = error {
+                span.str("error.type", e.metric_label()).error(&e.to_string());
+            }
         });
     }
 

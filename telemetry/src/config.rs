@@ -29,8 +29,9 @@ pub struct Settings {
     pub sampler: Sampler,
     /// Spans waiting for export, at most; past it new spans are dropped (and counted).
     pub max_queue_size: usize,
+    /// Spans per export, at most (a trace is never split: one with more spans goes alone).
     pub max_export_batch_size: usize,
-    /// Longest a span waits before its batch is sent.
+    /// The interval between two exports of what has gathered (a full batch goes at once).
     pub schedule_delay: Duration,
     /// Longest one export may take before its spans are given up (and counted as dropped).
     pub export_timeout: Duration,

@@ -17,13 +17,14 @@ mod context;
 mod export;
 mod otlp;
 mod trace;
+mod wire;
 
 pub use context::{Parent, format_traceparent, parse_traceparent};
 pub use export::SpanCounters;
-pub use opentelemetry::KeyValue;
 pub use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 pub use opentelemetry_sdk::trace::Sampler;
-pub use trace::{Span, Trace};
+pub use otlp::SpanWriter;
+pub use trace::Trace;
 
 /// Why tracing could not be set up as configured. The process should not start: a variable that asks
 /// for traces the gateway cannot send is a mistake to fix, not to run with silently.
@@ -67,8 +68,8 @@ impl Telemetry {
         let destination = config::destination(|name| std::env::var(name).ok(), endpoint)?;
         let shown = endpoint_for_logs(&destination.url);
         let sender = otlp::Sender { client: http_client()?, url: destination.url, headers: destination.headers, timeout: destination.timeout };
-        let encoder = otlp::Encoder::new(&resource(service), service, env!("CARGO_PKG_VERSION"));
-        let queue = export::ExportQueue::start(encoder, sender, &settings, counters.clone(), shown.clone())?;
+        let envelope = otlp::Envelope::new(&resource(service), service, env!("CARGO_PKG_VERSION"));
+        let queue = export::ExportQueue::start(envelope, sender, &settings, counters.clone(), shown.clone())?;
         tracing::info!(endpoint = %shown, sampler = ?settings.sampler, "tracing on: spans are exported over OTLP/HTTP");
         Ok(Arc::new(Telemetry { queue, sampler: settings.sampler, ids: RandomIdGenerator::default() }))
     }

@@ -1,101 +1,155 @@
-//! OTLP/HTTP with protobuf, written directly from the recorded spans.
+//! OTLP/HTTP with protobuf, written directly as spans are recorded.
 //!
 //! The SDK's exporter takes `SpanData` and converts every span to the generated protobuf types before
 //! encoding them: an allocation per id, name, attribute key and string value, all freed again after
-//! the send. That was most of what tracing cost a call (docs/benchmarks.md#tracing-on-vs-off). Here
-//! the export thread writes a batch's `ExportTraceServiceRequest` into one buffer, with the resource
-//! and scope encoded once at start.
+//! the send. Here a call's spans are written as protobuf while the call runs, each attribute straight
+//! from the value it describes (borrowed, never copied into an owned attribute first), into one buffer
+//! per trace; a finished trace's bytes join its batch, and the export thread only puts the envelope
+//! (resource and scope, encoded once at start) around a batch and posts it
+//! (docs/benchmarks.md#tracing-on-vs-off).
 //!
 //! Field numbers are those of `opentelemetry/proto/{collector/trace,trace,common,resource}/v1` (OTLP
 //! 1.x); `otlp::tests` decodes the output with the generated types of `opentelemetry-proto`.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use opentelemetry::Value;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
-use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::Resource;
 
-use crate::trace::Span;
+use crate::wire::{self, LEN, VARINT, field_len, fixed32, fixed64, string, tag, varint, varint_len};
 
-/// A finished span waiting for export: the [`Span`] the caller wrote and where it sits in its trace.
-pub(crate) struct Finished {
+/// Where a span sits in its trace and what it is, written before its attributes.
+pub(crate) struct SpanHead<'a> {
     pub trace_id: TraceId,
-    pub id: SpanId,
     /// `SpanId::INVALID` for a root without a caller.
     pub parent: SpanId,
     pub remote_parent: bool,
-    pub span: Span,
+    pub name: &'a str,
+    /// Appended to `name` after a space: what the span acts on (`tools/call {tool}`).
+    pub object: Option<&'a str>,
+    pub start: SystemTime,
+    pub end: SystemTime,
 }
 
-/// Encodes batches for one resource and instrumentation scope.
-pub(crate) struct Encoder {
-    /// `Resource` and `InstrumentationScope` messages, encoded once.
-    resource: Vec<u8>,
-    resource_schema_url: String,
-    scope: Vec<u8>,
-    /// One span's encoding, reused from span to span.
-    scratch: Vec<u8>,
+/// Writes one span's attributes, and its kind, id and failure when they are not the defaults, as the
+/// span is recorded. Values are borrowed: nothing is copied but into the trace's buffer.
+pub struct SpanWriter<'b> {
+    buf: &'b mut Vec<u8>,
+    kind: SpanKind,
+    id: Option<SpanId>,
+    failed: bool,
 }
 
-impl Encoder {
-    pub(crate) fn new(resource: &Resource, scope_name: &str, scope_version: &str) -> Encoder {
-        let mut encoded = Vec::new();
-        for (key, value) in resource.iter() {
-            key_value(&mut encoded, 1, key.as_str(), value);
-        }
-        let mut scope = Vec::new();
-        string(&mut scope, 1, scope_name);
-        string(&mut scope, 2, scope_version);
-        Encoder {
-            resource: encoded,
-            resource_schema_url: resource.schema_url().unwrap_or_default().to_owned(),
-            scope,
-            scratch: Vec::new(),
-        }
+impl SpanWriter<'_> {
+    pub fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        let at = wire::open(self.buf, 9);
+        string(self.buf, 1, key);
+        // AnyValue { string_value = 1 }
+        tag(self.buf, 2, LEN);
+        varint(self.buf, field_len(value.len()) as u64);
+        string(self.buf, 1, value);
+        wire::close(self.buf, at);
+        self
     }
 
-    /// The body of one export: `ExportTraceServiceRequest { resource_spans: [ResourceSpans { resource,
-    /// scope_spans: [ScopeSpans { scope, spans }], schema_url }] }`.
-    pub(crate) fn encode(&mut self, batch: &[Finished]) -> Vec<u8> {
-        let mut spans = Vec::with_capacity(batch.len() * 320);
-        for finished in batch {
-            self.scratch.clear();
-            span(&mut self.scratch, finished);
-            message(&mut spans, 2, &self.scratch);
+    /// [`SpanWriter::str`] when there is a value; nothing when there is none.
+    pub fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
+        if let Some(value) = value {
+            self.str(key, value);
         }
-        let scope_spans_len = field_len(self.scope.len()) + spans.len();
-        let schema_len = if self.resource_schema_url.is_empty() { 0 } else { field_len(self.resource_schema_url.len()) };
-        let resource_spans_len = field_len(self.resource.len()) + field_len(scope_spans_len) + schema_len;
-        let mut body = Vec::with_capacity(field_len(resource_spans_len));
-        tag(&mut body, 1, LEN);
-        varint(&mut body, resource_spans_len as u64);
-        message(&mut body, 1, &self.resource);
-        tag(&mut body, 2, LEN);
-        varint(&mut body, scope_spans_len as u64);
-        message(&mut body, 1, &self.scope);
-        body.extend_from_slice(&spans);
-        if !self.resource_schema_url.is_empty() {
-            string(&mut body, 3, &self.resource_schema_url);
+        self
+    }
+
+    /// A string attribute written as `value` formats itself (JSON, joined lists), with no string between.
+    pub fn display(&mut self, key: &str, value: &dyn std::fmt::Display) -> &mut Self {
+        let at = wire::open(self.buf, 9);
+        string(self.buf, 1, key);
+        let any = wire::open(self.buf, 2);
+        let text = wire::open(self.buf, 1);
+        // Writing into a Vec cannot fail; a Display impl that fails leaves what it wrote.
+        let _ = write!(wire::Text(self.buf), "{value}");
+        wire::close(self.buf, text);
+        wire::close(self.buf, any);
+        wire::close(self.buf, at);
+        self
+    }
+
+    pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        // AnyValue { bool_value = 2 }
+        self.scalar(key, 2, u64::from(value))
+    }
+
+    pub fn int(&mut self, key: &str, value: i64) -> &mut Self {
+        // AnyValue { int_value = 3 }
+        self.scalar(key, 3, value as u64)
+    }
+
+    fn scalar(&mut self, key: &str, any_field: u32, value: u64) -> &mut Self {
+        let any_len = 1 + varint_len(value);
+        tag(self.buf, 9, LEN);
+        varint(self.buf, (field_len(key.len()) + field_len(any_len)) as u64);
+        string(self.buf, 1, key);
+        tag(self.buf, 2, LEN);
+        varint(self.buf, any_len as u64);
+        tag(self.buf, any_field, VARINT);
+        varint(self.buf, value);
+        self
+    }
+
+    /// The span's kind (`Internal` unless set).
+    pub fn kind(&mut self, kind: SpanKind) -> &mut Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The span's id, chosen in advance (`Trace::new_span_id`); a fresh one unless set.
+    pub fn id(&mut self, id: SpanId) -> &mut Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Marks the span failed, with `description`; only the first call counts.
+    pub fn error(&mut self, description: &str) -> &mut Self {
+        if !self.failed {
+            self.failed = true;
+            // Status { message = 2; code = 3 (STATUS_CODE_ERROR = 2) }
+            tag(self.buf, 15, LEN);
+            varint(self.buf, (field_len(description.len()) + 2) as u64);
+            string(self.buf, 2, description);
+            tag(self.buf, 3, VARINT);
+            varint(self.buf, 2);
         }
-        body
+        self
     }
 }
 
-/// `Span.flags`: the context's flags (sampled: only sampled spans are recorded) and whether the parent
-/// is remote (`SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`, `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`).
-fn flags(remote_parent: bool) -> u32 {
-    0x01 | 0x100 | if remote_parent { 0x200 } else { 0 }
-}
-
-fn span(buf: &mut Vec<u8>, f: &Finished) {
-    let s = &f.span;
-    bytes(buf, 1, &f.trace_id.to_bytes());
-    bytes(buf, 2, &f.id.to_bytes());
-    if f.parent != SpanId::INVALID {
-        bytes(buf, 4, &f.parent.to_bytes());
+/// Appends one span to `buf` as a `ScopeSpans.spans` field: `head`, then what `write` adds, then its id
+/// (`fresh_id` unless `write` chose one), kind and flags.
+pub(crate) fn span(buf: &mut Vec<u8>, head: &SpanHead<'_>, fresh_id: impl FnOnce() -> SpanId, write: impl FnOnce(&mut SpanWriter<'_>)) {
+    let at = wire::open(buf, 2);
+    wire::bytes(buf, 1, &head.trace_id.to_bytes());
+    if head.parent != SpanId::INVALID {
+        wire::bytes(buf, 4, &head.parent.to_bytes());
     }
-    string(buf, 5, &s.name);
-    let kind = match s.kind {
+    match head.object {
+        None => string(buf, 5, head.name),
+        Some(object) => {
+            tag(buf, 5, LEN);
+            varint(buf, (head.name.len() + 1 + object.len()) as u64);
+            buf.extend_from_slice(head.name.as_bytes());
+            buf.push(b' ');
+            buf.extend_from_slice(object.as_bytes());
+        }
+    }
+    fixed64(buf, 7, nanos(head.start));
+    fixed64(buf, 8, nanos(head.end.max(head.start)));
+    let mut writer = SpanWriter { buf, kind: SpanKind::Internal, id: None, failed: false };
+    write(&mut writer);
+    let SpanWriter { buf, kind, id, .. } = writer;
+    wire::bytes(buf, 2, &id.unwrap_or_else(fresh_id).to_bytes());
+    let kind = match kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
@@ -104,108 +158,90 @@ fn span(buf: &mut Vec<u8>, f: &Finished) {
     };
     tag(buf, 6, VARINT);
     varint(buf, kind);
-    fixed64(buf, 7, nanos(s.start));
-    fixed64(buf, 8, nanos(s.end.max(s.start)));
-    for attribute in &s.attributes {
-        attribute_field(buf, attribute);
-    }
-    if let Some(description) = &s.error {
-        // Status { message = 2; code = 3 (STATUS_CODE_ERROR = 2) }
-        tag(buf, 15, LEN);
-        varint(buf, (field_len(description.len()) + 2) as u64);
-        string(buf, 2, description);
-        tag(buf, 3, VARINT);
-        varint(buf, 2);
-    }
-    // flags = 16, fixed32
-    tag(buf, 16, I32);
-    buf.extend_from_slice(&flags(f.remote_parent).to_le_bytes());
+    fixed32(buf, 16, flags(head.remote_parent));
+    wire::close(buf, at);
 }
 
-fn attribute_field(buf: &mut Vec<u8>, attribute: &KeyValue) {
-    key_value(buf, 9, attribute.key.as_str(), &attribute.value);
-}
-
-/// A `KeyValue { key = 1; value = 2 (AnyValue) }` as field `field`.
-fn key_value(buf: &mut Vec<u8>, field: u32, key: &str, value: &Value) {
-    // AnyValue: string_value = 1, bool_value = 2, int_value = 3, double_value = 4. Arrays are sent as
-    // their text; no span of Toolwarden's has one.
-    let text = match value {
-        Value::Bool(_) | Value::I64(_) | Value::F64(_) => None,
-        other => Some(other.as_str()),
-    };
-    let any_len = match (value, &text) {
-        (_, Some(text)) => field_len(text.len()),
-        (Value::I64(i), None) => 1 + varint_len(*i as u64),
-        (Value::F64(_), None) => 9,
-        _ => 2,
-    };
-    tag(buf, field, LEN);
-    varint(buf, (field_len(key.len()) + field_len(any_len)) as u64);
-    string(buf, 1, key);
-    tag(buf, 2, LEN);
-    varint(buf, any_len as u64);
-    match (value, text) {
-        (_, Some(text)) => string(buf, 1, &text),
-        (Value::I64(i), None) => {
-            tag(buf, 3, VARINT);
-            varint(buf, *i as u64);
-        }
-        (Value::F64(f), None) => fixed64(buf, 4, f.to_bits()),
-        (value, None) => {
-            tag(buf, 2, VARINT);
-            buf.push(u8::from(matches!(value, Value::Bool(true))));
-        }
-    }
+/// `Span.flags`: the context's flags (sampled: only sampled spans are recorded) and whether the parent
+/// is remote (`SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`, `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`).
+fn flags(remote_parent: bool) -> u32 {
+    0x01 | 0x100 | if remote_parent { 0x200 } else { 0 }
 }
 
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
-const VARINT: u32 = 0;
-const I64: u32 = 1;
-const LEN: u32 = 2;
-const I32: u32 = 5;
-
-fn tag(buf: &mut Vec<u8>, field: u32, wire_type: u32) {
-    varint(buf, u64::from(field << 3 | wire_type));
+/// The envelope of every export, for one resource and instrumentation scope: `ExportTraceServiceRequest {
+/// resource_spans: [ResourceSpans { resource, scope_spans: [ScopeSpans { scope, spans }], schema_url }] }`.
+pub(crate) struct Envelope {
+    /// `Resource` and `InstrumentationScope` messages, encoded once.
+    resource: Vec<u8>,
+    schema_url: String,
+    scope: Vec<u8>,
 }
 
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push(v as u8 | 0x80);
-        v >>= 7;
+impl Envelope {
+    pub(crate) fn new(resource: &Resource, scope_name: &str, scope_version: &str) -> Envelope {
+        let mut encoded = Vec::new();
+        for (key, value) in resource.iter() {
+            resource_attribute(&mut encoded, key.as_str(), value);
+        }
+        let mut scope = Vec::new();
+        string(&mut scope, 1, scope_name);
+        string(&mut scope, 2, scope_version);
+        Envelope { resource: encoded, schema_url: resource.schema_url().unwrap_or_default().to_owned(), scope }
     }
-    buf.push(v as u8);
+
+    /// Bytes a batch keeps free before its spans, where [`Envelope::wrap`] writes the envelope's start.
+    pub(crate) fn headroom(&self) -> usize {
+        1 + 10 + field_len(self.resource.len()) + 1 + 10 + field_len(self.scope.len())
+    }
+
+    /// Makes `batch` (`headroom` bytes, then spans written by [`span`]) an export's body: returns where
+    /// the body starts in it.
+    pub(crate) fn wrap(&self, batch: &mut Vec<u8>) -> usize {
+        let headroom = self.headroom();
+        let spans_len = batch.len() - headroom;
+        let scope_spans_len = field_len(self.scope.len()) + spans_len;
+        let schema_len = if self.schema_url.is_empty() { 0 } else { field_len(self.schema_url.len()) };
+        let resource_spans_len = field_len(self.resource.len()) + field_len(scope_spans_len) + schema_len;
+        if !self.schema_url.is_empty() {
+            string(batch, 3, &self.schema_url);
+        }
+        let mut head = Vec::with_capacity(headroom);
+        tag(&mut head, 1, LEN);
+        varint(&mut head, resource_spans_len as u64);
+        wire::bytes(&mut head, 1, &self.resource);
+        tag(&mut head, 2, LEN);
+        varint(&mut head, scope_spans_len as u64);
+        wire::bytes(&mut head, 1, &self.scope);
+        let start = headroom - head.len();
+        batch[start..headroom].copy_from_slice(&head);
+        start
+    }
 }
 
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// Bytes a length-delimited field of a small field number (< 16, a one-byte tag) takes.
-fn field_len(len: usize) -> usize {
-    1 + varint_len(len as u64) + len
-}
-
-fn bytes(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
-    tag(buf, field, LEN);
-    varint(buf, data.len() as u64);
-    buf.extend_from_slice(data);
-}
-
-fn string(buf: &mut Vec<u8>, field: u32, text: &str) {
-    bytes(buf, field, text.as_bytes());
-}
-
-fn message(buf: &mut Vec<u8>, field: u32, encoded: &[u8]) {
-    bytes(buf, field, encoded);
-}
-
-fn fixed64(buf: &mut Vec<u8>, field: u32, v: u64) {
-    tag(buf, field, I64);
-    buf.extend_from_slice(&v.to_le_bytes());
+/// A resource attribute, `KeyValue { key = 1; value = 2 (AnyValue) }` as `Resource.attributes` (1).
+fn resource_attribute(buf: &mut Vec<u8>, key: &str, value: &Value) {
+    let at = wire::open(buf, 1);
+    string(buf, 1, key);
+    let any = wire::open(buf, 2);
+    match value {
+        Value::Bool(b) => {
+            tag(buf, 2, VARINT);
+            varint(buf, u64::from(*b));
+        }
+        Value::I64(i) => {
+            tag(buf, 3, VARINT);
+            varint(buf, *i as u64);
+        }
+        Value::F64(f) => fixed64(buf, 4, f.to_bits()),
+        // Arrays are sent as their text; no resource of Toolwarden's has one.
+        other => string(buf, 1, &other.as_str()),
+    }
+    wire::close(buf, any);
+    wire::close(buf, at);
 }
 
 /// What a failed export attempt was, for the retry decision and the log line.
@@ -247,8 +283,7 @@ const RETRIES: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Sender {
-    pub(crate) async fn send(&self, body: Vec<u8>) -> Result<(), String> {
-        let body = bytes::Bytes::from(body);
+    pub(crate) async fn send(&self, body: bytes::Bytes) -> Result<(), String> {
         let attempts = async {
             let mut backoff = FIRST_BACKOFF;
             let mut attempt = 0;
@@ -309,29 +344,34 @@ mod tests {
     use opentelemetry_proto::tonic::common::v1::any_value;
     use prost::Message as _;
 
-    fn finished(span: Span, parent: SpanId, remote: bool) -> Finished {
-        Finished { trace_id: TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736), id: SpanId::from(0x00f0_67aa_0ba9_02b7), parent, remote_parent: remote, span }
+    const TRACE: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
+
+    fn head<'a>(name: &'a str, object: Option<&'a str>, parent: SpanId, remote: bool, start: SystemTime, end: SystemTime) -> SpanHead<'a> {
+        SpanHead { trace_id: TraceId::from(TRACE), parent, remote_parent: remote, name, object, start, end }
+    }
+
+    fn decode(envelope: &Envelope, mut batch: Vec<u8>) -> ExportTraceServiceRequest {
+        let start = envelope.wrap(&mut batch);
+        ExportTraceServiceRequest::decode(&batch[start..]).unwrap()
     }
 
     #[test]
     fn batches_decode_as_otlp_with_every_field() {
         let resource = Resource::builder_empty().with_service_name("svc").build();
-        let mut encoder = Encoder::new(&resource, "scope", "1.2.3");
+        let envelope = Envelope::new(&resource, "scope", "1.2.3");
         let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
         let end = start + Duration::from_micros(1500);
         let long = "x".repeat(300);
-        let root = Span::new("tools/call t", start, end, vec![
-            KeyValue::new("s", long.clone()),
-            KeyValue::new("b", true),
-            KeyValue::new("i", -5i64),
-            KeyValue::new("big", 1i64 << 40),
-            KeyValue::new("f", 0.5),
-        ])
-        .kind(SpanKind::Server)
-        .error(Some("worker_failed".into()));
-        let child = Span::new("decide", start, start, Vec::new());
-        let body = encoder.encode(&[finished(root, SpanId::from(7), true), finished(child, SpanId::INVALID, false)]);
-        let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        let json = serde_json::json!({"text": "hello", "n": [1, 2]});
+        let mut batch = vec![0; envelope.headroom()];
+        span(&mut batch, &head("tools/call", Some("t"), SpanId::from(7), true, start, end), || SpanId::from(0x00f0_67aa_0ba9_02b7), |s| {
+            s.str("s", &long).bool("b", true).int("i", -5).int("big", 1 << 40).opt_str("none", None).opt_str("some", Some("v"));
+            s.display("json", &json).kind(SpanKind::Server).error("worker_failed").error("second");
+        });
+        span(&mut batch, &head("decide", None, SpanId::INVALID, false, start, start), || unreachable!("the id was chosen"), |s| {
+            s.id(SpanId::from(9));
+        });
+        let request = decode(&envelope, batch);
 
         let resource_spans = &request.resource_spans[0];
         let service = &resource_spans.resource.as_ref().unwrap().attributes[0];
@@ -347,29 +387,45 @@ mod tests {
         assert_eq!((root.start_time_unix_nano, root.end_time_unix_nano), (1_700_000_000_123_456_789, 1_700_000_000_124_956_789));
         assert_eq!(root.flags, 0x301);
         let status = root.status.as_ref().unwrap();
-        assert_eq!((status.code, status.message.as_str()), (2, "worker_failed"));
+        assert_eq!((status.code, status.message.as_str()), (2, "worker_failed"), "the first error counts");
         let values: Vec<_> = root.attributes.iter().map(|kv| (kv.key.as_str(), kv.value.as_ref().unwrap().value.clone().unwrap())).collect();
         assert_eq!(values, vec![
             ("s", any_value::Value::StringValue(long)),
             ("b", any_value::Value::BoolValue(true)),
             ("i", any_value::Value::IntValue(-5)),
             ("big", any_value::Value::IntValue(1 << 40)),
-            ("f", any_value::Value::DoubleValue(0.5)),
+            ("some", any_value::Value::StringValue("v".into())),
+            ("json", any_value::Value::StringValue(json.to_string())),
         ]);
+        assert_eq!(child.span_id, hex_bytes("0000000000000009"));
         assert!(child.parent_span_id.is_empty() && child.attributes.is_empty() && child.status.is_none());
-        assert_eq!((child.kind, child.flags), (1, 0x101));
+        assert_eq!((child.name.as_str(), child.kind, child.flags), ("decide", 1, 0x101));
+    }
+
+    #[test]
+    fn an_empty_batch_and_a_large_one_decode() {
+        let resource = Resource::builder_empty().with_service_name("svc").with_schema_url([], "https://opentelemetry.io/schemas/1.0.0").build();
+        let envelope = Envelope::new(&resource, "scope", "1");
+        let request = decode(&envelope, vec![0; envelope.headroom()]);
+        assert!(request.resource_spans[0].scope_spans[0].spans.is_empty());
+        assert_eq!(request.resource_spans[0].schema_url, "https://opentelemetry.io/schemas/1.0.0");
+
+        // Long enough that every envelope length takes three bytes.
+        let mut batch = vec![0; envelope.headroom()];
+        let now = SystemTime::now();
+        for i in 0..1000 {
+            span(&mut batch, &head("s", None, SpanId::INVALID, false, now, now), || SpanId::from(i + 1), |s| {
+                s.int("i", i as i64);
+            });
+        }
+        let request = decode(&envelope, batch);
+        let spans = &request.resource_spans[0].scope_spans[0].spans;
+        assert_eq!(spans.len(), 1000);
+        assert_eq!(spans[999].span_id, 1000u64.to_be_bytes());
+        assert_eq!(request.resource_spans[0].schema_url, "https://opentelemetry.io/schemas/1.0.0");
     }
 
     fn hex_bytes(hex: &str) -> Vec<u8> {
         (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
-    }
-
-    #[test]
-    fn varint_lengths_match_the_encoding() {
-        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
-            let mut buf = Vec::new();
-            varint(&mut buf, v);
-            assert_eq!(buf.len(), varint_len(v), "{v}");
-        }
     }
 }

@@ -1,60 +1,27 @@
-//! One trace, recorded as it happens and handed to the export queue in one piece when it ends.
+//! One trace, written as it happens and handed to the export queue in one piece when it ends.
 //!
-//! Spans are kept as the caller wrote them, with the times the caller measured, not through the SDK's
-//! tracer: a call knows each step's start and end anyway, a span id can be chosen before its span ends
-//! (the `traceparent` a worker passes on names the span of the call in the worker while it runs), and a
-//! whole trace costs one hand-over to the export thread instead of one per span. The export thread
-//! encodes them for OTLP (see `otlp`).
+//! Spans are recorded as the caller measured them, not through the SDK's tracer: a call knows each
+//! step's start and end anyway, a span id can be chosen before its span ends (the `traceparent` a worker
+//! passes on names the span of the call in the worker while it runs), and a whole trace costs one
+//! hand-over to the export thread instead of one per span. Each span is written as OTLP protobuf when
+//! it is added (see `otlp`), its attributes borrowed from the caller, so a trace is one buffer.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState};
 use opentelemetry_sdk::trace::{IdGenerator as _, SamplingDecision, ShouldSample as _};
 
 use crate::Telemetry;
 use crate::context::{Parent, format_traceparent};
-use crate::otlp::Finished;
+use crate::otlp::{self, SpanHead, SpanWriter};
 
-/// A finished span of a [`Trace`].
-pub struct Span {
-    /// The id chosen in advance with [`Trace::new_span_id`], or `None` for a fresh one.
-    pub id: Option<SpanId>,
-    pub name: Cow<'static, str>,
-    pub kind: SpanKind,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub attributes: Vec<KeyValue>,
-    /// `Some(description)` marks the span failed.
-    pub error: Option<String>,
-}
+/// A call's trace takes about this many bytes (five to eight spans); more grows the buffer.
+const TRACE_CAPACITY: usize = 2048;
 
-impl Span {
-    pub fn new(name: impl Into<Cow<'static, str>>, start: SystemTime, end: SystemTime, attributes: Vec<KeyValue>) -> Span {
-        Span { id: None, name: name.into(), kind: SpanKind::Internal, start, end, attributes, error: None }
-    }
-
-    pub fn with_id(mut self, id: SpanId) -> Span {
-        self.id = Some(id);
-        self
-    }
-
-    pub fn kind(mut self, kind: SpanKind) -> Span {
-        self.kind = kind;
-        self
-    }
-
-    pub fn error(mut self, description: Option<String>) -> Span {
-        self.error = description;
-        self
-    }
-}
-
-/// A trace being recorded: its root span's id is fixed at the start, its children are added as they
-/// finish, and [`Trace::finish`] adds the root and hands everything to the export queue.
+/// A trace being recorded: its root span's id is fixed at the start, its children are written as they
+/// finish, and [`Trace::finish`] writes the root and hands the trace to the export queue.
 pub struct Trace {
     telemetry: Arc<Telemetry>,
     trace_id: TraceId,
@@ -62,7 +29,9 @@ pub struct Trace {
     /// The caller's span, when a valid `traceparent` named one.
     parent: Option<SpanId>,
     sampled: bool,
-    spans: Vec<Finished>,
+    /// The spans written so far, as `ScopeSpans.spans` fields.
+    encoded: Vec<u8>,
+    spans: usize,
 }
 
 impl Trace {
@@ -75,14 +44,15 @@ impl Trace {
             Context::new().with_remote_span_context(SpanContext::new(p.trace_id, p.span_id, flags, true, TraceState::NONE))
         });
         let decision = telemetry.sampler.should_sample(parent_context.as_ref(), trace_id, root_name, &SpanKind::Server, &[], &[]);
+        let sampled = decision.decision == SamplingDecision::RecordAndSample;
         Trace {
             telemetry: telemetry.clone(),
             trace_id,
             root: telemetry.ids.new_span_id(),
             parent: parent.map(|p| p.span_id),
-            sampled: decision.decision == SamplingDecision::RecordAndSample,
-            // A call's trace has at most eight spans.
-            spans: Vec::with_capacity(8),
+            sampled,
+            encoded: if sampled { Vec::with_capacity(TRACE_CAPACITY) } else { Vec::new() },
+            spans: 0,
         }
     }
 
@@ -110,32 +80,37 @@ impl Trace {
         format_traceparent(self.trace_id, span, self.sampled)
     }
 
-    /// Adds a finished child of the root; `make` runs only when the trace is sampled.
-    pub fn child(&mut self, make: impl FnOnce() -> Span) {
+    /// Adds a finished child of the root, `name` from `start` to `end`; `write` adds its attributes (and
+    /// kind, id, failure) and runs only when the trace is sampled.
+    pub fn child(&mut self, name: &str, start: SystemTime, end: SystemTime, write: impl FnOnce(&mut SpanWriter<'_>)) {
         if self.sampled {
-            let span = make();
-            let data = self.data(span, self.root, false);
-            self.spans.push(data);
+            let head = SpanHead { trace_id: self.trace_id, parent: self.root, remote_parent: false, name, object: None, start, end };
+            self.write(&head, write);
         }
     }
 
-    /// Adds the root span and hands the trace to the export queue (or drops it, counted, when full).
-    pub fn finish(mut self, make: impl FnOnce() -> Span) {
+    /// Adds the root span, `{name} {object}` (or `name` alone) from `start` to `end`, and hands the trace
+    /// to the export queue (which drops it, counted, when full).
+    pub fn finish(mut self, name: &str, object: Option<&str>, start: SystemTime, end: SystemTime, write: impl FnOnce(&mut SpanWriter<'_>)) {
         if !self.sampled {
             return;
         }
-        let root = make().with_id(self.root);
-        let (parent, remote) = match self.parent {
+        let (parent, remote_parent) = match self.parent {
             Some(parent) => (parent, true),
             None => (SpanId::INVALID, false),
         };
-        let data = self.data(root, parent, remote);
-        self.spans.push(data);
-        self.telemetry.queue.push(std::mem::take(&mut self.spans));
+        let head = SpanHead { trace_id: self.trace_id, parent, remote_parent, name, object, start, end };
+        let root = self.root;
+        self.write(&head, |span| {
+            span.id(root);
+            write(span);
+        });
+        self.telemetry.queue.push(&self.encoded, self.spans);
     }
 
-    fn data(&self, span: Span, parent: SpanId, remote: bool) -> Finished {
-        let id = span.id.unwrap_or_else(|| self.telemetry.ids.new_span_id());
-        Finished { trace_id: self.trace_id, id, parent, remote_parent: remote, span }
+    fn write(&mut self, head: &SpanHead<'_>, write: impl FnOnce(&mut SpanWriter<'_>)) {
+        let ids = &self.telemetry.ids;
+        otlp::span(&mut self.encoded, head, || ids.new_span_id(), write);
+        self.spans += 1;
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use toolwarden_telemetry::config::Settings;
-use toolwarden_telemetry::{KeyValue, Span, SpanCounters, Telemetry, Trace};
+use toolwarden_telemetry::{SpanCounters, Telemetry, Trace};
 
 fn settings(queue: usize, batch: usize) -> Settings {
     Settings {
@@ -24,9 +24,11 @@ fn trace(telemetry: &Arc<Telemetry>, children: usize) {
     let mut trace = Trace::start(telemetry, None, "test");
     let now = SystemTime::now();
     for i in 0..children {
-        trace.child(|| Span::new(format!("child {i}"), now, now, vec![KeyValue::new("i", i as i64)]));
+        trace.child("child", now, now, |span| {
+            span.int("i", i as i64);
+        });
     }
-    trace.finish(|| Span::new("root", now, now, Vec::new()));
+    trace.finish("root", None, now, now, |_| {});
 }
 
 fn dropped(counters: &SpanCounters, reason: &'static str) -> u64 {
@@ -41,11 +43,14 @@ fn eventually(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-/// A collector accepting every export (`200`, empty protobuf answer); counts the requests.
-fn accepting_collector() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+/// The bodies a collector received, one per export.
+type Posts = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// A collector accepting every export (`200`, empty protobuf answer); keeps the request bodies.
+fn accepting_collector() -> (String, Posts) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
-    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let posts = Posts::default();
     let count = posts.clone();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
@@ -69,8 +74,8 @@ fn accepting_collector() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
                     if buffer.len() < end + 4 + length {
                         continue;
                     }
-                    buffer.drain(..end + 4 + length);
-                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let request: Vec<u8> = buffer.drain(..end + 4 + length).collect();
+                    count.lock().unwrap().push(request[end + 4..].to_vec());
                     let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n");
                 }
             });
@@ -90,8 +95,58 @@ fn traces_reach_a_collector_that_answers_and_are_counted() {
     assert!(telemetry.flush(Duration::from_secs(10)));
     assert_eq!(counters.exported.get(), 20);
     assert_eq!(dropped(&counters, "queue_full") + dropped(&counters, "export_failed"), 0);
-    assert!(posts.load(std::sync::atomic::Ordering::SeqCst) >= 2, "batches of at most 10 spans");
+    assert!(posts.lock().unwrap().len() >= 2, "batches of at most 10 spans");
 }
+
+/// The spans of each export, as (trace id, span name) pairs.
+fn exports(posts: &Posts) -> Vec<Vec<(Vec<u8>, String)>> {
+    use prost::Message as _;
+    let posts = posts.lock().unwrap();
+    posts
+        .iter()
+        .map(|body| {
+            let request = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+            request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).map(|s| (s.trace_id.clone(), s.name.clone())).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn full_batches_go_at_once_whole_traces_at_most_the_batch_size_each() {
+    let (url, posts) = accepting_collector();
+    let counters = SpanCounters::default();
+    // A schedule delay longer than the test: only full batches go before the flush.
+    let settings = Settings { schedule_delay: Duration::from_secs(600), ..settings(100, 10) };
+    let telemetry = Telemetry::start("test", settings, &counters, Some(&url)).unwrap();
+    for _ in 0..5 {
+        trace(&telemetry, 3);
+    }
+    // Two traces of 4 spans fill a batch as far as whole traces can (a third would make 12).
+    eventually("the two full batches", || counters.exported.get() == 16);
+    assert!(telemetry.flush(Duration::from_secs(10)));
+    let exports = exports(&posts);
+    let sizes: Vec<usize> = exports.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![8, 8, 4], "{exports:?}");
+    for batch in &exports {
+        for (trace_id, _) in batch {
+            assert_eq!(batch.iter().filter(|(t, _)| t == trace_id).count(), 4, "a trace is never split: {batch:?}");
+        }
+        assert_eq!(batch.iter().filter(|(_, name)| name == "root").count() * 4, batch.len());
+    }
+}
+
+#[test]
+fn a_batch_that_does_not_fill_goes_after_the_schedule_delay() {
+    let (url, posts) = accepting_collector();
+    let counters = SpanCounters::default();
+    let telemetry = Telemetry::start("test", settings(100, 100), &counters, Some(&url)).unwrap();
+    trace(&telemetry, 2);
+    eventually("the batch to go on the timer", || counters.exported.get() == 3);
+    let exports = exports(&posts);
+    let names: Vec<&str> = exports.iter().flatten().map(|(_, name)| name.as_str()).collect();
+    assert_eq!((exports.len(), names), (1, vec!["child", "child", "root"]));
+}
+
 
 #[test]
 fn spans_for_a_collector_that_is_down_are_dropped_and_counted() {
