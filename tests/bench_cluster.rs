@@ -330,38 +330,43 @@ fn component_pods(release: &HelmRelease, component: &str) -> Vec<String> {
         .collect()
 }
 
-/// One `get_echo` call in `session` over raw HTTP: whether it was answered without error.
-async fn echo_call(url: &str, session: &str, text: &str) -> bool {
+/// One `get_echo` call in `session` over raw HTTP: `Ok` when answered without error, else why (the
+/// result's `toolwarden.dev/code`, the HTTP status, or the transport error).
+async fn echo_call(url: &str, session: &str, text: &str) -> Result<(), String> {
     let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_echo", "arguments": {"text": text}}});
-    match e2e_support::mcp_request(url, Some(session), &call).send().await {
-        Ok(response) if response.status().is_success() => {
-            response.text().await.is_ok_and(|body| body.contains(text) && !body.contains(r#""isError":true"#))
-        }
-        _ => false,
+    let response = e2e_support::mcp_request(url, Some(session), &call).send().await.map_err(|e| if e.is_timeout() { "client_timeout".to_owned() } else { "transport".to_owned() })?;
+    let status = response.status();
+    let body = response.text().await.map_err(|_| "body".to_owned())?;
+    if !status.is_success() {
+        return Err(format!("http_{}", status.as_u16()));
     }
+    if body.contains(text) && !body.contains(r#""isError":true"#) {
+        return Ok(());
+    }
+    let marker = r#""toolwarden.dev/code":""#;
+    Err(body.find(marker).map(|i| body[i + marker.len()..].split('"').next().unwrap_or("?").to_owned()).unwrap_or_else(|| "error".to_owned()))
 }
 
-/// What a load session's first call took: its session id, latency and whether it succeeded.
-type FirstCall = (String, Duration, bool);
+/// What a load session's first call took: its session id, latency and how it ended.
+type FirstCall = (String, Duration, Result<(), String>);
 
 /// One session of the load: its first call (which binds a warm pod or starts one), reported on
 /// `first_calls`, then a call a second until `until`; then it ends (DELETE).
-async fn load_session(url: String, index: usize, until: Instant, first_calls: tokio::sync::mpsc::UnboundedSender<FirstCall>) -> (Vec<Duration>, usize) {
+async fn load_session(url: String, index: usize, until: Instant, first_calls: tokio::sync::mpsc::UnboundedSender<FirstCall>) -> (Vec<Duration>, Vec<String>) {
     let session = e2e_support::open_raw_session(&url, &["get_echo"]).await;
     let text = format!("s{index}");
     let started = Instant::now();
-    let ok = echo_call(&url, &session, &text).await;
-    let _ = first_calls.send((session.clone(), started.elapsed(), ok));
+    let first = echo_call(&url, &session, &text).await;
+    let _ = first_calls.send((session.clone(), started.elapsed(), first.clone()));
     // The driver reads first calls until every session dropped its sender.
     drop(first_calls);
-    let (mut calls, mut failed) = (Vec::new(), usize::from(!ok));
+    let (mut calls, mut failed) = (Vec::new(), first.err().into_iter().collect::<Vec<_>>());
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let began = Instant::now();
-        if echo_call(&url, &session, &text).await {
-            calls.push(began.elapsed());
-        } else {
-            failed += 1;
+        match echo_call(&url, &session, &text).await {
+            Ok(()) => calls.push(began.elapsed()),
+            Err(why) => failed.push(why),
         }
     }
     let _ = reqwest::Client::new().delete(&url).bearer_auth(AGENT_TOKEN).header("Mcp-Session-Id", &session).send().await;
@@ -380,8 +385,7 @@ fn warm_and_cold(tenant: &str, first: &[FirstCall]) -> (Vec<Duration>, Vec<Durat
         })
     };
     let (mut warm, mut cold, mut unknown) = (Vec::new(), Vec::new(), 0);
-    for (id, took, ok) in first.iter().filter(|(_, _, ok)| *ok) {
-        let _ = ok;
+    for (id, took, _) in first.iter().filter(|(_, _, ended)| ended.is_ok()) {
         let pod = sessions
             .iter()
             .find(|s| s["metadata"]["annotations"]["toolwarden.dev/session-id"] == id.as_str())
@@ -449,13 +453,16 @@ async fn load_benchmark() {
     // Every first call is done and the sessions are still open: their McpSessions name their pods.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (warm, cold, unknown) = warm_and_cold(&tenant.0, &first);
-    let first_failed = first.iter().filter(|(_, _, ok)| !ok).count();
-    let (mut calls, mut failed) = (Vec::new(), 0);
+    let first_failed = first.iter().filter(|(_, _, ended)| ended.is_err()).count();
+    let (mut calls, mut why_failed) = (Vec::new(), std::collections::BTreeMap::<String, usize>::new());
     for session in sessions {
         let (each, errors) = session.await.expect("a load session");
         calls.extend(each);
-        failed += errors;
+        for why in errors {
+            *why_failed.entry(why).or_default() += 1;
+        }
     }
+    let failed: usize = why_failed.values().sum();
     let ran = started.elapsed();
     let ended = Instant::now();
     let cleared = loop {
@@ -481,7 +488,7 @@ async fn load_benchmark() {
         summary("load: first call, cold worker start (call to answer)", cold);
     }
     summary(&format!("load: calls on running workers, {load_sessions} sessions calling once a second"), calls);
-    println!("bench: load: {total_calls} calls in {} s, {failed} failed", ran.as_secs());
+    println!("bench: load: {total_calls} calls in {} s, {failed} failed: {why_failed:?}", ran.as_secs());
     println!("bench: load: gateway API requests per session: {:.1}", requests as f64 / load_sessions as f64);
     for (kind, n) in by_kind {
         println!("bench: load:   {kind}: {:.1} per session", n as f64 / load_sessions as f64);
@@ -493,6 +500,15 @@ async fn load_benchmark() {
 }
 
 const FAILOVERS: usize = 20;
+
+/// Ready warm pods waiting for a session in `tenant`, across replicas.
+fn ready_unbound_pods(tenant: &str) -> usize {
+    items(&json_of(&["get", "pods", "-n", tenant, "-l", "toolwarden.dev/pool=unbound", "-o", "json"]))
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .count()
+}
 
 /// Two Ready gateway replicas of `release`.
 fn two_ready_gateways(release: &HelmRelease) {
@@ -548,8 +564,15 @@ async fn failover_benchmark() {
     kubectl_ok(&["wait", "-n", &tenant.0, "--for=condition=Ready", "mcptool/get-echo", "--timeout=60s"]);
     let url = release.mcp_url(&tenant.0);
     let mut took = Vec::new();
+    let pool_size: usize = warm_pool.parse().unwrap_or(0);
     for round in 0..FAILOVERS {
         two_ready_gateways(&release);
+        // Steady state: both replicas' warm pools are full (a replacement replica fills its own first).
+        let filled = Instant::now();
+        while ready_unbound_pods(&tenant.0) < 2 * pool_size {
+            assert!(filled.elapsed() < Duration::from_secs(180), "the warm pools did not fill within 180 s");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         let session_id = e2e_support::open_raw_session(&url, &["get_echo"]).await;
         call_until_answered(&url, &session_id).await;
         let session = items(&json_of(&["get", "mcpsessions", "-n", &tenant.0, "-o", "json"]))
