@@ -33,3 +33,4 @@ pub mod session_manager;
 pub mod sessions;
 pub mod state;
 pub mod trace;
+pub mod write_stall;

@@ -40,6 +40,8 @@ pub const CALL_MARGIN: Duration = Duration::from_secs(5);
 /// Exit code of `toolwarden worker sandbox` when the kernel refuses unprivileged user namespaces.
 pub const SANDBOX_UNAVAILABLE_EXIT: i32 = 3;
 const STDERR_LINES: usize = 20;
+/// Read buffer of each of a worker's stdout and stderr pipes (tokio's default is 8 KiB).
+const PIPE_BUFFER: usize = 512;
 /// Unix socket paths are limited to 108 bytes.
 const MAX_SOCKET_PATH: usize = 100;
 
@@ -360,7 +362,10 @@ fn watch_child(mut child: tokio::process::Child, tool: ToolConfig, dir: PathBuf,
         let lines = stderr.clone();
         let name = tool.name.clone();
         tokio::spawn(async move {
-            let mut reader = BufReader::new(pipe).lines();
+            // A small buffer: the pipes are quiet (a worker writes a line only when something fails)
+            // and each idle worker holds two of them for its whole life; a longer line is still read
+            // whole, in more pieces.
+            let mut reader = BufReader::with_capacity(PIPE_BUFFER, pipe).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 tracing::debug!(target: "toolwarden::worker", tool = %name, "{line}");
                 let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
