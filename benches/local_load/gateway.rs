@@ -196,36 +196,33 @@ impl Session {
         Ok(s)
     }
 
+    /// [`Session::open`] with owned arguments, for a spawned task.
+    pub async fn open_at(addr: String, token: String) -> Result<Session, String> {
+        Session::open(&addr, token).await
+    }
+
     /// Closes the connection; the session stays open at the gateway (its next request reconnects).
     pub fn disconnect(&mut self) {
         self.connection = None;
     }
 
-    fn request(&self, method: http::Method) -> http::request::Builder {
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri("/mcp/default")
-            .header("host", "127.0.0.1")
-            .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-11-25");
-        if !self.id.is_empty() {
-            request = request.header("mcp-session-id", &self.id);
+    /// Sends `make()`'s request; once more on a new connection when the kept one was closed before the
+    /// request went out (the gateway closes keep-alive connections idle for its header timeout).
+    async fn exchange(&mut self, make: impl Fn() -> http::Request<Full<Bytes>>) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
+        for attempt in 0..2 {
+            if self.connection.is_none() {
+                self.connection = Some(Connection::open(&self.addr).await?);
+            }
+            let result = self.connection.as_mut().expect("connected").send(make()).await;
+            if result.is_err() {
+                self.connection = None;
+            }
+            match result {
+                Err(e) if attempt == 0 && e.starts_with("connection:") => continue,
+                other => return other,
+            }
         }
-        request
-    }
-
-    async fn exchange(&mut self, request: http::Request<Full<Bytes>>) -> Result<(http::StatusCode, http::HeaderMap, Bytes), String> {
-        if self.connection.is_none() {
-            self.connection = Some(Connection::open(&self.addr).await?);
-        }
-        let result = self.connection.as_mut().expect("connected").send(request).await;
-        if result.is_err() {
-            // The next request opens a new connection.
-            self.connection = None;
-        }
-        result
+        unreachable!("the loop returns")
     }
 
     /// A request (with params) or a notification (`None`); the reply, if any.
@@ -238,8 +235,9 @@ impl Session {
             }
             None => json!({"jsonrpc": "2.0", "method": method}),
         };
-        let request = self.request(http::Method::POST).body(Full::new(Bytes::from(body.to_string()))).unwrap();
-        let (status, headers, bytes) = self.exchange(request).await?;
+        let body = Bytes::from(body.to_string());
+        let (token, id) = (self.token.clone(), self.id.clone());
+        let (status, headers, bytes) = self.exchange(|| session_request(&token, &id, http::Method::POST).body(Full::new(body.clone())).unwrap()).await?;
         if !status.is_success() {
             return Err(format!("{method}: HTTP {status}: {}", String::from_utf8_lossy(&bytes)));
         }
@@ -265,13 +263,29 @@ impl Session {
 
     /// Ends the session (HTTP DELETE).
     pub async fn end(mut self) -> Result<(), String> {
-        let request = self.request(http::Method::DELETE).body(Full::new(Bytes::new())).unwrap();
-        let (status, _, bytes) = self.exchange(request).await?;
+        let (token, id) = (self.token.clone(), self.id.clone());
+        let (status, _, bytes) = self.exchange(|| session_request(&token, &id, http::Method::DELETE).body(Full::new(Bytes::new())).unwrap()).await?;
         if !status.is_success() {
             return Err(format!("DELETE: HTTP {status}: {}", String::from_utf8_lossy(&bytes)));
         }
         Ok(())
     }
+}
+
+/// An MCP request of session `id` (none yet when empty), with the headers the gateway wants.
+fn session_request(token: &str, id: &str, method: http::Method) -> http::request::Builder {
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri("/mcp/default")
+        .header("host", "127.0.0.1")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25");
+    if !id.is_empty() {
+        request = request.header("mcp-session-id", id);
+    }
+    request
 }
 
 /// The JSON-RPC reply in a JSON or SSE body (Null for an empty body).

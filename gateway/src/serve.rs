@@ -53,6 +53,7 @@ fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, canc
                 end(&gw, &mgr, &session.id, reason).await;
             }
             gw.refresh_approval_metrics();
+            gw.runtime.trim_idle();
         }
     });
     if let Some(mut ended) = gateway.runtime.subscribe_ended() {
