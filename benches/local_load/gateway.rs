@@ -244,21 +244,22 @@ impl Session {
         Ok((headers, parse_reply(&bytes)))
     }
 
-    /// Calls `show_text` with `text`: Ok(true) when it ran and showed the text back, Ok(false) when the
-    /// gateway refused it (a tool result with `isError`), Err when the request failed.
-    pub async fn call(&mut self, text: &str) -> Result<bool, String> {
+    /// Calls `show_text` with `text`: Ok(None) when it ran and showed the text back, Ok(Some(code)) when
+    /// the answer was a tool result with `isError` (the gateway's code: a refusal or a worker failure),
+    /// Err when the request failed.
+    pub async fn call(&mut self, text: &str) -> Result<Option<String>, String> {
         let (_, reply) = self.post("tools/call", Some(json!({"name": "show_text", "arguments": {"text": text}}))).await?;
         let result = &reply["result"];
         if result.is_null() {
             return Err(format!("no result: {reply}"));
         }
         if result["isError"] == json!(true) {
-            return Ok(false);
+            return Ok(Some(result["_meta"]["toolwarden.dev/code"].as_str().unwrap_or("no code").to_owned()));
         }
         if !result.to_string().contains(text) {
             return Err(format!("unexpected result: {reply}"));
         }
-        Ok(true)
+        Ok(None)
     }
 
     /// Ends the session (HTTP DELETE).

@@ -46,8 +46,8 @@ struct LoadParams {
 async fn first_call(mut session: Session, index: usize) -> (Session, Result<Duration, String>) {
     let started = Instant::now();
     let result = match session.call(&format!("s{index}")).await {
-        Ok(true) => Ok(started.elapsed()),
-        Ok(false) => Err("the first call was refused".into()),
+        Ok(None) => Ok(started.elapsed()),
+        Ok(Some(code)) => Err(format!("isError {code}")),
         Err(e) => Err(e),
     };
     (session, result)
@@ -68,8 +68,8 @@ async fn keep_calling(mut session: Session, index: usize, interval: Duration, un
         }
         let began = Instant::now();
         match session.call(&format!("s{index}")).await {
-            Ok(true) => latencies.push(began.elapsed()),
-            Ok(false) => failures.push("refused".to_owned()),
+            Ok(None) => latencies.push(began.elapsed()),
+            Ok(Some(code)) => failures.push(format!("isError {code}")),
             Err(e) => failures.push(e),
         }
     }

@@ -90,8 +90,12 @@ async fn client(addr: String, index: usize, p: Arc<Params>, counts: Arc<Counts>,
             // path is soaked too.
             let text = if n % 10 == 0 { "x".repeat(150) } else { format!("c{index}-{n}") };
             match session.call(&text).await {
-                Ok(true) => counts.calls_ok.fetch_add(1, Ordering::Relaxed),
-                Ok(false) => counts.calls_refused.fetch_add(1, Ordering::Relaxed),
+                Ok(None) => counts.calls_ok.fetch_add(1, Ordering::Relaxed),
+                Ok(Some(code)) if code == "argument_rule_failed" => counts.calls_refused.fetch_add(1, Ordering::Relaxed),
+                Ok(Some(code)) => {
+                    eprintln!("soak: a call failed: {code}");
+                    counts.failures.fetch_add(1, Ordering::Relaxed)
+                }
                 Err(e) => {
                     eprintln!("soak: a call failed: {e}");
                     counts.failures.fetch_add(1, Ordering::Relaxed)
