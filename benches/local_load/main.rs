@@ -40,6 +40,8 @@ struct LoadParams {
     subjects: usize,
     seconds: u64,
     interval: Duration,
+    /// Quiet time before the idle memory is read.
+    idle: Duration,
 }
 
 /// A session's first call, which starts its worker: its latency.
@@ -131,7 +133,7 @@ async fn load(tmp: &std::path::Path, p: LoadParams) {
     for (_, session) in sessions.iter_mut() {
         session.disconnect();
     }
-    tokio::time::sleep(Duration::from_secs(env_or("BENCH_IDLE_SECONDS", 40))).await;
+    tokio::time::sleep(p.idle).await;
     let with_sessions = procfs::memory(pid);
     let gateway_fds = procfs::open_fds(pid);
 
@@ -252,13 +254,14 @@ fn main() {
             return soak::run(tmp.path(), soak::Params::from_env(seconds)).await;
         }
         let params = if smoke {
-            LoadParams { sessions: 10, subjects: 2, seconds: 2, interval: Duration::from_millis(500) }
+            LoadParams { sessions: 10, subjects: 2, seconds: 2, interval: Duration::from_millis(500), idle: Duration::from_secs(1) }
         } else {
             LoadParams {
                 sessions: env_or("BENCH_SESSIONS", 1000),
                 subjects: env_or("BENCH_SUBJECTS", 20usize).max(1),
                 seconds: env_or("BENCH_SECONDS", 300),
                 interval: Duration::from_millis(env_or("BENCH_CALL_INTERVAL_MS", 5000)),
+                idle: Duration::from_secs(env_or("BENCH_IDLE_SECONDS", 40)),
             }
         };
         load(tmp.path(), params).await;
