@@ -256,6 +256,97 @@ async fn a_client_that_trickles_its_headers_is_cut_off() {
     assert_eq!(response.status(), 200);
 }
 
+const READ_A_LOT: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: read-a-lot}
+spec:
+  description: Prints eight megabytes.
+  effect: read
+  outputTrust: trusted
+  inputSchema: {type: object, additionalProperties: false}
+  runtime:
+    exec:
+      image: python:3.12-slim
+      command: [python3, -c, "import sys; sys.stdout.write('x' * 8000000)"]
+  limits: {maxOutputBytes: 16777216}
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: developers-read-a-lot}
+spec:
+  subjects: {groups: [developers]}
+  tools: {names: [read-a-lot]}
+  decision: allow
+"#;
+
+/// Whether the kernel still has an established TCP connection from local port `server` to `client`
+/// (`/proc/net/tcp`, IPv4 loopback): the gateway's side of one client connection.
+fn connection_open(server: u16, client: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| addr.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        port(fields[1]) == Some(server) && port(fields[2]) == Some(client) && fields[3] == "01"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answer_is_cut_off_and_counted() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dev = Dev::start_with_args(&[("read-a-lot.yaml", READ_A_LOT)], &["--write-stall-timeout", "2s"]);
+    let session = open_session(&dev, DEV_TOKEN).await;
+    let port: u16 = dev.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+
+    // A client asks for an 8 MB answer and never reads it: a small receive buffer, nothing read.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(dev.addr.parse().unwrap()).await.unwrap();
+    let client_port = stalled.local_addr().unwrap().port();
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "read_a_lot", "arguments": {}}}).to_string();
+    let request = format!(
+        "POST /mcp/default HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {DEV_TOKEN}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\nMCP-Protocol-Version: 2025-06-18\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+
+    // The call itself ran to its end and was audited; then the gateway gave up on the connection.
+    let metric = "toolwarden_http_connections_closed_total{reason=\"write_stalled\"} 1";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let metrics = loop {
+        let metrics = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if metrics.lines().any(|l| l == metric) {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stalled connection was not closed and counted within 60 s: {:?}", metrics.lines().find(|l| l.contains("connections_closed")));
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(metrics.contains("toolwarden_tool_calls_total{namespace=\"default\",tool=\"read_a_lot\",decision=\"allow\",status=\"ok\"} 1"), "{metrics}");
+    let result = dev.audit_lines().into_iter().find(|l| l["event"] == "result" && l["tool"] == "read_a_lot").expect("the call's result line");
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["output_bytes"], 8_000_000, "{result}");
+    assert!(!connection_open(port, client_port), "the gateway's side of the stalled connection is gone");
+
+    // What the client gets when it finally reads: part of the answer, then a reset, never the whole.
+    let mut received = Vec::new();
+    // (a reset ends the read with an error, which is what the client sees)
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), stalled.read_to_end(&mut received)).await.expect("the read ends");
+    assert!(received.len() < 8_000_000, "the client got the whole answer ({} bytes): the connection was not cut", received.len());
+
+    // The session and the gateway are unaffected: the same call read by a client that reads.
+    let reply: Value = mcp_post_in_session(&dev, Some(DEV_TOKEN), &session)
+        .json(&json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {"name": "read_a_lot", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["result"]["content"][0]["text"].as_str().map(str::len), Some(8_000_000), "{}", reply.to_string().chars().take(300).collect::<String>());
+    let metrics = http().get(dev.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == metric), "a reading client is not counted as stalled");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_gateway_cleanly() {
     let mut dev = Dev::start(&[]);

@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// are keep-alive connections idle for this long.
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     pub header_read_timeout: Duration,
+    /// How long a client may accept no byte of an answer (it stopped reading) before its connection is
+    /// closed; counted in `toolwarden_http_connections_closed_total{reason="write_stalled"}`.
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub write_stall_timeout: Duration,
     /// A browser origin allowed to call `/mcp/...` and `/approvals` (repeatable): `https://host`,
     /// `https://host:port`, `http://host:*` (any port) or `null`. Requests with any other `Origin` get
     /// 403; requests without one (agents, SDKs, curl) are not affected. Loopback origins are allowed
@@ -111,6 +115,7 @@ impl ServeArgs {
             max_sessions_per_subject: self.max_sessions_per_subject as usize,
             max_sessions: self.max_sessions as usize,
             header_read_timeout: self.header_read_timeout,
+            write_stall_timeout: self.write_stall_timeout,
             shutdown_grace: self.shutdown_grace,
             allowed_origins,
             ..Settings::default()

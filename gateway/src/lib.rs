@@ -34,6 +34,7 @@ pub mod session_manager;
 pub mod sessions;
 pub mod state;
 pub mod trace;
+pub mod write_stall;
 
 #[cfg(test)]
 mod replicas_tests;

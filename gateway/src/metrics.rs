@@ -33,6 +33,7 @@ pub struct GatewayMetrics {
     pub worker_calls_failed: Family<Labels, Counter>,
     pub sessions_refused: Family<Labels, Counter>,
     pub http_refused: Family<Labels, Counter>,
+    pub connections_closed: Family<Labels, Counter>,
     /// Requests sent on to the replica holding their session, and sessions taken over from a lost one.
     pub sessions_forwarded: Family<Labels, Counter>,
     pub sessions_taken_over: Family<Labels, Counter>,
@@ -67,6 +68,7 @@ impl GatewayMetrics {
             worker_calls_failed: Family::default(),
             sessions_refused: Family::default(),
             http_refused: Family::default(),
+            connections_closed: Family::default(),
             sessions_forwarded: Family::default(),
             sessions_taken_over: Family::default(),
             runtime,
@@ -115,6 +117,11 @@ impl GatewayMetrics {
             "toolwarden_http_requests_refused",
             "Requests refused at the HTTP edge before authentication, by reason (origin: a browser Origin not allowed)",
             m.http_refused.clone(),
+        );
+        registry.register(
+            "toolwarden_http_connections_closed",
+            "Connections the gateway closed on its own, by reason (write_stalled: the client accepted no data of its answer for the write stall timeout)",
+            m.connections_closed.clone(),
         );
         registry.register(
             "toolwarden_session_requests_forwarded",
@@ -172,6 +179,10 @@ impl GatewayMetrics {
 
     pub fn http_refused(&self, reason: &str) {
         self.http_refused.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    }
+
+    pub fn connection_closed(&self, reason: &str) {
+        self.connections_closed.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
     pub fn worker_failed(&self, namespace: &str, tool: &str, reason: &str) {

@@ -53,6 +53,7 @@ fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, canc
                 end(&gw, &mgr, &session.id, reason).await;
             }
             gw.refresh_approval_metrics();
+            gw.runtime.trim_idle();
         }
     });
     if let Some(mut ended) = gateway.runtime.subscribe_ended() {
@@ -72,16 +73,37 @@ fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, canc
     }
 }
 
+/// How long a client may take to send a request's headers, and to accept an answer's bytes.
+#[derive(Clone)]
+struct ConnectionLimits {
+    header_read: Duration,
+    write_stall: Duration,
+    on_stall: crate::write_stall::OnStall,
+}
+
+impl ConnectionLimits {
+    fn of(gateway: &Arc<Gateway>) -> ConnectionLimits {
+        let metrics = gateway.metrics.clone();
+        let write_stall = gateway.settings.write_stall_timeout;
+        let on_stall: crate::write_stall::OnStall = Arc::new(move |peer| {
+            metrics.connection_closed("write_stalled");
+            tracing::warn!(peer = ?peer, timeout_seconds = write_stall.as_secs_f64(), "closed a connection whose client accepted no data of its answer for the write stall timeout");
+        });
+        ConnectionLimits { header_read: gateway.settings.header_read_timeout, write_stall, on_stall }
+    }
+}
+
 /// Serves `front` over HTTP/1.1 on `listener` until `stop` is cancelled, then waits for open connections
 /// to finish (the caller bounds that wait).
 ///
-/// A client must send each request's headers within `header_timeout`. Without it a client that trickles
-/// headers byte by byte (slowloris) holds its connection, and the memory and task behind it, for as long
-/// as it likes. hyper counts from the start of each request, and on a keep-alive connection from the end
-/// of the previous answer, so idle keep-alive connections close after it too.
-async fn serve_http(listener: TcpListener, front: Front, stop: CancellationToken, header_timeout: Duration) {
+/// A client must send each request's headers within `limits.header_read`. Without it a client that
+/// trickles headers byte by byte (slowloris) holds its connection, and the memory and task behind it, for
+/// as long as it likes. hyper counts from the start of each request, and on a keep-alive connection from
+/// the end of the previous answer, so idle keep-alive connections close after it too. A client that stops
+/// reading its answers is closed after `limits.write_stall` without progress ([`crate::write_stall`]).
+async fn serve_http(listener: TcpListener, front: Front, stop: CancellationToken, limits: ConnectionLimits) {
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_read);
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -100,6 +122,7 @@ async fn serve_http(listener: TcpListener, front: Front, stop: CancellationToken
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        let stream = crate::write_stall::WriteStallGuard::new(stream, limits.write_stall, limits.on_stall.clone());
         let connection = builder.serve_connection(TokioIo::new(stream), front.clone());
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -151,7 +174,7 @@ pub async fn serve(
     if let Some(listener) = metrics_listener {
         let ops = Front::routes(ops_router::<()>(gateway.clone(), true));
         let stop = stopping.clone();
-        tokio::spawn(serve_http(listener, ops, stop, gateway.settings.header_read_timeout));
+        tokio::spawn(serve_http(listener, ops, stop, ConnectionLimits::of(&gateway)));
     }
     let grace = gateway.settings.shutdown_grace;
     let delay = gateway.settings.shutdown_delay;
@@ -184,7 +207,7 @@ pub async fn serve(
         }
         streams.cancel();
     });
-    let server = serve_http(listener, front, stopping.clone(), gateway.settings.header_read_timeout);
+    let server = serve_http(listener, front, stopping.clone(), ConnectionLimits::of(&gateway));
     let hard_stop = async {
         stopping.cancelled().await;
         tokio::time::sleep(grace + Duration::from_secs(2)).await;

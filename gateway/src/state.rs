@@ -41,6 +41,9 @@ pub struct Settings {
     pub max_sessions: usize,
     /// How long a client may take to send a request's headers (see [`crate::serve`]).
     pub header_read_timeout: Duration,
+    /// How long a connection's client may accept no byte of an answer before it is closed (see
+    /// [`crate::write_stall`]).
+    pub write_stall_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -56,6 +59,7 @@ impl Default for Settings {
             max_sessions_per_subject: 64,
             max_sessions: 10_000,
             header_read_timeout: Duration::from_secs(30),
+            write_stall_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -265,3 +265,24 @@ async fn shutdown_stops_every_worker_and_refuses_new_calls() {
     let err = f.runtime.start_session(session("s3")).await.unwrap_err();
     assert_eq!(err.code, "shutting_down");
 }
+
+#[tokio::test]
+async fn a_start_cut_off_half_way_leaves_no_directory_and_no_count_behind() {
+    let f = fixture();
+    f.runtime.start_session(session("s1")).await.unwrap();
+    let never_ready = tool("read_note", json!({"labels": {"fake": "slowstart"}}));
+    // The gateway's own bound on a call drops it while its worker is still starting.
+    let never = CancellationToken::new();
+    let call = f.runtime.call("s1", &never_ready, request(json!({})), &never);
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(500), call).await.is_err(), "the worker never becomes ready");
+    assert_eq!(worker_dirs(&f).len(), 1, "its directory was made");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let gauge = metrics_text(&f.metrics).lines().find(|l| l.starts_with("toolwarden_worker_pods_active ")).map(str::to_owned);
+        if worker_dirs(&f).is_empty() && gauge.as_deref() == Some("toolwarden_worker_pods_active 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "left behind: {:?}, {gauge:?}", worker_dirs(&f));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -84,6 +84,21 @@ async fn calls_reuse_one_connection_over_unix_and_tcp() {
 }
 
 #[tokio::test]
+async fn connections_idle_longer_than_the_limit_are_closed_and_the_next_call_opens_one() {
+    let fake = start(false, json!({}));
+    let client = WorkerClient::new(fake.endpoint.clone(), TOKEN.into());
+    seen(&client, json!({})).await;
+    // A recent connection stays.
+    client.close_idle_older_than(Duration::from_secs(60));
+    assert_eq!(seen(&client, json!({})).await["connections"], 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.close_idle_older_than(Duration::from_millis(10));
+    let next = seen(&client, json!({"after": "trim"})).await;
+    assert_eq!(next["arguments"], json!({"after": "trim"}));
+    assert_eq!(next["connections"], 2, "the trimmed connection was closed and a new one opened");
+}
+
+#[tokio::test]
 async fn concurrent_calls_get_their_own_connections_and_keep_them() {
     let fake = start(false, json!({}));
     let client = WorkerClient::new(fake.endpoint.clone(), TOKEN.into());

@@ -33,6 +33,9 @@ pub type LocalSecrets = Arc<std::sync::RwLock<BTreeMap<(String, String), BTreeMa
 
 /// How long a worker may take to answer its first health check.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// A connection to a worker unused this long is closed ([`WorkerRuntime::trim_idle`]): a quiet session's
+/// worker then holds no connection buffers in the gateway.
+pub const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(30);
 /// Time between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// Added to a tool's timeout before the gateway gives up on the worker (which enforces the timeout itself).
@@ -40,6 +43,8 @@ pub const CALL_MARGIN: Duration = Duration::from_secs(5);
 /// Exit code of `toolwarden worker sandbox` when the kernel refuses unprivileged user namespaces.
 pub const SANDBOX_UNAVAILABLE_EXIT: i32 = 3;
 const STDERR_LINES: usize = 20;
+/// Read buffer of each of a worker's stdout and stderr pipes (tokio's default is 8 KiB).
+const PIPE_BUFFER: usize = 512;
 /// Unix socket paths are limited to 108 bytes.
 const MAX_SOCKET_PATH: usize = 100;
 
@@ -61,6 +66,17 @@ pub struct LocalRuntime {
     config: LocalRuntimeConfig,
     sessions: Mutex<HashMap<String, Session>>,
     closed: AtomicBool,
+    /// Worker starts under way at once: see [`concurrent_starts`].
+    starts: tokio::sync::Semaphore,
+}
+
+/// How many workers start at once: twice the CPUs this process may use. Starting a sandbox is CPU work
+/// (namespaces, mounts, the worker's exec); a thousand at once on two cores all crawl together, and
+/// the calls to workers that are already up time out behind them. In turn, the first calls of a wave of
+/// new sessions wait for their start like in a queue, and the start timeout counts from the moment a
+/// start really begins.
+fn concurrent_starts() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 struct Session {
@@ -74,14 +90,13 @@ type Slot = Arc<tokio::sync::Mutex<Option<Arc<Worker>>>>;
 struct Worker {
     tool: ToolConfig,
     client: WorkerClient,
-    dir: PathBuf,
-    /// Set by the watcher when the process has exited (and been reaped).
+    /// Set by the watcher when the process has exited (and been reaped) and its directory is gone.
     exit: tokio::sync::watch::Receiver<Option<String>>,
-    /// Dropping it (or sending) makes the watcher stop the process group.
+    /// Dropping it (or sending) makes the watcher stop the process group: a worker whose start was
+    /// abandoned (the call that started it was cut off) is cleaned up like one that was stopped.
     kill: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     /// A call saw it die, time out or refuse its token: the next call starts a fresh one.
     broken: AtomicBool,
-    stopped: AtomicBool,
     stderr: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -95,21 +110,13 @@ impl Worker {
         lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
     }
 
-    /// Stops the process group and removes the directory. Idempotent.
-    async fn stop(&self, metrics: &crate::kubernetes::Metrics) {
+    /// Stops the process group and waits until its watcher has removed the directory. Idempotent.
+    async fn stop(&self) {
         if let Some(kill) = self.kill.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = kill.send(());
         }
         let mut exit = self.exit.clone();
         let _ = exit.wait_for(Option::is_some).await;
-        if !self.stopped.swap(true, Ordering::SeqCst) {
-            metrics.worker_pods_active.dec();
-            if let Err(e) = std::fs::remove_dir_all(&self.dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(dir = %self.dir.display(), "worker directory not removed: {e}");
-            }
-        }
     }
 }
 
@@ -137,7 +144,12 @@ impl LocalRuntime {
         if config.unsafe_no_sandbox {
             tracing::warn!("local runtime: --unsafe-no-sandbox: tools run WITHOUT namespaces, with this user's rights and network");
         }
-        Ok(Arc::new(LocalRuntime { config, sessions: Mutex::new(HashMap::new()), closed: AtomicBool::new(false) }))
+        Ok(Arc::new(LocalRuntime {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            starts: tokio::sync::Semaphore::new(concurrent_starts()),
+        }))
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -159,13 +171,15 @@ impl LocalRuntime {
                 return Ok(worker.clone());
             }
             let old = slot.take().expect("checked");
-            let metrics = self.config.metrics.clone();
-            tokio::spawn(async move { old.stop(&metrics).await });
+            tokio::spawn(async move { old.stop().await });
         }
         if self.closed.load(Ordering::SeqCst) {
             return Err(RuntimeError::new("shutting_down", "the gateway is shutting down"));
         }
         let started = Instant::now();
+        let Ok(_turn) = self.starts.acquire().await else {
+            return Err(RuntimeError::new("shutting_down", "the gateway is shutting down"));
+        };
         match self.start(&namespace, tool).await {
             Ok(worker) => {
                 self.config.metrics.worker_started("local", started.elapsed().as_secs_f64());
@@ -256,13 +270,13 @@ impl LocalRuntime {
         let child = command.spawn().map_err(|e| {
             cleanup(fail("worker_start_failed", &format!("running {}", self.config.worker_command[0].to_string_lossy()), &e))
         })?;
-        let worker = Arc::new(watch_child(child, tool.clone(), dir.clone(), &token));
         self.config.metrics.worker_pods_active.inc();
+        let worker = Arc::new(watch_child(child, tool.clone(), dir.clone(), &token, self.config.metrics.clone()));
 
         match self.wait_ready(&worker).await {
             Ok(()) => Ok(worker),
             Err(e) => {
-                worker.stop(&self.config.metrics).await;
+                worker.stop().await;
                 Err(e)
             }
         }
@@ -343,7 +357,7 @@ impl LocalRuntime {
         let stops = slots.into_iter().map(|slot| async move {
             let worker = slot.lock().await.take();
             if let Some(worker) = worker {
-                worker.stop(&self.config.metrics).await;
+                worker.stop().await;
             }
         });
         futures::future::join_all(stops).await;
@@ -351,7 +365,7 @@ impl LocalRuntime {
 }
 
 /// Spawns the task that owns the child: it reaps it, and on request stops its process group.
-fn watch_child(mut child: tokio::process::Child, tool: ToolConfig, dir: PathBuf, token: &str) -> Worker {
+fn watch_child(mut child: tokio::process::Child, tool: ToolConfig, dir: PathBuf, token: &str, metrics: crate::kubernetes::Metrics) -> Worker {
     let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_LINES)));
     for pipe in [child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), child.stdout.take().map(|p| Box::new(p) as _)]
         .into_iter()
@@ -360,7 +374,10 @@ fn watch_child(mut child: tokio::process::Child, tool: ToolConfig, dir: PathBuf,
         let lines = stderr.clone();
         let name = tool.name.clone();
         tokio::spawn(async move {
-            let mut reader = BufReader::new(pipe).lines();
+            // A small buffer: the pipes are quiet (a worker writes a line only when something fails)
+            // and each idle worker holds two of them for its whole life; a longer line is still read
+            // whole, in more pieces.
+            let mut reader = BufReader::with_capacity(PIPE_BUFFER, pipe).lines();
             while let Ok(Some(line)) = reader.next_line().await {
                 tracing::debug!(target: "toolwarden::worker", tool = %name, "{line}");
                 let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
@@ -374,6 +391,8 @@ fn watch_child(mut child: tokio::process::Child, tool: ToolConfig, dir: PathBuf,
     let (exit_tx, exit_rx) = tokio::sync::watch::channel(None);
     let (kill_tx, mut kill_rx) = tokio::sync::oneshot::channel::<()>();
     let pid = child.id();
+    let worker_dir = dir.clone();
+    let endpoint = WorkerEndpoint::Unix(spawn::socket_path(&dir));
     tokio::spawn(async move {
         let exited = tokio::select! {
             status = child.wait() => Some(status),
@@ -399,17 +418,23 @@ fn watch_child(mut child: tokio::process::Child, tool: ToolConfig, dir: PathBuf,
         };
         // Kill what the worker may have left in its group.
         signal_group(pid, libc::SIGKILL);
+        // The cleanup is here, where every worker ends, rather than in `stop`: a start abandoned half
+        // way (its call cut off by the gateway's own bound) never calls `stop`, and before this it left
+        // its directory and its count in `toolwarden_worker_pods_active` behind.
+        metrics.worker_pods_active.dec();
+        if let Err(e) = std::fs::remove_dir_all(&worker_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %worker_dir.display(), "worker directory not removed: {e}");
+        }
         let _ = exit_tx.send(Some(text));
     });
-    let endpoint = WorkerEndpoint::Unix(spawn::socket_path(&dir));
     Worker {
         client: WorkerClient::new(endpoint, token.to_owned()),
         tool,
-        dir,
         exit: exit_rx,
         kill: Mutex::new(Some(kill_tx)),
         broken: AtomicBool::new(false),
-        stopped: AtomicBool::new(false),
         stderr,
     }
 }
@@ -496,6 +521,18 @@ impl WorkerRuntime for LocalRuntime {
 
     fn start_timeout(&self) -> Duration {
         START_TIMEOUT
+    }
+
+    fn trim_idle(&self) {
+        let slots: Vec<Slot> = self.sessions().values().flat_map(|s| s.workers.values().cloned()).collect();
+        for slot in slots {
+            // A slot that is locked is starting or replacing its worker: busy, not idle.
+            if let Ok(worker) = slot.try_lock()
+                && let Some(worker) = worker.as_ref()
+            {
+                worker.client.close_idle_older_than(IDLE_CONNECTION_TTL);
+            }
+        }
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -86,6 +86,9 @@ pub trait WorkerRuntime: Send + Sync + 'static {
     fn end_session<'a>(&'a self, session_id: &'a str, reason: &'static str) -> BoxFuture<'a, ()>;
     /// Stops every worker (gateway shutdown).
     fn shutdown(&self) -> BoxFuture<'_, ()>;
+    /// Frees what quiet workers hold in the gateway (connections unused for a while). The gateway
+    /// calls it every few seconds; a no-op where there is nothing to free.
+    fn trim_idle(&self) {}
 
     // Session bookkeeping the kubernetes runtime mirrors onto the McpSession; no-ops elsewhere.
 

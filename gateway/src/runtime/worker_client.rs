@@ -72,7 +72,8 @@ pub struct WorkerClient {
     endpoint: WorkerEndpoint,
     authorization: HeaderValue,
     host: HeaderValue,
-    idle: Mutex<Vec<Sender>>,
+    /// Idle connections, each with the time it was put back; the most recent last.
+    idle: Mutex<Vec<(Sender, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for WorkerClient {
@@ -183,7 +184,7 @@ impl WorkerClient {
 
     fn take_idle(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(sender) = idle.pop() {
+        while let Some((sender, _)) = idle.pop() {
             if !sender.is_closed() {
                 return Some(sender);
             }
@@ -197,8 +198,16 @@ impl WorkerClient {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(sender);
+            idle.push((sender, std::time::Instant::now()));
         }
+    }
+
+    /// Drops the connections idle for longer than `max_idle`. Each holds a task and its read and write
+    /// buffers (about 16 KiB) in the gateway; a session that went quiet then holds none, and its next
+    /// call opens a connection again (a unix socket connect and an HTTP/1.1 handshake).
+    pub fn close_idle_older_than(&self, max_idle: Duration) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(sender, since)| !sender.is_closed() && since.elapsed() <= max_idle);
     }
 
     /// Drops every idle connection (the worker is being replaced).
