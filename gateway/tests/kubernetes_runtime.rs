@@ -93,6 +93,7 @@ async fn status_writes_are_batched_and_counters_alone_wait_for_their_interval() 
         vec![
             step("POST", &[SESSIONS], 201, Reply::Created),
             step("PATCH", &[SESSIONS, "/busy/status"], 200, Reply::Json(kubernetes_support::mcp_session("team-a", "busy", "u"))),
+            step("PATCH", &[SESSIONS, "/busy/status"], 200, Reply::Json(kubernetes_support::mcp_session("team-a", "busy", "u"))),
             // Ending the session comes next: a status write in between would fail this step.
             step("DELETE", &[PODS, "labelSelector=toolwarden.dev%2Fsession%3Dbusy"], 200, Reply::Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}))),
             step("DELETE", &[SESSIONS, "/busy"], 200, Reply::Json(status_error(200, "", ""))),
@@ -100,10 +101,11 @@ async fn status_writes_are_batched_and_counters_alone_wait_for_their_interval() 
     ));
     let rt = KubernetesRuntime::new(client, config(), Metrics::default());
     rt.start_session(start("busy")).await.unwrap();
+    rt.flush().await; // a new session's status (phase Active): written at once
     for _ in 0..500 {
         rt.record_call("busy", false, None);
     }
-    rt.flush().await; // only counters moved, within a minute of the create: no write
+    rt.flush().await; // only counters moved, within a minute of the last write: no write
     rt.record_call("busy", false, Some("get_page"));
     rt.flush().await; // the taint: written at once, with the counters
     rt.flush().await; // nothing changed: no write
@@ -111,7 +113,8 @@ async fn status_writes_are_batched_and_counters_alone_wait_for_their_interval() 
     rt.flush().await; // counters again: they wait
     rt.end_session("busy", "closed").await.unwrap();
     let seen = server.await.unwrap();
-    assert_eq!((seen[1].body["status"]["calls"].as_u64(), seen[1].body["status"]["tainted"].as_bool()), (Some(501), Some(true)));
+    assert_eq!((seen[1].body["status"]["phase"].as_str(), seen[1].body["status"]["calls"].as_u64()), (Some("Active"), Some(0)));
+    assert_eq!((seen[2].body["status"]["calls"].as_u64(), seen[2].body["status"]["tainted"].as_bool()), (Some(501), Some(true)));
 
     // With the interval passed, counters alone are written.
     let (client, handle) = kubernetes_support::client();

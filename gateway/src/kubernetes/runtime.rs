@@ -182,8 +182,8 @@ impl KubernetesRuntime {
             started: Instant::now(),
             last_activity: Instant::now(),
             status,
-            // A session without a status counts as active everywhere; its first worker writes it.
-            unwritten: Unwritten::Counters,
+            // `kubectl get mcpsessions` shows it Active within a second.
+            unwritten: Unwritten::Now,
             written: Instant::now(),
             workers: HashMap::new(),
         };
