@@ -71,6 +71,8 @@ async fn setup(test: &str) -> (Client, TestNamespace, KubernetesConfig) {
         worker_image: image("TOOLWARDEN_E2E_WORKER_IMAGE"),
         start_timeout: Duration::from_secs(120),
         status_interval: Duration::from_millis(500),
+        // Counters shown within a second (the default writes counters alone once a minute).
+        counters_interval: Duration::from_secs(1),
         ..KubernetesConfig::default()
     };
     (client, TestNamespace(name), config)
