@@ -343,8 +343,7 @@ async fn echo_call(url: &str, session: &str, text: &str) -> Result<(), String> {
     if body.contains(text) && !body.contains(r#""isError":true"#) {
         return Ok(());
     }
-    let marker = r#""toolwarden.dev/code":""#;
-    Err(body.find(marker).map(|i| body[i + marker.len()..].split('"').next().unwrap_or("?").to_owned()).unwrap_or_else(|| "error".to_owned()))
+    Err(e2e_support::result_code(&body).unwrap_or_else(|| "error".to_owned()))
 }
 
 /// What a load session's first call took: its session id, latency and how it ended.

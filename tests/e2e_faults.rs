@@ -9,7 +9,7 @@ mod e2e_support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use e2e_support::{AGENT_TOKEN, HelmRelease, TestNamespace, enabled, items, json_of, kubectl, kubectl_ok, kubectl_stdin, tool_image, wait_for};
+use e2e_support::{AGENT_TOKEN, HelmRelease, TestNamespace, audit_lines, enabled, items, json_of, kubectl, kubectl_ok, kubectl_stdin, tool_image, wait_for};
 use serde_json::{Value, json};
 
 const MANIFESTS: &str = r#"
@@ -62,11 +62,6 @@ fn ready_gateway_after(release: &HelmRelease, restarts: Option<u64>) -> (String,
             (ready[0]["metadata"]["name"].as_str().unwrap_or_default().to_owned(), count.unwrap_or(0))
         })
     })
-}
-
-/// Audit lines (JSON with an `event`) in a log text.
-fn audit_lines(log: &str) -> Vec<Value> {
-    log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l["event"].is_string() && l["call_id"].is_string()).collect()
 }
 
 fn gateway_log(namespace: &str, pod: &str, previous: bool) -> String {

@@ -7,7 +7,7 @@ mod e2e_support;
 
 use std::time::Duration;
 
-use e2e_support::{AGENT_TOKEN, HelmRelease, TestNamespace, enabled, items, json_of, kubectl, kubectl_ok, kubectl_stdin, tool_image, wait_for};
+use e2e_support::{AGENT_TOKEN, HelmRelease, TestNamespace, enabled, items, json_of, kubectl, kubectl_ok, kubectl_stdin, result_code, tool_image, wait_for};
 use serde_json::{Value, json};
 
 /// The credential's value: it must never show in a log, a status, an event or a tool result.
@@ -63,12 +63,6 @@ async fn answer(url: &str, session: &str, tool: &str, secs: u64) -> String {
     tokio::time::timeout(Duration::from_secs(150), call(url, session, tool, secs)).await.expect("answered in time").unwrap().expect("a response")
 }
 
-/// The `toolwarden.dev/code` of a tool result, if it is an error.
-fn code_of(body: &str) -> Option<String> {
-    let start = body.find(r#""toolwarden.dev/code":""#)? + r#""toolwarden.dev/code":""#.len();
-    Some(body[start..].split('"').next()?.to_owned())
-}
-
 fn worker_pods(tenant: &str, tool: &str) -> Vec<Value> {
     items(&json_of(&["get", "pods", "-n", tenant, "-l", &format!("app.kubernetes.io/component=worker,toolwarden.dev/tool={tool}"), "-o", "json"]))
 }
@@ -88,15 +82,15 @@ fn condition(tenant: &str, tool: &str, kind: &str) -> Value {
 }
 
 /// The gateway's audit lines (one replica) that belong to tool calls.
-fn audit_lines(release: &HelmRelease) -> Vec<Value> {
+fn gateway_audit_lines(release: &HelmRelease) -> Vec<Value> {
     let (_, log) = kubectl(&["logs", "-n", &release.namespace.0, &format!("deployment/{}-gateway", release.fullname), "-c", "gateway"]);
-    log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l["event"].is_string() && l["call_id"].is_string()).collect()
+    e2e_support::audit_lines(&log)
 }
 
 /// The result line of the last call of `tool` in `session` whose result matches `status`.
 fn result_line(release: &HelmRelease, session: &str, tool: &str, status: &str) -> Value {
     wait_for(&format!("a {status} result line of {tool}"), Duration::from_secs(30), || {
-        audit_lines(release).into_iter().rev().find(|l| {
+        gateway_audit_lines(release).into_iter().rev().find(|l| {
             l["event"] == "result" && l["session_id"] == session && l["tool"] == tool && l["status"] == status
         })
     })
@@ -131,7 +125,7 @@ async fn a_tool_disabled_or_its_secret_deleted_while_calls_run_ends_them_as_docu
     let switch_off = r#"{"spec": {"disabled": true, "disabledReason": "frozen by the e2e test"}}"#;
     kubectl_ok(&["patch", "mcptool", "check-later", "-n", &tenant, "--type", "merge", "-p", switch_off]);
     let body = tokio::time::timeout(Duration::from_secs(60), running).await.expect("the running call is stopped").unwrap().expect("a response");
-    assert_eq!(code_of(&body).as_deref(), Some("tool_disabled"), "{body}");
+    assert_eq!(result_code(&body).as_deref(), Some("tool_disabled"), "{body}");
     assert!(body.contains("check_later is disabled: frozen by the e2e test") && body.contains("stopped while it ran"), "{body}");
     let result = result_line(&release, &session, "check_later", "disabled");
     assert_eq!(result["code"], "tool_disabled", "{result}");
@@ -141,7 +135,7 @@ async fn a_tool_disabled_or_its_secret_deleted_while_calls_run_ends_them_as_docu
         (ready["status"] == "False" && ready["reason"] == "Disabled").then_some(())
     });
     let refused = answer(&url, &session, "check_later", 1).await;
-    assert_eq!(code_of(&refused).as_deref(), Some("tool_disabled"), "a later call is refused: {refused}");
+    assert_eq!(result_code(&refused).as_deref(), Some("tool_disabled"), "a later call is refused: {refused}");
     assert!(refused.contains("frozen by the e2e test") && !refused.contains("woke"), "{refused}");
     println!("e2e_tool_changes: the running call was stopped: {}", result["message"]);
     // Switched back on, the same session calls it again.
@@ -150,13 +144,13 @@ async fn a_tool_disabled_or_its_secret_deleted_while_calls_run_ends_them_as_docu
     // Ready means the ConfigMap holds it; the gateway applies a new config within about a second.
     let mut back = answer(&url, &session, "check_later", 1).await;
     for _ in 0..30 {
-        if code_of(&back).as_deref() != Some("tool_disabled") {
+        if result_code(&back).as_deref() != Some("tool_disabled") {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         back = answer(&url, &session, "check_later", 1).await;
     }
-    assert!(back.contains("woke") && code_of(&back).is_none(), "the re-enabled tool answers: {back}");
+    assert!(back.contains("woke") && result_code(&back).is_none(), "the re-enabled tool answers: {back}");
 
     // 2. The Secret behind a credential is deleted while a call that uses it runs. The operator removes
     // its scoped copy at once; the running worker keeps the value it started with, so the call and the
@@ -174,13 +168,13 @@ async fn a_tool_disabled_or_its_secret_deleted_while_calls_run_ends_them_as_docu
     assert_eq!((credentials["status"].as_str(), credentials["reason"].as_str()), (Some("False"), Some("SecretNotFound")), "{credentials}");
     assert!(credentials["message"].as_str().unwrap_or_default().contains("lab-credentials"), "the status names the Secret: {credentials}");
     let body = tokio::time::timeout(Duration::from_secs(60), running).await.expect("answered").unwrap().expect("a response");
-    assert!(body.contains("a token of 20 characters") && code_of(&body).is_none(), "the running call completes: {body}");
+    assert!(body.contains("a token of 20 characters") && result_code(&body).is_none(), "the running call completes: {body}");
     let again = answer(&url, &holder, "read_token", 0).await;
     assert!(again.contains("a token of 20 characters"), "the running worker keeps its value: {again}");
 
     let newcomer = e2e_support::open_raw_session(&url, &["read_token"]).await;
     let refused = answer(&url, &newcomer, "read_token", 0).await;
-    assert_eq!(code_of(&refused).as_deref(), Some("missing_secret"), "{refused}");
+    assert_eq!(result_code(&refused).as_deref(), Some("missing_secret"), "{refused}");
     assert!(refused.contains("toolwarden-tool-read-token"), "the refusal names the Secret: {refused}");
     let failed = result_line(&release, &newcomer, "read_token", "worker_failed");
     assert_eq!(failed["code"], "missing_secret", "{failed}");

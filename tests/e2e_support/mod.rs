@@ -243,3 +243,15 @@ pub async fn open_raw_session(url: &str, tools: &[&str]) -> String {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Audit lines of tool calls (JSON with an `event` and a `call_id`) in a gateway's log text.
+pub fn audit_lines(log: &str) -> Vec<Value> {
+    log.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|l| l["event"].is_string() && l["call_id"].is_string()).collect()
+}
+
+/// The `toolwarden.dev/code` of a tool result in an MCP answer's text, if it has one.
+pub fn result_code(body: &str) -> Option<String> {
+    let marker = r#""toolwarden.dev/code":""#;
+    let start = body.find(marker)? + marker.len();
+    Some(body[start..].split('"').next()?.to_owned())
+}
