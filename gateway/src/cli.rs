@@ -273,6 +273,11 @@ pub struct GatewayArgs {
     /// Kubernetes runtime: how long a worker pod may take to become ready.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub worker_start_timeout: Duration,
+    /// Kubernetes runtime: worker pods this replica starts at once. Further starts wait their turn within
+    /// their --worker-start-timeout, so a wave of new sessions does not make the node start every pod
+    /// together (and all of them miss the timeout).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_pod_starts: u16,
     /// Kubernetes runtime: a session whose McpSession status changed only in its counters (calls,
     /// denials, last activity) is written this long after its last write; workers, taint and approvals
     /// are written within a second. Lower: fresher counters (also after a failover), more API writes.
@@ -311,6 +316,7 @@ impl GatewayArgs {
             worker_image: self.worker_image.clone(),
             gateway_id: self.gateway_id.clone(),
             start_timeout: self.worker_start_timeout,
+            max_pod_starts: self.max_pod_starts.into(),
             idle_timeout: self.idle_timeout,
             max_lifetime: self.max_session_lifetime,
             advertise_address: self.advertise_ip.map(|ip| SocketAddr::new(ip, self.listen.port()).to_string()),

@@ -77,7 +77,10 @@ impl CallTrace {
     pub fn decided(&mut self, start: SystemTime, decision: &Decision, record: &AuditRecord) {
         self.add("decide", start, |span| {
             span.str("toolwarden.decision", decision.label());
-            span.display("toolwarden.arguments", &record.arguments);
+            // serde_json's writer straight into the span: its `Display` goes through a formatter.
+            span.written("toolwarden.arguments", |buf| {
+                let _ = serde_json::to_writer(buf, &record.arguments);
+            });
             match decision {
                 Decision::Deny(d) => {
                     span.opt_str("toolwarden.policy", d.policy.as_deref()).opt_str("toolwarden.rule", d.rule.as_deref());

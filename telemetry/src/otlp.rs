@@ -76,6 +76,20 @@ impl SpanWriter<'_> {
         self
     }
 
+    /// A string attribute whose UTF-8 bytes `write` appends straight into the span (a serializer's
+    /// output, say), with no string or formatter between. `write` must append valid UTF-8.
+    pub fn written(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) -> &mut Self {
+        let at = wire::open(self.buf, 9);
+        string(self.buf, 1, key);
+        let any = wire::open(self.buf, 2);
+        let text = wire::open(self.buf, 1);
+        write(self.buf);
+        wire::close(self.buf, text);
+        wire::close(self.buf, any);
+        wire::close(self.buf, at);
+        self
+    }
+
     pub fn bool(&mut self, key: &str, value: bool) -> &mut Self {
         // AnyValue { bool_value = 2 }
         self.scalar(key, 2, u64::from(value))
@@ -367,6 +381,7 @@ mod tests {
         span(&mut batch, &head("tools/call", Some("t"), SpanId::from(7), true, start, end), || SpanId::from(0x00f0_67aa_0ba9_02b7), |s| {
             s.str("s", &long).bool("b", true).int("i", -5).int("big", 1 << 40).opt_str("none", None).opt_str("some", Some("v"));
             s.display("json", &json).kind(SpanKind::Server).error("worker_failed").error("second");
+            s.written("written", |buf| serde_json::to_writer(buf, &json).unwrap());
         });
         span(&mut batch, &head("decide", None, SpanId::INVALID, false, start, start), || unreachable!("the id was chosen"), |s| {
             s.id(SpanId::from(9));
@@ -396,6 +411,7 @@ mod tests {
             ("big", any_value::Value::IntValue(1 << 40)),
             ("some", any_value::Value::StringValue("v".into())),
             ("json", any_value::Value::StringValue(json.to_string())),
+            ("written", any_value::Value::StringValue(json.to_string())),
         ]);
         assert_eq!(child.span_id, hex_bytes("0000000000000009"));
         assert!(child.parent_span_id.is_empty() && child.attributes.is_empty() && child.status.is_none());

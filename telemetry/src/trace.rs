@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId, TraceState};
-use opentelemetry_sdk::trace::{IdGenerator as _, SamplingDecision, ShouldSample as _};
+use opentelemetry_sdk::trace::{IdGenerator as _, Sampler, SamplingDecision, ShouldSample as _};
 
 use crate::Telemetry;
 use crate::context::{Parent, format_traceparent};
@@ -34,17 +34,32 @@ pub struct Trace {
     spans: usize,
 }
 
+/// Whether a trace is kept. The samplers whose answer needs no computation (always on or off, a parent's
+/// flag) answer here; the others are asked through the SDK, with the parent as a remote span context.
+fn sample(sampler: &Sampler, parent: Option<Parent>, trace_id: TraceId, root_name: &str) -> bool {
+    match (sampler, parent) {
+        (Sampler::AlwaysOn, _) => true,
+        (Sampler::AlwaysOff, _) => false,
+        // ParentBased as `config::sampler` builds it: a remote parent's flag decides (without building a
+        // context); without one, its root sampler does, through the SDK.
+        (Sampler::ParentBased(_), Some(parent)) => parent.sampled,
+        (other, parent) => {
+            let parent_context = parent.map(|p| {
+                let flags = if p.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+                Context::new().with_remote_span_context(SpanContext::new(p.trace_id, p.span_id, flags, true, TraceState::NONE))
+            });
+            let decision = other.should_sample(parent_context.as_ref(), trace_id, root_name, &SpanKind::Server, &[], &[]);
+            decision.decision == SamplingDecision::RecordAndSample
+        }
+    }
+}
+
 impl Trace {
     /// Starts a trace under `parent` (the caller's, when it sent a valid one: same trace id), or a new one.
     /// The sampler (`OTEL_TRACES_SAMPLER`) decides once, for the whole trace.
     pub fn start(telemetry: &Arc<Telemetry>, parent: Option<Parent>, root_name: &str) -> Trace {
         let trace_id = parent.map_or_else(|| telemetry.ids.new_trace_id(), |p| p.trace_id);
-        let parent_context = parent.map(|p| {
-            let flags = if p.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
-            Context::new().with_remote_span_context(SpanContext::new(p.trace_id, p.span_id, flags, true, TraceState::NONE))
-        });
-        let decision = telemetry.sampler.should_sample(parent_context.as_ref(), trace_id, root_name, &SpanKind::Server, &[], &[]);
-        let sampled = decision.decision == SamplingDecision::RecordAndSample;
+        let sampled = sample(&telemetry.sampler, parent, trace_id, root_name);
         Trace {
             telemetry: telemetry.clone(),
             trace_id,
@@ -112,5 +127,47 @@ impl Trace {
         let ids = &self.telemetry.ids;
         otlp::span(&mut self.encoded, head, || ids.new_span_id(), write);
         self.spans += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SDK's own answer, for comparison.
+    fn sdk(sampler: &Sampler, parent: Option<Parent>, trace_id: TraceId) -> bool {
+        let parent_context = parent.map(|p| {
+            let flags = if p.sampled { TraceFlags::SAMPLED } else { TraceFlags::default() };
+            Context::new().with_remote_span_context(SpanContext::new(p.trace_id, p.span_id, flags, true, TraceState::NONE))
+        });
+        sampler.should_sample(parent_context.as_ref(), trace_id, "tools/call", &SpanKind::Server, &[], &[]).decision
+            == SamplingDecision::RecordAndSample
+    }
+
+    #[test]
+    fn the_short_cuts_decide_as_the_sdk_does_for_every_sampler_the_config_builds() {
+        let samplers = [
+            Sampler::AlwaysOn,
+            Sampler::AlwaysOff,
+            Sampler::TraceIdRatioBased(0.5),
+            Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.5))),
+        ];
+        let parents = [
+            None,
+            Some(Parent { trace_id: TraceId::from(7), span_id: SpanId::from(9), sampled: true }),
+            Some(Parent { trace_id: TraceId::from(7), span_id: SpanId::from(9), sampled: false }),
+        ];
+        // Trace ids on both sides of a ratio of one half.
+        let ids = [TraceId::from(1), TraceId::from(u128::MAX), TraceId::from(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736)];
+        for sampler in &samplers {
+            for parent in parents {
+                for id in ids {
+                    let id = parent.map_or(id, |p| p.trace_id);
+                    assert_eq!(sample(sampler, parent, id, "tools/call"), sdk(sampler, parent, id), "{sampler:?} {parent:?} {id:?}");
+                }
+            }
+        }
     }
 }

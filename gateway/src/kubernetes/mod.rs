@@ -13,7 +13,8 @@ pub mod pods;
 pub mod restart;
 pub mod runtime;
 pub mod session_store;
-pub mod status_writes;
+pub mod start_queue;
+mod status_writes;
 pub mod used;
 pub mod warm_pool;
 
@@ -28,8 +29,11 @@ pub struct KubernetesConfig {
     /// Stable name of this gateway; sessions and pods are labelled with it so a restarted gateway finds
     /// (and cleans up) what it left behind. Give each replica its own (the pod name in a StatefulSet).
     pub gateway_id: String,
-    /// How long a worker pod may take to become ready.
+    /// How long a session's worker start may take: its turn in the start queue, then the pod becoming
+    /// ready.
     pub start_timeout: Duration,
+    /// Worker pods this gateway starts at once (`start_queue`); more starts wait their turn.
+    pub max_pod_starts: usize,
     pub idle_timeout: Duration,
     pub max_lifetime: Duration,
     /// How often changed McpSession statuses are written (at most one write per session per interval).
@@ -61,6 +65,7 @@ impl Default for KubernetesConfig {
             worker_image: default_worker_image(),
             gateway_id: "toolwarden-gateway".to_owned(),
             start_timeout: Duration::from_secs(60),
+            max_pod_starts: 16,
             idle_timeout: Duration::from_secs(30 * 60),
             max_lifetime: Duration::from_secs(8 * 60 * 60),
             status_interval: Duration::from_secs(1),
@@ -82,6 +87,10 @@ pub enum Error {
     ImagePull { pod: String, image: String, message: String },
     #[error("worker pod {pod} did not become ready within {seconds}s: {detail}")]
     StartTimeout { pod: String, seconds: u64, detail: String },
+    #[error("no worker pod was started within {seconds}s: {waiting} starts were under way or waiting on this gateway replica, which starts at most {limit} at once (--max-pod-starts {limit}); the node is slow to start pods, retry later")]
+    StartQueueTimeout { seconds: u64, limit: usize, waiting: usize },
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
     #[error("worker pod {pod} cannot start: Secret {secret} or one of its keys is missing in namespace {namespace} ({message})")]
     MissingSecret { pod: String, secret: String, namespace: String, message: String },
     #[error("worker pod {pod} cannot start: {message}")]
@@ -118,7 +127,8 @@ impl Error {
         match self {
             Error::InvalidTool(_) => "invalid_tool",
             Error::ImagePull { .. } => "image_pull",
-            Error::StartTimeout { .. } => "start_timeout",
+            Error::StartTimeout { .. } | Error::StartQueueTimeout { .. } => "start_timeout",
+            Error::ShuttingDown => "shutting_down",
             Error::MissingSecret { .. } => "missing_secret",
             Error::ContainerConfig { .. } => "container_config",
             Error::QuotaExceeded { .. } => "quota_exceeded",
@@ -136,7 +146,7 @@ impl Error {
 
     /// Whether the same call may succeed if simply retried later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::StartTimeout { .. } | Error::QuotaExceeded { .. } | Error::Api { .. } | Error::PodGone { .. })
+        matches!(self, Error::StartTimeout { .. } | Error::StartQueueTimeout { .. } | Error::QuotaExceeded { .. } | Error::Api { .. } | Error::PodGone { .. })
     }
 
     pub(crate) fn api(context: impl Into<String>, source: kube::Error) -> Self {

@@ -115,11 +115,11 @@ pub fn classify(pod: &Pod) -> PodState {
     }
 }
 
-/// Waits for a just-created pod to be ready, watching from the create's resourceVersion so no change is
-/// missed; re-reads and re-watches when the server closes the watch.
-pub async fn wait_ready(api: &Api<Pod>, created: &Pod, timeout: Duration) -> Result<String> {
+/// Waits until `deadline` for a just-created pod to be ready, watching from the create's resourceVersion
+/// so no change is missed; re-reads and re-watches when the server closes the watch. `timeout` is the
+/// start timeout the deadline came from, for the message.
+pub async fn wait_ready(api: &Api<Pod>, created: &Pod, deadline: Instant, timeout: Duration) -> Result<String> {
     let name = created.name_any();
-    let deadline = Instant::now() + timeout;
     let mut last = match classify(created) {
         PodState::Ready { ip } => return Ok(ip),
         PodState::Failed(e) => return Err(e),

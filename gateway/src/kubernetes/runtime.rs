@@ -23,6 +23,7 @@ use super::failover::{self, SessionHome};
 use super::pod::{Binding, LABEL_GATEWAY, WORKER_PORT, WorkerPodParams, build_worker_pod, label_value, pod_name};
 use super::restart::{ANNOTATION_SESSION_ID, RestartReport, recover};
 use super::session_store::{SessionStore, gateway_selector, merge_remote_decisions, session_object_name};
+use super::start_queue::StartQueue;
 use super::status_writes::Unwritten;
 use super::warm_pool::{WarmPods, WarmPools, bind, start_warm_pod};
 use super::{Error, KubernetesConfig, Metrics, Result, now_rfc3339, pods, random_hex, sha256_hex};
@@ -82,12 +83,14 @@ pub struct KubernetesRuntime {
     store: SessionStore,
     sessions: Mutex<HashMap<String, Session>>,
     pools: WarmPools,
+    starts: StartQueue,
     ended_tx: broadcast::Sender<SessionEnded>,
 }
 
 impl KubernetesRuntime {
     pub fn new(client: Client, config: KubernetesConfig, metrics: Metrics) -> Arc<Self> {
         Arc::new(KubernetesRuntime {
+            starts: StartQueue::new(config.max_pod_starts),
             store: SessionStore::new(client.clone()),
             client,
             config,
@@ -311,6 +314,9 @@ impl KubernetesRuntime {
             self.metrics.worker_failed("kubernetes", e.code());
             e
         };
+        // The start timeout covers the wait for a turn: a start that never got one creates no pod.
+        let deadline = Instant::now() + self.config.start_timeout;
+        let _turn = self.starts.session_turn(deadline, self.config.start_timeout.as_secs()).await.map_err(fail)?;
         let token = random_hex(32).map_err(fail)?;
         let pod = build_worker_pod(&WorkerPodParams {
             tool,
@@ -326,7 +332,7 @@ impl KubernetesRuntime {
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let created = pods::create(&api, namespace, &pod).await.map_err(fail)?;
         let name = created.name_any();
-        match pods::wait_ready(&api, &created, self.config.start_timeout).await {
+        match pods::wait_ready(&api, &created, deadline, self.config.start_timeout).await {
             Ok(ip) => {
                 self.metrics.worker_pods_active.inc();
                 Ok(WorkerEndpoint {
@@ -526,12 +532,14 @@ impl KubernetesRuntime {
                 tracing::warn!(session = %id, error = %e, "ending a {reason} session");
             }
         }
-        for (namespace, tool, count) in self.pools.deficits() {
-            for _ in 0..count {
+        let mut turns = self.starts.spare_turns();
+        for (namespace, tool, count) in self.pools.deficits(turns.len() as u32) {
+            for turn in turns.drain(..count as usize) {
                 let rt = self.clone();
                 let (namespace, tool) = (namespace.clone(), tool.clone());
                 tokio::spawn(async move {
                     let outcome = start_warm_pod(&rt.client, &rt.config, &rt.metrics, &namespace, &tool).await;
+                    drop(turn);
                     let warm = outcome.inspect_err(|e| tracing::warn!(tool = %tool.name, error = %e, "warm pod")).ok();
                     if let Some(stale) = rt.pools.started(&namespace, &tool, warm) {
                         rt.delete_warm(vec![(namespace, stale)]).await;
@@ -543,6 +551,7 @@ impl KubernetesRuntime {
 
     /// Ends every session and deletes every warm pod (graceful shutdown).
     pub async fn shutdown(&self) {
+        self.starts.close();
         let ids: Vec<String> = self.lock().keys().cloned().collect();
         for id in ids {
             if let Err(e) = self.finish(&id, "shutdown", true).await {

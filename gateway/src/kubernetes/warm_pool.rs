@@ -91,8 +91,9 @@ impl WarmPools {
         None
     }
 
-    /// Pods to start now, per pool, respecting backoff; the caller starts them and reports back.
-    pub fn deficits(&self) -> Vec<(String, ToolConfig, u32)> {
+    /// Pods to start now, per pool, respecting backoff, at most `budget` in all; the caller starts them
+    /// and reports back.
+    pub fn deficits(&self, mut budget: u32) -> Vec<(String, ToolConfig, u32)> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let mut out = Vec::new();
@@ -102,8 +103,9 @@ impl WarmPools {
             }
             pool.ready.retain(|p| p.started.elapsed() < WARM_MAX_AGE);
             let have = pool.ready.len() as u32 + pool.starting;
-            let missing = wanted(&pool.tool).saturating_sub(have);
+            let missing = wanted(&pool.tool).saturating_sub(have).min(budget);
             if missing > 0 {
+                budget -= missing;
                 pool.starting += missing;
                 out.push((ns.clone(), pool.tool.clone(), missing));
             }
@@ -165,7 +167,7 @@ pub async fn start_warm_pod(client: &Client, config: &KubernetesConfig, metrics:
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
     let created = pods::create(&api, namespace, &pod).await.inspect_err(|e| metrics.worker_failed("kubernetes-warm", e.code()))?;
-    match pods::wait_ready(&api, &created, config.start_timeout).await {
+    match pods::wait_ready(&api, &created, started + config.start_timeout, config.start_timeout).await {
         Ok(ip) => {
             metrics.worker_pods_active.inc();
             Ok(WarmPod { name: created.name_any(), ip, token, started })
@@ -198,13 +200,11 @@ pub async fn bind(client: &Client, namespace: &str, warm: &WarmPod, session: &st
     let patch = bind_patch(session, session_uid, warm.started.elapsed(), session_left);
     let params = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
     match api.patch(&warm.name, &params, &Patch::Merge(&patch)).await {
-        Ok(pod) => match pods::classify(&pod) {
-            PodState::Ready { ip } if ip == warm.ip => Ok(Some(())),
-            _ => {
-                pods::delete(&api, &warm.name).await?;
-                Ok(None)
-            }
-        },
+        Ok(pod) if serves_at(&pod, &warm.ip) => Ok(Some(())),
+        Ok(_) => {
+            pods::delete(&api, &warm.name).await?;
+            Ok(None)
+        }
         Err(e) if api_code(&e) == Some(404) => Ok(None),
         // The deadline may only shrink; a pod past it is finished anyway.
         Err(e) if api_code(&e) == Some(422) => {
@@ -212,6 +212,19 @@ pub async fn bind(client: &Client, namespace: &str, warm: &WarmPod, session: &st
             Ok(None)
         }
         Err(e) => Err(Error::api(format!("binding warm pod {}", warm.name), e)),
+    }
+}
+
+/// Whether a bound warm pod can take the session's calls: running, at the IP it had when it was ready.
+/// Its Ready condition may be False for a moment (a readiness probe that timed out on a busy node); the
+/// gateway talks to the pod directly, and a worker that really died fails its call like any dead worker.
+fn serves_at(pod: &Pod, ip: &str) -> bool {
+    match pods::classify(pod) {
+        PodState::Ready { ip: now } => now == ip,
+        PodState::Failed(_) => false,
+        PodState::Starting(_) => {
+            pod.status.as_ref().is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.as_deref() == Some(ip))
+        }
     }
 }
 
@@ -235,13 +248,23 @@ mod tests {
         let pools = WarmPools::default();
         let t = warm_tool(2);
         assert!(pools.configure("a", std::slice::from_ref(&t)).is_empty());
-        assert_eq!(pools.deficits(), vec![("a".to_owned(), t.clone(), 2)]);
-        assert!(pools.deficits().is_empty(), "starts in flight count towards the size");
+        assert_eq!(pools.deficits(u32::MAX), vec![("a".to_owned(), t.clone(), 2)]);
+        assert!(pools.deficits(u32::MAX).is_empty(), "starts in flight count towards the size");
         pools.started("a", &t, Some(warm("p1")));
         pools.started("a", &t, None);
-        assert!(pools.deficits().is_empty(), "a failure backs off");
+        assert!(pools.deficits(u32::MAX).is_empty(), "a failure backs off");
         assert_eq!(pools.take("a", &t).map(|p| p.name), Some("p1".to_owned()));
         assert!(pools.take("a", &t).is_none());
+    }
+
+    #[test]
+    fn a_pool_starts_no_more_than_the_turns_it_is_given() {
+        let pools = WarmPools::default();
+        let t = warm_tool(3);
+        pools.configure("a", std::slice::from_ref(&t));
+        assert!(pools.deficits(0).is_empty());
+        assert_eq!(pools.deficits(1), vec![("a".to_owned(), t.clone(), 1)]);
+        assert_eq!(pools.deficits(u32::MAX), vec![("a".to_owned(), t.clone(), 2)], "the rest at the next sweep");
     }
 
     #[test]
@@ -249,13 +272,33 @@ mod tests {
         let pools = WarmPools::default();
         let t = warm_tool(1);
         pools.configure("a", std::slice::from_ref(&t));
-        pools.deficits();
+        pools.deficits(u32::MAX);
         pools.started("a", &t, Some(warm("p1")));
         let mut changed = t.clone();
         changed.timeout_ms = 1;
         assert!(pools.take("a", &changed).is_none(), "an old pod never serves a changed tool");
         assert_eq!(pools.configure("a", &[changed]), vec![("a".to_owned(), "p1".to_owned())]);
         assert_eq!(pools.configure("a", &[]), Vec::<(String, String)>::new());
+    }
+
+    fn pod_with(phase: &str, ip: &str, ready: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "a"},
+            "status": {"phase": phase, "podIP": ip, "conditions": [{"type": "Ready", "status": ready}]},
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn a_warm_pod_whose_readiness_flickered_is_still_bound_but_a_moved_or_finished_one_is_not() {
+        assert!(serves_at(&pod_with("Running", "10.0.0.1", "True"), "10.0.0.1"));
+        assert!(serves_at(&pod_with("Running", "10.0.0.1", "False"), "10.0.0.1"), "a probe that timed out once");
+        assert!(!serves_at(&pod_with("Running", "10.0.0.2", "True"), "10.0.0.1"), "another IP: not the pod we know");
+        assert!(!serves_at(&pod_with("Failed", "10.0.0.1", "False"), "10.0.0.1"));
+        assert!(!serves_at(&pod_with("Pending", "10.0.0.1", "False"), "10.0.0.1"));
+        let mut deleting = pod_with("Running", "10.0.0.1", "True");
+        deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()));
+        assert!(!serves_at(&deleting, "10.0.0.1"), "a pod being deleted");
     }
 
     #[test]
