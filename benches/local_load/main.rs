@@ -40,7 +40,7 @@ struct LoadParams {
     subjects: usize,
     seconds: u64,
     interval: Duration,
-    /// Quiet time before the idle memory is read.
+    /// Quiet time before each idle memory reading.
     idle: Duration,
 }
 
@@ -105,7 +105,8 @@ async fn load(tmp: &std::path::Path, p: LoadParams) {
             Err(e) => start_failures.push(e),
         }
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Quiet as long as the sessions with workers are below, so both readings are of idle (parked) sessions.
+    tokio::time::sleep(p.idle).await;
     let without_workers = procfs::memory(pid);
 
     // The start wave: every session's first call at once, each starting its session's worker.
@@ -129,7 +130,8 @@ async fn load(tmp: &std::path::Path, p: LoadParams) {
     let start_histogram = gw.metrics_text().await;
 
     // Idle: every client disconnected, every session open with its worker, for `BENCH_IDLE_SECONDS`
-    // (default 40: longer than the 30 s after which the gateway closes a quiet worker's connection).
+    // (default 70: longer than the 30 s after which the gateway closes a quiet worker's connection, and
+    // than the 60 s after which it parks a quiet session, plus its 5 s reaper tick).
     for (_, session) in sessions.iter_mut() {
         session.disconnect();
     }
@@ -207,8 +209,9 @@ async fn load(tmp: &std::path::Path, p: LoadParams) {
     println!("\ngateway memory (RSS; anonymous memory, the gateway's own allocations, in brackets):");
     println!("  idle, before any session: {:.1} MB ({:.1} MB)", idle.rss as f64 / 1e6, idle.anon as f64 / 1e6);
     println!(
-        "  {} idle sessions without a worker, clients disconnected: {:.1} MB, {:.1} KiB per session ({:.1} KiB)",
+        "  {} idle sessions without a worker, clients disconnected, after {} s quiet: {:.1} MB, {:.1} KiB per session ({:.1} KiB)",
         p.sessions,
+        p.idle.as_secs(),
         without_workers.rss as f64 / 1e6,
         per(idle.rss, without_workers.rss),
         per(idle.anon, without_workers.anon)
@@ -261,7 +264,7 @@ fn main() {
                 subjects: env_or("BENCH_SUBJECTS", 20usize).max(1),
                 seconds: env_or("BENCH_SECONDS", 300),
                 interval: Duration::from_millis(env_or("BENCH_CALL_INTERVAL_MS", 5000)),
-                idle: Duration::from_secs(env_or("BENCH_IDLE_SECONDS", 40)),
+                idle: Duration::from_secs(env_or("BENCH_IDLE_SECONDS", 70)),
             }
         };
         load(tmp.path(), params).await;

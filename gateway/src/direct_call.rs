@@ -165,9 +165,11 @@ fn serves_directly(gateway: &Gateway, session: &SessionRecord) -> bool {
     }
     let may_elicit = {
         let peer = session.peer.lock().unwrap_or_else(|e| e.into_inner());
-        match peer.as_ref() {
-            None => return false,
-            Some(peer) => crate::elicit::supported(peer),
+        match (peer.as_ref(), session.rmcp.parked_client_elicits()) {
+            (Some(peer), _) => crate::elicit::supported(peer),
+            // Parked: rmcp's peer is gone, the client's capabilities are kept.
+            (None, Some(elicits)) => elicits,
+            (None, None) => return false,
         }
     };
     !(may_elicit && gateway.engine(&session.namespace).is_some_and(|e| crate::elicit::policies_allow_asking(&e)))

@@ -231,8 +231,8 @@ fn initialize_params(home: &SessionHome) -> Option<InitializeRequestParams> {
     serde_json::from_value(params).ok()
 }
 
-/// rmcp's session store: a session is restorable only while this replica is taking it over (the edge
-/// decided so after checking the caller). rmcp itself persists nothing here: the McpSession is the
+/// rmcp's session store: a session is restorable only while it is parked here (`crate::parking`) or this
+/// replica is taking it over (the edge decided so after checking the caller). rmcp itself persists nothing here: the McpSession is the
 /// record, written by the kubernetes runtime.
 pub struct McpSessionStore {
     pub gateway: Arc<Gateway>,
@@ -241,6 +241,10 @@ pub struct McpSessionStore {
 #[async_trait::async_trait]
 impl SessionStore for McpSessionStore {
     async fn load(&self, session_id: &str) -> Result<Option<SessionState>, SessionStoreError> {
+        // A session parked here (`crate::parking`), else one this replica is taking over.
+        if let Some(params) = self.gateway.sessions.get(session_id).and_then(|s| s.rmcp.restore_params()) {
+            return Ok(Some(SessionState::new(params)));
+        }
         Ok(self.gateway.failover.restoring(session_id).as_ref().and_then(initialize_params).map(SessionState::new))
     }
 

@@ -50,6 +50,7 @@ pub fn mcp_service(gateway: &Arc<Gateway>, cancel: tokio_util::sync::Cancellatio
     // [`crate::direct_call`] answers without rmcp). rmcp's own timer only catches a session the gateway
     // never registered.
     local.session_config.keep_alive = Some(gateway.settings.max_session_lifetime.saturating_add(gateway.settings.idle_timeout));
+    local.session_config.completed_cache_ttl = crate::parking::COMPLETED_STREAM_TTL;
     let manager = Arc::new(GatewaySessionManager::new(local));
     manager.bind(gateway);
     let mut config = StreamableHttpServerConfig::default()
@@ -336,13 +337,23 @@ pub(crate) async fn mcp_entry(app: App, namespace: String, mut request: Request)
     if let Some(edge) = edge {
         request.extensions_mut().insert(edge);
     }
+    // While the request is in rmcp its session is not parked; a parked one rmcp restores first.
+    let in_rmcp = match &session {
+        Some(record) => match record.rmcp.enter().await {
+            Some(hold) => Some(hold),
+            None => return crate::failover::retry_later(format!("session {} is being parked; retry in a second", record.id)),
+        },
+        None => None,
+    };
     // Boxed: rmcp's future is large, and keeping it out of this one makes every request's future cheaper
     // to set up, the direct `tools/call`s included.
     let response = Box::pin(app.mcp.handle(request)).await;
     if !response.status().is_success() {
         return Box::pin(json_errors(response, posted.as_ref().map(|(body, shape)| (body, *shape)))).await;
     }
-    if post && json_ok { Box::pin(crate::json_reply::prefer_json(response)).await } else { response.map(Body::new) }
+    let response = if post && json_ok { Box::pin(crate::json_reply::prefer_json(response)).await } else { response.map(Body::new) };
+    drop(in_rmcp);
+    response
 }
 
 /// Whether reading a body failed because it is longer than the limit (not because the client left).

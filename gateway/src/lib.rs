@@ -23,6 +23,7 @@ pub mod json_reply;
 pub mod kubernetes;
 pub mod mcp;
 pub mod origin;
+pub mod parking;
 pub mod metrics;
 pub mod ratelimit;
 pub mod refusal;

@@ -4,12 +4,13 @@
 
 use std::sync::{Arc, Weak};
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, ServerJsonRpcMessage};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::{RestoreOutcome, ServerSseMessage, SessionId, SessionManager, SessionRestoreMarker};
 
-use crate::sessions::{Caller, NewSession};
+use crate::parking::{PARK_AFTER, RmcpHold};
+use crate::sessions::{Caller, NewSession, SessionRecord};
 use crate::state::Gateway;
 
 pub struct GatewaySessionManager {
@@ -62,7 +63,10 @@ impl SessionManager for GatewaySessionManager {
         let response = self.inner.initialize_session(id, message).await?;
         let succeeded = matches!(response, ServerJsonRpcMessage::Response(_));
         if let (true, Some(new), Some(gateway)) = (succeeded, new, self.gateway()) {
-            if restored {
+            let unparked = restored && gateway.sessions.get(id).is_some_and(|s| s.rmcp.restored());
+            if unparked {
+                // A session parked here: its record went on all along.
+            } else if restored {
                 let carried = gateway.failover.restored(id);
                 gateway.resume_session(new, carried).await;
             } else {
@@ -81,8 +85,15 @@ impl SessionManager for GatewaySessionManager {
     }
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        let gateway = self.gateway();
+        if let Some(record) = gateway.as_ref().and_then(|g| g.sessions.get(id))
+            && record.rmcp.closed_by_parking()
+        {
+            // rmcp's session task ended because the session is being parked: the session goes on.
+            return Ok(());
+        }
         let result = self.inner.close_session(id).await;
-        if let Some(gateway) = self.gateway() {
+        if let Some(gateway) = gateway {
             gateway.end_session(id, "closed").await;
         }
         result
@@ -93,7 +104,8 @@ impl SessionManager for GatewaySessionManager {
         id: &SessionId,
         message: ClientJsonRpcMessage,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        self.inner.create_stream(id, message).await
+        let stream = self.inner.create_stream(id, message).await?;
+        Ok(self.held(id, stream))
     }
 
     async fn accept_message(&self, id: &SessionId, message: ClientJsonRpcMessage) -> Result<(), Self::Error> {
@@ -104,7 +116,8 @@ impl SessionManager for GatewaySessionManager {
         &self,
         id: &SessionId,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        self.inner.create_standalone_stream(id).await
+        let stream = self.inner.create_standalone_stream(id).await?;
+        Ok(self.held(id, stream))
     }
 
     async fn resume(
@@ -112,6 +125,66 @@ impl SessionManager for GatewaySessionManager {
         id: &SessionId,
         last_event_id: String,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
-        self.inner.resume(id, last_event_id).await
+        let stream = self.inner.resume(id, last_event_id).await?;
+        Ok(self.held(id, stream))
+    }
+}
+
+impl GatewaySessionManager {
+    /// `stream`, counted as the session's while it is open: a session with a stream is not parked.
+    fn held<S: Stream<Item = ServerSseMessage> + Send + Sync + 'static>(&self, id: &SessionId, stream: S) -> impl Stream<Item = ServerSseMessage> + Send + Sync + 'static {
+        let hold = self.gateway().and_then(|g| g.sessions.get(id)).map(|record| RmcpHold::stream(&record));
+        stream.map(move |message| {
+            let _ = &hold;
+            message
+        })
+    }
+
+    /// Parks the sessions quiet for [`PARK_AFTER`] with nothing in rmcp (see [`crate::parking`]).
+    pub async fn park_idle(&self, gateway: &Gateway) {
+        let mut parked = 0;
+        for record in gateway.sessions.all() {
+            if !record.stateless && record.idle_for() >= PARK_AFTER && !record.rmcp.is_parked() && self.park(&record).await {
+                parked += 1;
+            }
+        }
+        if parked > 0 {
+            release_free_memory();
+        }
+    }
+
+    /// Parks one session; `false` when it was left alone.
+    async fn park(&self, record: &SessionRecord) -> bool {
+        // What rmcp replays to restore it; a client that never sent `notifications/initialized` has no
+        // peer here, and its session is left alone.
+        let params = record.peer.lock().unwrap_or_else(|e| e.into_inner()).as_ref().and_then(|p| p.peer_info());
+        let Some(params) = params else { return false };
+        if !record.rmcp.begin() {
+            return false;
+        }
+        let id: SessionId = record.id.clone().into();
+        let handle = self.inner.sessions.write().await.remove(&id);
+        if let Some(handle) = handle
+            && handle.close().await.is_ok()
+            && !record.rmcp.wait_closed().await
+        {
+            tracing::warn!(session = %record.id, "rmcp's session task did not report its end while parking");
+        }
+        // The peer held rmcp's channels alive; the restore's `notifications/initialized` sets a new one.
+        *record.peer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        record.rmcp.parked(Some(params));
+        tracing::debug!(session = %record.id, "session parked");
+        true
+    }
+}
+
+/// Gives the pages freed by parking back to the system. glibc's allocator keeps freed memory in its
+/// arenas for reuse and returns only the top of the heap by itself; the sessions' channels are spread
+/// through it, between allocations that live on.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes the arenas' locks itself.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -50,6 +50,8 @@ pub struct SessionRecord {
     pub peer: Mutex<Option<Peer<RoleServer>>>,
     /// Its `tools/call`s the gateway answers itself, while they run (for `notifications/cancelled`).
     pub direct_calls: crate::direct_call::InFlight,
+    /// Whether rmcp holds the session or it is parked ([`crate::parking`]).
+    pub rmcp: crate::parking::RmcpHold,
     ended: AtomicBool,
 }
 
@@ -124,6 +126,7 @@ impl Sessions {
             taint: Mutex::new(Taint::default()),
             peer: Mutex::new(None),
             direct_calls: Default::default(),
+            rmcp: Default::default(),
             ended: AtomicBool::new(false),
         });
         map.insert(new.id, record.clone());
