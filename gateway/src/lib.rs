@@ -38,4 +38,6 @@ pub mod trace;
 pub mod write_stall;
 
 #[cfg(test)]
+mod parking_tests;
+#[cfg(test)]
 mod replicas_tests;

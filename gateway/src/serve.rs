@@ -52,7 +52,7 @@ fn spawn_duties(gateway: Arc<Gateway>, manager: Arc<GatewaySessionManager>, canc
             for (session, reason) in gw.sessions.expired(gw.settings.idle_timeout, gw.settings.max_session_lifetime) {
                 end(&gw, &mgr, &session.id, reason).await;
             }
-            mgr.park_idle(&gw).await;
+            mgr.park_idle(&gw, crate::parking::PARK_AFTER).await;
             gw.refresh_approval_metrics();
             gw.runtime.trim_idle();
         }

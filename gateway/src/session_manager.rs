@@ -9,7 +9,7 @@ use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetExtensions, ServerJson
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::session::{RestoreOutcome, ServerSseMessage, SessionId, SessionManager, SessionRestoreMarker};
 
-use crate::parking::{PARK_AFTER, RmcpHold};
+use crate::parking::RmcpHold;
 use crate::sessions::{Caller, NewSession, SessionRecord};
 use crate::state::Gateway;
 
@@ -140,11 +140,11 @@ impl GatewaySessionManager {
         })
     }
 
-    /// Parks the sessions quiet for [`PARK_AFTER`] with nothing in rmcp (see [`crate::parking`]).
-    pub async fn park_idle(&self, gateway: &Gateway) {
+    /// Parks the sessions quiet for `after` ([`crate::parking::PARK_AFTER`]) with nothing in rmcp.
+    pub async fn park_idle(&self, gateway: &Gateway, after: std::time::Duration) {
         let mut parked = 0;
         for record in gateway.sessions.all() {
-            if !record.stateless && record.idle_for() >= PARK_AFTER && !record.rmcp.is_parked() && self.park(&record).await {
+            if !record.stateless && record.idle_for() >= after && !record.rmcp.is_parked() && self.park(&record).await {
                 parked += 1;
             }
         }
