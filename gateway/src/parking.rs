@@ -160,3 +160,27 @@ impl RmcpHold {
         matches!(self.lock().0, State::Parked(_))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_waits_for_a_parking_and_gives_up_after_a_bound() {
+        let hold = std::sync::Arc::new(RmcpHold::default());
+        assert!(hold.begin(), "nothing in rmcp: parking starts");
+        let parker = hold.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            parker.parked(Some(std::sync::Arc::new(InitializeRequestParams::default())));
+        });
+        let entered = hold.enter().await;
+        assert!(entered.is_some() && hold.is_parked(), "entered once the session was parked");
+        assert!(!hold.begin(), "not parked again while a request is in rmcp");
+        drop(entered);
+        assert!(hold.restored() && hold.begin(), "restored, then parkable again");
+        let started = std::time::Instant::now();
+        assert!(hold.enter().await.is_none(), "a parking that never ends: the request is refused");
+        assert!(started.elapsed() >= ENTER_WAIT);
+    }
+}
