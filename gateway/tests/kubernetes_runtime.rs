@@ -274,6 +274,38 @@ async fn pod_stuck_pending_times_out_and_is_deleted() {
 }
 
 #[tokio::test]
+async fn a_start_that_gets_no_turn_in_time_fails_start_timeout_without_creating_a_pod() {
+    let (client, handle) = client();
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            step("POST", &[SESSIONS], 201, Reply::Created),
+            step("POST", &[SESSIONS], 201, Reply::Created),
+            // Only one of the two sessions creates a pod; it never becomes ready.
+            step("POST", &[PODS], 201, Reply::Created),
+            step("GET", &[PODS, "watch=true"], 200, Reply::Hang(Duration::from_secs(3))),
+            delete_pod(),
+        ],
+    ));
+    let metrics = Metrics::default();
+    let config = KubernetesConfig { max_pod_starts: 1, start_timeout: Duration::from_secs(1), ..config() };
+    let rt = KubernetesRuntime::new(client, config, metrics.clone());
+    rt.start_session(start("sess-a")).await.unwrap();
+    rt.start_session(start("sess-b")).await.unwrap();
+    let tool = tool(0);
+    let (a, b) = tokio::join!(rt.worker("sess-a", &tool), rt.worker("sess-b", &tool));
+    let errors = [a.unwrap_err(), b.unwrap_err()];
+    assert!(errors.iter().all(|e| e.code() == "start_timeout" && e.is_transient()), "{errors:?}");
+    let queued: Vec<String> = errors.iter().map(ToString::to_string).filter(|e| e.contains("--max-pod-starts 1")).collect();
+    assert_eq!(queued.len(), 1, "one start waited for the other's turn: {errors:?}");
+    assert!(queued[0].contains("within 1s") && queued[0].contains("1 starts were under way or waiting"), "{}", queued[0]);
+    let seen = server.await.unwrap();
+    assert_eq!(seen.iter().filter(|s| s.method == "POST" && s.uri.starts_with(PODS)).count(), 1, "the queued start created no pod");
+    let failures = metrics.worker_start_failures.get_or_create(&vec![("runtime", "kubernetes".into()), ("reason", "start_timeout".into())]).get();
+    assert_eq!(failures, 2);
+}
+
+#[tokio::test]
 async fn api_server_refusing_is_an_api_error() {
     let (error, _, _) = failed_start(vec![step("POST", &[PODS], 500, Reply::Json(status_error(500, "InternalError", "etcd timeout")))]).await;
     assert_eq!(error.code(), "api_error");
