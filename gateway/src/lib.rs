@@ -33,8 +33,11 @@ pub mod serve;
 pub mod session_manager;
 pub mod sessions;
 pub mod state;
+pub mod stateless;
 pub mod trace;
 pub mod write_stall;
 
 #[cfg(test)]
 mod replicas_tests;
+#[cfg(test)]
+mod stateless_tests;
