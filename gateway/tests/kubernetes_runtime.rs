@@ -400,3 +400,40 @@ async fn empty_warm_pool_counts_a_miss_and_starts_a_pod() {
     assert_eq!((metrics.warm_pool_hits.get(), metrics.warm_pool_misses.get()), (0, 1));
     server.await.unwrap();
 }
+
+fn warm_pod(name: &str, address: Option<&str>) -> serde_json::Value {
+    let annotations = address.map(|a| json!({"toolwarden.dev/gateway-address": a})).unwrap_or(json!({}));
+    json!({"metadata": {"name": name, "namespace": "team-a", "labels": {"toolwarden.dev/pool": "unbound"}, "annotations": annotations}})
+}
+
+fn pod_list(items: Vec<serde_json::Value>) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"}, "items": items})
+}
+
+#[tokio::test]
+async fn warm_pods_of_a_gateway_replica_that_is_gone_are_deleted_and_no_other() {
+    let (client, handle) = client();
+    let gateway_pods = "/api/v1/namespaces/tw-system/pods";
+    let live_gateway = json!({"metadata": {"name": "gw-1", "namespace": "tw-system"}, "status": {"phase": "Running", "podIP": "10.0.0.7"}});
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            step("GET", &[PODS, "labelSelector=toolwarden.dev%2Fpool%3Dunbound"], 200, Reply::Json(pod_list(vec![
+                warm_pod("mine", Some("10.0.0.5:8080")),
+                warm_pod("of-a-live-replica", Some("10.0.0.7:8080")),
+                warm_pod("of-a-gone-replica", Some("10.0.0.9:8080")),
+                warm_pod("of-a-gone-replica-2", Some("10.0.0.9:8080")),
+                warm_pod("no-address", None),
+            ]))),
+            // Addresses in order: the live replica's pod still serves at its IP; nothing serves at the other.
+            step("GET", &[gateway_pods, "fieldSelector=status.podIP%3D10.0.0.7"], 200, Reply::Json(pod_list(vec![live_gateway]))),
+            step("GET", &[gateway_pods, "fieldSelector=status.podIP%3D10.0.0.9"], 200, Reply::Json(pod_list(vec![]))),
+            step("DELETE", &[PODS, "/of-a-gone-replica?"], 200, Reply::Json(warm_pod("of-a-gone-replica", None))),
+            step("DELETE", &[PODS, "/of-a-gone-replica-2?"], 200, Reply::Json(warm_pod("of-a-gone-replica-2", None))),
+        ],
+    ));
+    let deleted = toolwarden_gateway::kubernetes::warm_pool::delete_orphans(&client, "team-a", "10.0.0.5:8080", "tw-system").await.unwrap();
+    assert_eq!(deleted, 2);
+    let seen = server.await.unwrap();
+    assert_eq!(seen.iter().filter(|s| s.method == "DELETE").count(), 2, "only the gone replica's pods: {seen:?}");
+}
