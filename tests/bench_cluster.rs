@@ -376,7 +376,8 @@ async fn load_session(url: String, index: usize, until: Instant, first_calls: to
 /// shows in its managed fields) or one started for the session.
 fn warm_and_cold(tenant: &str, first: &[FirstCall]) -> (Vec<Duration>, Vec<Duration>, usize) {
     let sessions = items(&json_of(&["get", "mcpsessions", "-n", tenant, "-o", "json"]));
-    let pods = items(&json_of(&["get", "pods", "-n", tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
+    // kubectl leaves managed fields out unless asked.
+    let pods = items(&json_of(&["get", "pods", "-n", tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json", "--show-managed-fields"]));
     let bound_from_pool = |pod: &str| {
         pods.iter().filter(|p| p["metadata"]["name"] == pod).any(|p| {
             let fields = p["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
@@ -500,28 +501,31 @@ async fn load_benchmark() {
 
 const FAILOVERS: usize = 20;
 
-/// Ready warm pods waiting for a session in `tenant`, across replicas.
-fn ready_unbound_pods(tenant: &str) -> usize {
-    items(&json_of(&["get", "pods", "-n", tenant, "-l", "toolwarden.dev/pool=unbound", "-o", "json"]))
+/// Ready warm pods of replica `gateway` waiting for a session in `tenant` (a lost replica's own stay
+/// until another replica deletes them, and must not count).
+fn ready_unbound_pods(tenant: &str, gateway: &str) -> usize {
+    let selector = format!("toolwarden.dev/pool=unbound,toolwarden.dev/gateway={gateway}");
+    items(&json_of(&["get", "pods", "-n", tenant, "-l", &selector, "-o", "json"]))
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
         .count()
 }
 
-/// Two Ready gateway replicas of `release`.
-fn two_ready_gateways(release: &HelmRelease) {
+/// The names (gateway ids) of two Ready gateway replicas of `release`.
+fn two_ready_gateways(release: &HelmRelease) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component=gateway", release.name);
         let pods = items(&json_of(&["get", "pods", "-n", &release.namespace.0, "-l", &selector, "-o", "json"]));
-        let ready = pods
+        let ready: Vec<String> = pods
             .iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
-            .count();
-        if ready == 2 {
-            return;
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        if ready.len() == 2 {
+            return ready;
         }
         assert!(Instant::now() < deadline, "two gateway replicas were not Ready within 180 s");
         std::thread::sleep(Duration::from_millis(500));
@@ -565,10 +569,10 @@ async fn failover_benchmark() {
     let mut took = Vec::new();
     let pool_size: usize = warm_pool.parse().unwrap_or(0);
     for round in 0..FAILOVERS {
-        two_ready_gateways(&release);
+        let gateways = two_ready_gateways(&release);
         // Steady state: both replicas' warm pools are full (a replacement replica fills its own first).
         let filled = Instant::now();
-        while ready_unbound_pods(&tenant.0) < 2 * pool_size {
+        while gateways.iter().any(|g| ready_unbound_pods(&tenant.0, g) < pool_size) {
             assert!(filled.elapsed() < Duration::from_secs(180), "the warm pools did not fill within 180 s");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
