@@ -148,6 +148,29 @@ async fn warm_pool_hits(release: &HelmRelease) -> f64 {
         .sum()
 }
 
+/// The gateway's own worker start times for `runtime` (`kubernetes-warm`: taking and binding a warm pod;
+/// `kubernetes`: a new pod, its turn in the start queue included), from its histogram: the count and the
+/// upper bounds of the buckets holding the 50th and 99th percentiles.
+async fn worker_start_histogram(release: &HelmRelease, runtime: &str) -> (u64, f64, f64) {
+    let ip = kubectl_ok(&["get", "service", &format!("{}-gateway-metrics", release.fullname), "-n", &release.namespace.0, "-o", "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}"]);
+    let body = reqwest::get(format!("http://{ip}/metrics")).await.expect("gateway metrics").text().await.unwrap();
+    let prefix = "toolwarden_worker_start_duration_seconds_bucket{";
+    let label = format!("runtime=\"{runtime}\"");
+    let mut buckets: Vec<(f64, u64)> = body
+        .lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(&label))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = buckets.last().map_or(0, |b| b.1);
+    let bound = |q: f64| buckets.iter().find(|(_, n)| *n as f64 >= q * count as f64).map_or(f64::NAN, |b| b.0);
+    (count, bound(0.5), bound(0.99))
+}
+
 fn ready_warm_pods(tenant: &str) -> Vec<String> {
     items(&json_of(&["get", "pods", "-n", tenant, "-l", "toolwarden.dev/pool=unbound,toolwarden.dev/tool=get-warm-echo", "-o", "json"]))
         .into_iter()
@@ -453,6 +476,7 @@ async fn load_benchmark() {
     // Every first call is done and the sessions are still open: their McpSessions name their pods.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (warm, cold, unknown) = warm_and_cold(&tenant.0, &first);
+    let histograms = [worker_start_histogram(&release, "kubernetes-warm").await, worker_start_histogram(&release, "kubernetes").await];
     let first_failed = first.iter().filter(|(_, _, ended)| ended.is_err()).count();
     let (mut calls, mut why_failed) = (Vec::new(), std::collections::BTreeMap::<String, usize>::new());
     for session in sessions {
@@ -486,6 +510,9 @@ async fn load_benchmark() {
     }
     if !cold.is_empty() {
         summary("load: first call, cold worker start (call to answer)", cold);
+    }
+    for ((n, p50, p99), what) in histograms.into_iter().zip(["warm-pool bind", "cold pod start (queue included)"]) {
+        println!("bench: load: gateway's {what} time (its histogram, bucket upper bounds): n={n} p50 <= {:.0} ms p99 <= {:.0} ms", p50 * 1e3, p99 * 1e3);
     }
     summary(&format!("load: calls on running workers, {load_sessions} sessions calling once a second"), calls);
     println!("bench: load: {total_calls} calls in {} s, {failed} failed: {why_failed:?}", ran.as_secs());
