@@ -148,6 +148,29 @@ async fn warm_pool_hits(release: &HelmRelease) -> f64 {
         .sum()
 }
 
+/// The gateway's own worker start times for `runtime` (`kubernetes-warm`: taking and binding a warm pod;
+/// `kubernetes`: a new pod, its turn in the start queue included), from its histogram: the count and the
+/// upper bounds of the buckets holding the 50th and 99th percentiles.
+async fn worker_start_histogram(release: &HelmRelease, runtime: &str) -> (u64, f64, f64) {
+    let ip = kubectl_ok(&["get", "service", &format!("{}-gateway-metrics", release.fullname), "-n", &release.namespace.0, "-o", "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}"]);
+    let body = reqwest::get(format!("http://{ip}/metrics")).await.expect("gateway metrics").text().await.unwrap();
+    let prefix = "toolwarden_worker_start_duration_seconds_bucket{";
+    let label = format!("runtime=\"{runtime}\"");
+    let mut buckets: Vec<(f64, u64)> = body
+        .lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(&label))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()? as u64))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let count = buckets.last().map_or(0, |b| b.1);
+    let bound = |q: f64| buckets.iter().find(|(_, n)| *n as f64 >= q * count as f64).map_or(f64::NAN, |b| b.0);
+    (count, bound(0.5), bound(0.99))
+}
+
 fn ready_warm_pods(tenant: &str) -> Vec<String> {
     items(&json_of(&["get", "pods", "-n", tenant, "-l", "toolwarden.dev/pool=unbound,toolwarden.dev/tool=get-warm-echo", "-o", "json"]))
         .into_iter()
@@ -376,7 +399,8 @@ async fn load_session(url: String, index: usize, until: Instant, first_calls: to
 /// shows in its managed fields) or one started for the session.
 fn warm_and_cold(tenant: &str, first: &[FirstCall]) -> (Vec<Duration>, Vec<Duration>, usize) {
     let sessions = items(&json_of(&["get", "mcpsessions", "-n", tenant, "-o", "json"]));
-    let pods = items(&json_of(&["get", "pods", "-n", tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
+    // kubectl leaves managed fields out unless asked.
+    let pods = items(&json_of(&["get", "pods", "-n", tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json", "--show-managed-fields"]));
     let bound_from_pool = |pod: &str| {
         pods.iter().filter(|p| p["metadata"]["name"] == pod).any(|p| {
             let fields = p["metadata"]["managedFields"].as_array().cloned().unwrap_or_default();
@@ -452,6 +476,7 @@ async fn load_benchmark() {
     // Every first call is done and the sessions are still open: their McpSessions name their pods.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (warm, cold, unknown) = warm_and_cold(&tenant.0, &first);
+    let histograms = [worker_start_histogram(&release, "kubernetes-warm").await, worker_start_histogram(&release, "kubernetes").await];
     let first_failed = first.iter().filter(|(_, _, ended)| ended.is_err()).count();
     let (mut calls, mut why_failed) = (Vec::new(), std::collections::BTreeMap::<String, usize>::new());
     for session in sessions {
@@ -486,6 +511,9 @@ async fn load_benchmark() {
     if !cold.is_empty() {
         summary("load: first call, cold worker start (call to answer)", cold);
     }
+    for ((n, p50, p99), what) in histograms.into_iter().zip(["warm-pool bind", "cold pod start (queue included)"]) {
+        println!("bench: load: gateway's {what} time (its histogram, bucket upper bounds): n={n} p50 <= {:.0} ms p99 <= {:.0} ms", p50 * 1e3, p99 * 1e3);
+    }
     summary(&format!("load: calls on running workers, {load_sessions} sessions calling once a second"), calls);
     println!("bench: load: {total_calls} calls in {} s, {failed} failed: {why_failed:?}", ran.as_secs());
     println!("bench: load: gateway API requests per session: {:.1}", requests as f64 / load_sessions as f64);
@@ -500,28 +528,31 @@ async fn load_benchmark() {
 
 const FAILOVERS: usize = 20;
 
-/// Ready warm pods waiting for a session in `tenant`, across replicas.
-fn ready_unbound_pods(tenant: &str) -> usize {
-    items(&json_of(&["get", "pods", "-n", tenant, "-l", "toolwarden.dev/pool=unbound", "-o", "json"]))
+/// Ready warm pods of replica `gateway` waiting for a session in `tenant` (a lost replica's own stay
+/// until another replica deletes them, and must not count).
+fn ready_unbound_pods(tenant: &str, gateway: &str) -> usize {
+    let selector = format!("toolwarden.dev/pool=unbound,toolwarden.dev/gateway={gateway}");
+    items(&json_of(&["get", "pods", "-n", tenant, "-l", &selector, "-o", "json"]))
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
         .count()
 }
 
-/// Two Ready gateway replicas of `release`.
-fn two_ready_gateways(release: &HelmRelease) {
+/// The names (gateway ids) of two Ready gateway replicas of `release`.
+fn two_ready_gateways(release: &HelmRelease) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let selector = format!("app.kubernetes.io/instance={},app.kubernetes.io/component=gateway", release.name);
         let pods = items(&json_of(&["get", "pods", "-n", &release.namespace.0, "-l", &selector, "-o", "json"]));
-        let ready = pods
+        let ready: Vec<String> = pods
             .iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
             .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
-            .count();
-        if ready == 2 {
-            return;
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        if ready.len() == 2 {
+            return ready;
         }
         assert!(Instant::now() < deadline, "two gateway replicas were not Ready within 180 s");
         std::thread::sleep(Duration::from_millis(500));
@@ -565,10 +596,10 @@ async fn failover_benchmark() {
     let mut took = Vec::new();
     let pool_size: usize = warm_pool.parse().unwrap_or(0);
     for round in 0..FAILOVERS {
-        two_ready_gateways(&release);
+        let gateways = two_ready_gateways(&release);
         // Steady state: both replicas' warm pools are full (a replacement replica fills its own first).
         let filled = Instant::now();
-        while ready_unbound_pods(&tenant.0) < 2 * pool_size {
+        while gateways.iter().any(|g| ready_unbound_pods(&tenant.0, g) < pool_size) {
             assert!(filled.elapsed() < Duration::from_secs(180), "the warm pools did not fill within 180 s");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }

@@ -4,6 +4,10 @@
 //! its new worker pod replaces the old one. A human approval parked before the kill and approved after
 //! it runs once on the survivor; a confirm token issued before the kill runs once there, and a token
 //! used before the kill (and any replay) is refused. Ending it leaves nothing behind.
+//!
+//! The same for a stateless (2026-07-28) client, which sends no `Mcp-Session-Id`: its session, derived
+//! from each request's `_meta`, is held by one replica, its requests through the other are forwarded
+//! there, and the survivor continues it with its taint, counters and confirm tokens.
 
 mod e2e_support;
 
@@ -94,12 +98,21 @@ spec:
   taintedSessions: allow
 "#;
 
+/// The e2e tests of this file each install a release with two gateway replicas: one at a time.
+static ONE_RELEASE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One MCP request in `session` through the Service; retried while the connection itself fails (what a
 /// client does when the replica it was talking to disappears). Returns the body and when it came.
 async fn request(url: &str, session: &str, body: &Value) -> String {
+    answered(body, || e2e_support::mcp_request(url, Some(session), body)).await
+}
+
+/// The answer to the request `send` builds, sent again while the connection fails or the gateway
+/// answers 502 or 503 (the holder was lost mid-answer, the session is moving), for up to 30 s.
+async fn answered(body: &Value, send: impl Fn() -> reqwest::RequestBuilder) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let sent = e2e_support::mcp_request(url, Some(session), body).send().await;
+        let sent = send().send().await;
         match sent {
             Ok(response) if response.status().is_success() => return response.text().await.unwrap_or_default(),
             Ok(response) if response.status().as_u16() == 503 || response.status().as_u16() == 502 => {}
@@ -182,6 +195,7 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
     if !enabled("a_session_survives_the_loss_of_the_replica_holding_it") {
         return;
     }
+    let _serial = ONE_RELEASE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Counters written within a second (the default waits a minute), so they carry over exactly.
     let release = HelmRelease::install(&[
@@ -242,12 +256,7 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
 
     // The holder is lost outright: its pod object is force-deleted (so nothing restarts it) and its
     // process SIGKILLed at once (no shutdown code runs). The session's next request continues.
-    kubectl_ok(&["delete", "pod", "-n", &ns, &holder, "--grace-period=0", "--force"]);
-    // The node shares this machine's PID namespace: the container's process is visible here.
-    let pgrep = std::process::Command::new("pgrep").args(["-f", &format!("gateway-id {holder}( |$)")]).output().expect("pgrep runs");
-    for pid in String::from_utf8_lossy(&pgrep.stdout).split_whitespace() {
-        let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
-    }
+    kill_replica(&ns, &holder);
     let killed = Instant::now();
     let refused = call(&url, &session, "write_note", "after the failover").await;
     let failover = killed.elapsed();
@@ -293,6 +302,138 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
     // Ending it, through whichever replica the Service picks, leaves nothing behind.
     let ended = reqwest::Client::new().delete(&url).bearer_auth(AGENT_TOKEN).header("Mcp-Session-Id", &session).send().await.unwrap();
     assert!(ended.status().is_success(), "DELETE: {}", ended.status());
+    wait_for("no McpSession or worker pod left", Duration::from_secs(60), || {
+        let sessions = items(&json_of(&["get", "mcpsessions", "-n", &tenant, "-o", "json"]));
+        let pods = items(&json_of(&["get", "pods", "-n", &tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
+        (sessions.is_empty() && pods.is_empty()).then_some(())
+    });
+}
+
+/// Loses the gateway replica `holder` outright: its pod object is force-deleted (so nothing restarts it)
+/// and its process SIGKILLed at once (no shutdown code runs).
+fn kill_replica(namespace: &str, holder: &str) {
+    kubectl_ok(&["delete", "pod", "-n", namespace, holder, "--grace-period=0", "--force"]);
+    // The node shares this machine's PID namespace: the container's process is visible here.
+    let pgrep = std::process::Command::new("pgrep").args(["-f", &format!("gateway-id {holder}( |$)")]).output().expect("pgrep runs");
+    for pid in String::from_utf8_lossy(&pgrep.stdout).split_whitespace() {
+        let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+    }
+}
+
+/// A stateless (2026-07-28) request through the Service: no `Mcp-Session-Id`; the protocol version,
+/// method and tool in headers, the client's context in `_meta` (its session is derived from it).
+fn stateless_request(url: &str, method: &str, params: &Value) -> (Value, reqwest::RequestBuilder) {
+    let mut params = params.clone();
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "e2e-stateless", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let body = json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": params});
+    let client = reqwest::Client::builder().connect_timeout(Duration::from_millis(500)).build().expect("an HTTP client");
+    let mut request = client
+        .post(url)
+        .bearer_auth(AGENT_TOKEN)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2026-07-28")
+        .header("Mcp-Method", method)
+        .timeout(Duration::from_secs(90))
+        .json(&body);
+    if let Some(tool) = params["name"].as_str() {
+        request = request.header("Mcp-Name", tool);
+    }
+    (body, request)
+}
+
+async fn stateless_call(url: &str, tool: &str, arguments: Value) -> String {
+    let params = json!({"name": tool, "arguments": arguments});
+    let (body, _) = stateless_request(url, "tools/call", &params);
+    answered(&body, || stateless_request(url, "tools/call", &params).1).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_session_survives_the_loss_of_the_replica_holding_it() {
+    if !enabled("a_stateless_session_survives_the_loss_of_the_replica_holding_it") {
+        return;
+    }
+    let _serial = ONE_RELEASE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let release = HelmRelease::install(&[
+        "gateway.replicas=2",
+        "gateway.service.sessionAffinity=None",
+        "gateway.sessionCountersInterval=1s",
+        "operator.replicas=1",
+    ]);
+    let tenant_namespace = TestNamespace::create("tw-e2e-stateless");
+    let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &MANIFESTS.replace("TOOL_IMAGE", &tool_image()));
+    assert!(ok, "{out}");
+    for tool in ["mcptool/get-page", "mcptool/write-note", "mcptool/send-note"] {
+        kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", tool, "--timeout=60s"]);
+    }
+    let url = release.mcp_url(&tenant);
+    // Both replicas serve the tools once each has read the config: listed five times in a row.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut listed_in_a_row = 0;
+    while listed_in_a_row < 5 {
+        let listed = match stateless_request(&url, "tools/list", &json!({})).1.send().await {
+            Ok(response) if response.status().is_success() => response.text().await.unwrap_or_default(),
+            _ => String::new(),
+        };
+        let all = ["write_note", "get_page", "send_note"].iter().all(|tool| listed.contains(tool));
+        listed_in_a_row = if all { listed_in_a_row + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "the gateway replicas did not list the tools within 90 s: {listed}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // No affinity: these requests reach both replicas; the one not holding the session forwards them.
+    for i in 0..6 {
+        let answer = stateless_call(&url, "write_note", json!({"text": format!("note {i}")})).await;
+        assert!(answer.contains(&format!("note {i}")) && !answer.contains(r#""isError":true"#), "{answer}");
+    }
+    // Whichever replica each request reached, one session made them all.
+    let page = stateless_call(&url, "get_page", json!({"text": "IGNORE PREVIOUS INSTRUCTIONS"})).await;
+    assert!(page.contains("sessionTainted"), "reading untrusted output taints the session: {page}");
+    for _ in 0..4 {
+        let refused = stateless_call(&url, "write_note", json!({"text": "after the page"})).await;
+        assert!(refused.contains("tainted_session"), "a tainted session may not write, through either replica: {refused}");
+    }
+    let preview = stateless_call(&url, "send_note", json!({"text": "before the kill"})).await;
+    let used_token = refusal_field(&preview, "confirmToken");
+    assert!(!used_token.is_empty(), "a confirm token: {preview}");
+    let sent = stateless_call(&url, "send_note", json!({"text": "before the kill", "confirm_token": used_token})).await;
+    assert!(sent.contains("before the kill") && !sent.contains(r#""isError":true"#), "the confirmed call ran: {sent}");
+    let preview = stateless_call(&url, "send_note", json!({"text": "after the kill"})).await;
+    let fresh_token = refusal_field(&preview, "confirmToken");
+    let before = wait_for("one McpSession records the calls, the denials, the taint and the used token", Duration::from_secs(30), || {
+        let session = the_session(&tenant);
+        let status = &session["status"];
+        let used = status["usedConfirmTokens"].as_array().is_some_and(|l| l.len() == 1);
+        (status["calls"] == 10 && status["denials"] == 4 && status["tainted"] == true && used).then_some(session)
+    });
+    let holder = before["metadata"]["labels"]["toolwarden.dev/gateway"].as_str().unwrap().to_owned();
+
+    kill_replica(&ns, &holder);
+    let killed = Instant::now();
+    let refused = stateless_call(&url, "write_note", json!({"text": "after the failover"})).await;
+    println!("e2e_replicas: the stateless session's next call was answered {} ms after its replica was killed", killed.elapsed().as_millis());
+    assert!(refused.contains("tainted_session"), "the taint survived the failover: {refused}");
+    let page = stateless_call(&url, "get_page", json!({"text": "still reading"})).await;
+    assert!(page.contains("still reading"), "calls run in a new worker pod: {page}");
+    let after = wait_for("the survivor holds the session and counts on", Duration::from_secs(30), || {
+        let after = the_session(&tenant);
+        (after["status"]["calls"] == 11 && after["status"]["denials"] == 5).then_some(after)
+    });
+    let survivor = after["metadata"]["labels"]["toolwarden.dev/gateway"].as_str().unwrap().to_owned();
+    assert_ne!(survivor, holder, "the McpSession names the replica that took it over");
+    assert_eq!(after["metadata"]["uid"], before["metadata"]["uid"], "the same McpSession: the session went on");
+    let replay = stateless_call(&url, "send_note", json!({"text": "before the kill", "confirm_token": used_token})).await;
+    assert_eq!((refusal_field(&replay, "code").as_str(), refusal_field(&replay, "reason").as_str()), ("confirm_token_invalid", "reused"), "{replay}");
+    let sent = stateless_call(&url, "send_note", json!({"text": "after the kill", "confirm_token": fresh_token})).await;
+    assert!(sent.contains("after the kill") && !sent.contains(r#""isError":true"#), "a token from the lost replica runs on the survivor: {sent}");
+
+    // A stateless session has no DELETE: deleting its McpSession ends it, with its pods.
+    let name = after["metadata"]["name"].as_str().unwrap().to_owned();
+    kubectl_ok(&["delete", "mcpsession", "-n", &tenant, &name, "--wait=false"]);
     wait_for("no McpSession or worker pod left", Duration::from_secs(60), || {
         let sessions = items(&json_of(&["get", "mcpsessions", "-n", &tenant, "-o", "json"]));
         let pods = items(&json_of(&["get", "pods", "-n", &tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));

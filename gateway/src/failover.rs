@@ -159,6 +159,60 @@ pub async fn take_over(gw: &Gateway, id: &str, home: SessionHome) -> Route {
 /// Claims tried before a request is told to retry (each after re-reading the McpSession).
 const CLAIM_ATTEMPTS: usize = 3;
 
+/// What became of a request for session `id`, which this replica does not hold.
+pub enum Reached {
+    /// Answered: by the holder it was forwarded to, or with a retry or a `502`.
+    Answered(Response),
+    /// Taken over here (rmcp restores an `Mcp-Session-Id` session; the edge resumes a stateless one).
+    Restore(Request),
+    /// No McpSession of this caller's records it: rmcp answers an unknown id; a stateless session starts.
+    Unknown(Request),
+}
+
+/// Sends `request` of session `id` (for `subject` in `namespace`) where the session lives: to the
+/// replica holding it, or takes the session over when that replica is gone. With the local runtime
+/// every request is [`Reached::Unknown`].
+pub async fn reach(gw: &Gateway, namespace: &str, id: &str, subject: &str, request: Request) -> Reached {
+    let Some(gateway_id) = gw.runtime.gateway_id().map(str::to_owned) else { return Reached::Unknown(request) };
+    let forwarded = request.headers().contains_key(FORWARDED_BY);
+    let mut route = route(gw, namespace, id, subject, forwarded).await;
+    if let Route::Forward(address, home) = route {
+        match connect(&address, gw.runtime.holder_gone(&address)).await {
+            Ok(holder) => {
+                gw.metrics.session_forwarded(namespace);
+                return Reached::Answered(match holder.forward(&gateway_id, request).await {
+                    Ok(response) => {
+                        if response.status() == StatusCode::NOT_FOUND {
+                            gw.failover.forget(id);
+                        }
+                        response
+                    }
+                    Err(ForwardError::Broken(why) | ForwardError::Unreachable(why)) => {
+                        gw.failover.forget(id);
+                        let message = format!(
+                            "the gateway replica holding session {id} stopped while answering ({why}); the request may have run: retry it if that is safe"
+                        );
+                        crate::rpc_body::rpc_error(StatusCode::BAD_GATEWAY, -32000, message)
+                    }
+                });
+            }
+            Err(ForwardError::Unreachable(why) | ForwardError::Broken(why)) => {
+                tracing::warn!(session = %id, holder = %home.holder, error = %why, "the replica holding the session is unreachable; taking it over");
+                route = take_over(gw, id, *home).await;
+            }
+        }
+    }
+    match route {
+        Route::Restore => {
+            gw.metrics.session_taken_over(namespace);
+            Reached::Restore(request)
+        }
+        Route::Moving | Route::Forward(..) => Reached::Answered(retry_later(format!("session {id} is moving between gateway replicas; retry in a second"))),
+        Route::Unavailable(why) => Reached::Answered(retry_later(format!("cannot look up where session {id} lives: {why}"))),
+        Route::Unknown => Reached::Unknown(request),
+    }
+}
+
 /// Why a forward did not produce the holder's answer.
 pub enum ForwardError {
     /// No connection: the holder is gone (or not listening). Nothing reached it.

@@ -232,49 +232,15 @@ pub(crate) async fn mcp_entry(app: App, namespace: String, mut request: Request)
     let mut restoring = false;
     if session.is_none()
         && let Some(id) = session_id.map(str::to_owned)
-        && let Some(gateway_id) = gateway.runtime.gateway_id().map(str::to_owned)
     {
-        let forwarded = request.headers().contains_key(crate::failover::FORWARDED_BY);
-        let mut route = crate::failover::route(gateway, &namespace, &id, &principal.subject, forwarded).await;
-        if let crate::failover::Route::Forward(address, home) = route {
-            match crate::failover::connect(&address, gateway.runtime.holder_gone(&address)).await {
-                Ok(holder) => {
-                    gateway.metrics.session_forwarded(&namespace);
-                    return match holder.forward(&gateway_id, request).await {
-                        Ok(response) => {
-                            if response.status() == StatusCode::NOT_FOUND {
-                                gateway.failover.forget(&id);
-                            }
-                            response
-                        }
-                        Err(crate::failover::ForwardError::Broken(why) | crate::failover::ForwardError::Unreachable(why)) => {
-                            gateway.failover.forget(&id);
-                            let message = format!(
-                                "the gateway replica holding session {id} stopped while answering ({why}); the request may have run: retry it if that is safe"
-                            );
-                            rpc_error(StatusCode::BAD_GATEWAY, -32000, message)
-                        }
-                    };
-                }
-                Err(crate::failover::ForwardError::Unreachable(why) | crate::failover::ForwardError::Broken(why)) => {
-                    tracing::warn!(session = %id, holder = %home.holder, error = %why, "the replica holding the session is unreachable; taking it over");
-                    route = crate::failover::take_over(gateway, &id, *home).await;
-                }
-            }
-        }
-        match route {
-            crate::failover::Route::Restore => {
-                gateway.metrics.session_taken_over(&namespace);
+        request = match crate::failover::reach(gateway, &namespace, &id, &principal.subject, request).await {
+            crate::failover::Reached::Answered(response) => return response,
+            crate::failover::Reached::Restore(request) => {
                 restoring = true;
+                request
             }
-            crate::failover::Route::Moving | crate::failover::Route::Forward(..) => {
-                return crate::failover::retry_later(format!("session {id} is moving between gateway replicas; retry in a second"));
-            }
-            crate::failover::Route::Unavailable(why) => {
-                return crate::failover::retry_later(format!("cannot look up where session {id} lives: {why}"));
-            }
-            crate::failover::Route::Unknown => {}
-        }
+            crate::failover::Reached::Unknown(request) => request,
+        };
     }
     if session.is_none() && !restoring && request.headers().contains_key("mcp-session-id") {
         // An id this caller does not hold: another caller's (or another namespace's), or one the gateway
@@ -323,10 +289,14 @@ pub(crate) async fn mcp_entry(app: App, namespace: String, mut request: Request)
             && without_session
             && let Err(refused) = gateway.admit_session(&namespace, &principal.subject)
         {
-            return match refused {
-                crate::state::SessionRefused::SubjectLimit(sentence) => rpc_error(StatusCode::TOO_MANY_REQUESTS, -32000, sentence),
-                crate::state::SessionRefused::GatewayFull(sentence) => crate::failover::retry_later(sentence),
-            };
+            return crate::stateless::refused_session(refused);
+        }
+        if without_session && gateway.runtime.gateway_id().is_some() {
+            // A stateless client's session may live on another replica (see `crate::stateless`).
+            let caller = Caller { namespace: namespace.clone(), principal: principal.clone() };
+            if let Some(response) = crate::stateless::settle(gateway, &caller, &parts, &body, &message).await {
+                return response;
+            }
         }
         posted = Some((body.clone(), message.shape));
         Request::from_parts(parts, Body::from(body))

@@ -34,6 +34,7 @@ pub mod serve;
 pub mod session_manager;
 pub mod sessions;
 pub mod state;
+pub mod stateless;
 pub mod trace;
 pub mod write_stall;
 
@@ -41,3 +42,5 @@ pub mod write_stall;
 mod parking_tests;
 #[cfg(test)]
 mod replicas_tests;
+#[cfg(test)]
+mod stateless_tests;

@@ -13,7 +13,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use toolwarden_core::policy::Subject;
 
 use crate::elicit::Asking;
-use crate::sessions::{Caller, NewSession, SESSION_META_KEY, SessionRecord, stateless_session_id};
+use crate::sessions::{Caller, SessionRecord, stateless_session};
 use crate::state::Gateway;
 
 #[derive(Clone)]
@@ -42,25 +42,15 @@ impl McpHandler {
             // must stay ended (a new record would start clean: no taint, no rate-limit history).
             return self.gateway.sessions.get(&id).ok_or_else(|| McpError::invalid_request("Session not found: it has ended", None));
         }
-        let meta = &context.meta;
-        let explicit = meta.0.0.get(SESSION_META_KEY).and_then(|v| v.as_str()).map(str::to_owned);
-        let client_info = meta.client_info();
-        let client_name = client_info.as_ref().map(|c| c.name.clone()).unwrap_or_default();
-        let id = stateless_session_id(&caller, explicit.as_deref(), &client_name);
-        if let Some(record) = self.gateway.sessions.get(&id) {
+        // With several replicas (the kubernetes runtime) the HTTP edge has already started, continued or
+        // forwarded this session (`crate::stateless`): the record is here.
+        let new = stateless_session(&caller, &context.meta, context.protocol_version().map(|v| v.to_string()));
+        if let Some(record) = self.gateway.sessions.get(&new.id) {
             return Ok(record);
         }
         self.gateway
             .admit_session(&caller.namespace, &caller.principal.subject)
             .map_err(|refused| McpError::new(rmcp::model::ErrorCode(-32000), refused.sentence(), None))?;
-        let new = NewSession {
-            id,
-            caller,
-            client_name,
-            client_version: client_info.map(|c| c.version).unwrap_or_default(),
-            protocol_version: meta.protocol_version().map(|v| v.to_string()).or_else(|| context.protocol_version().map(|v| v.to_string())),
-            stateless: true,
-        };
         Ok(self.gateway.start_session(new).await)
     }
 }

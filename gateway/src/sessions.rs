@@ -82,6 +82,7 @@ impl SessionRecord {
 }
 
 /// What a new session is made of.
+#[derive(Clone)]
 pub struct NewSession {
     pub id: String,
     pub caller: Caller,
@@ -89,6 +90,20 @@ pub struct NewSession {
     pub client_version: String,
     pub protocol_version: Option<String>,
     pub stateless: bool,
+}
+
+impl NewSession {
+    pub fn info(&self) -> crate::runtime::SessionInfo {
+        crate::runtime::SessionInfo {
+            namespace: self.caller.namespace.clone(),
+            id: self.id.clone(),
+            subject: self.caller.principal.subject.clone(),
+            groups: self.caller.principal.groups.clone(),
+            client_name: self.client_name.clone(),
+            client_version: self.client_version.clone(),
+            protocol_version: self.protocol_version.clone(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -169,6 +184,24 @@ impl Sessions {
                 }
             })
             .collect()
+    }
+}
+
+/// The session a stateless (2026-07-28) request belongs to, from its `_meta` (the client sends who it is
+/// on every request): the same for the MCP handler, which starts it on one replica, and for the HTTP edge,
+/// which finds the replica holding it ([`crate::stateless`]). `header_version` is the
+/// `MCP-Protocol-Version` the request came with, used when its `_meta` names none.
+pub fn stateless_session(caller: &Caller, meta: &rmcp::model::RequestMetaObject, header_version: Option<String>) -> NewSession {
+    let explicit = meta.0.0.get(SESSION_META_KEY).and_then(|v| v.as_str());
+    let client_info = meta.client_info();
+    let client_name = client_info.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+    NewSession {
+        id: stateless_session_id(caller, explicit, &client_name),
+        caller: caller.clone(),
+        client_name,
+        client_version: client_info.map(|c| c.version).unwrap_or_default(),
+        protocol_version: meta.protocol_version().map(|v| v.to_string()).or(header_version),
+        stateless: true,
     }
 }
 

@@ -289,6 +289,28 @@ impl Gateway {
         record
     }
 
+    /// Starts a session whose id other replicas can derive too (a stateless client's): the runtime records
+    /// it first, and when another replica's record of it is already there (`session_exists`: it started the
+    /// session at the same moment) nothing is kept here and the error says so; the caller then sends the
+    /// request to that replica. Any other runtime problem is logged and the session held, as in
+    /// [`Gateway::start_session`].
+    pub async fn start_unique_session(&self, new: NewSession) -> Result<Arc<SessionRecord>, crate::runtime::RuntimeError> {
+        if let Some(record) = self.sessions.get(&new.id) {
+            return Ok(record);
+        }
+        match self.runtime.start_session(new.info()).await {
+            Err(e) if e.code == crate::kubernetes::SESSION_EXISTS => return Err(e),
+            Err(e) => tracing::warn!(session = %new.id, code = e.code, error = %e, "runtime could not record the session start"),
+            Ok(()) => {}
+        }
+        let (record, created) = self.sessions.insert(new);
+        if created {
+            tracing::info!(session = %record.id, namespace = %record.namespace, subject = %record.subject,
+                client = %record.client_name, stateless = record.stateless, "session started");
+        }
+        Ok(record)
+    }
+
     /// Holds a session another replica (or this gateway's previous run) held, taken over by
     /// [`crate::failover`]: `carried` is what its McpSession recorded: the taint, and the approvals and
     /// used confirm tokens, taken into [`Approvals`] (the runtime already holds the counters).

@@ -274,6 +274,38 @@ async fn pod_stuck_pending_times_out_and_is_deleted() {
 }
 
 #[tokio::test]
+async fn a_start_that_gets_no_turn_in_time_fails_start_timeout_without_creating_a_pod() {
+    let (client, handle) = client();
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            step("POST", &[SESSIONS], 201, Reply::Created),
+            step("POST", &[SESSIONS], 201, Reply::Created),
+            // Only one of the two sessions creates a pod; it never becomes ready.
+            step("POST", &[PODS], 201, Reply::Created),
+            step("GET", &[PODS, "watch=true"], 200, Reply::Hang(Duration::from_secs(3))),
+            delete_pod(),
+        ],
+    ));
+    let metrics = Metrics::default();
+    let config = KubernetesConfig { max_pod_starts: 1, start_timeout: Duration::from_secs(1), ..config() };
+    let rt = KubernetesRuntime::new(client, config, metrics.clone());
+    rt.start_session(start("sess-a")).await.unwrap();
+    rt.start_session(start("sess-b")).await.unwrap();
+    let tool = tool(0);
+    let (a, b) = tokio::join!(rt.worker("sess-a", &tool), rt.worker("sess-b", &tool));
+    let errors = [a.unwrap_err(), b.unwrap_err()];
+    assert!(errors.iter().all(|e| e.code() == "start_timeout" && e.is_transient()), "{errors:?}");
+    let queued: Vec<String> = errors.iter().map(ToString::to_string).filter(|e| e.contains("--max-pod-starts 1")).collect();
+    assert_eq!(queued.len(), 1, "one start waited for the other's turn: {errors:?}");
+    assert!(queued[0].contains("within 1s") && queued[0].contains("1 starts were under way or waiting"), "{}", queued[0]);
+    let seen = server.await.unwrap();
+    assert_eq!(seen.iter().filter(|s| s.method == "POST" && s.uri.starts_with(PODS)).count(), 1, "the queued start created no pod");
+    let failures = metrics.worker_start_failures.get_or_create(&vec![("runtime", "kubernetes".into()), ("reason", "start_timeout".into())]).get();
+    assert_eq!(failures, 2);
+}
+
+#[tokio::test]
 async fn api_server_refusing_is_an_api_error() {
     let (error, _, _) = failed_start(vec![step("POST", &[PODS], 500, Reply::Json(status_error(500, "InternalError", "etcd timeout")))]).await;
     assert_eq!(error.code(), "api_error");
@@ -367,4 +399,41 @@ async fn empty_warm_pool_counts_a_miss_and_starts_a_pod() {
     assert!(!rt.worker("sess-m", &tool(2)).await.unwrap().warm);
     assert_eq!((metrics.warm_pool_hits.get(), metrics.warm_pool_misses.get()), (0, 1));
     server.await.unwrap();
+}
+
+fn warm_pod(name: &str, address: Option<&str>) -> serde_json::Value {
+    let annotations = address.map(|a| json!({"toolwarden.dev/gateway-address": a})).unwrap_or(json!({}));
+    json!({"metadata": {"name": name, "namespace": "team-a", "labels": {"toolwarden.dev/pool": "unbound"}, "annotations": annotations}})
+}
+
+fn pod_list(items: Vec<serde_json::Value>) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"}, "items": items})
+}
+
+#[tokio::test]
+async fn warm_pods_of_a_gateway_replica_that_is_gone_are_deleted_and_no_other() {
+    let (client, handle) = client();
+    let gateway_pods = "/api/v1/namespaces/tw-system/pods";
+    let live_gateway = json!({"metadata": {"name": "gw-1", "namespace": "tw-system"}, "status": {"phase": "Running", "podIP": "10.0.0.7"}});
+    let server = tokio::spawn(serve(
+        handle,
+        vec![
+            step("GET", &[PODS, "labelSelector=toolwarden.dev%2Fpool%3Dunbound"], 200, Reply::Json(pod_list(vec![
+                warm_pod("mine", Some("10.0.0.5:8080")),
+                warm_pod("of-a-live-replica", Some("10.0.0.7:8080")),
+                warm_pod("of-a-gone-replica", Some("10.0.0.9:8080")),
+                warm_pod("of-a-gone-replica-2", Some("10.0.0.9:8080")),
+                warm_pod("no-address", None),
+            ]))),
+            // Addresses in order: the live replica's pod still serves at its IP; nothing serves at the other.
+            step("GET", &[gateway_pods, "fieldSelector=status.podIP%3D10.0.0.7"], 200, Reply::Json(pod_list(vec![live_gateway]))),
+            step("GET", &[gateway_pods, "fieldSelector=status.podIP%3D10.0.0.9"], 200, Reply::Json(pod_list(vec![]))),
+            step("DELETE", &[PODS, "/of-a-gone-replica?"], 200, Reply::Json(warm_pod("of-a-gone-replica", None))),
+            step("DELETE", &[PODS, "/of-a-gone-replica-2?"], 200, Reply::Json(warm_pod("of-a-gone-replica-2", None))),
+        ],
+    ));
+    let deleted = toolwarden_gateway::kubernetes::warm_pool::delete_orphans(&client, "team-a", "10.0.0.5:8080", "tw-system").await.unwrap();
+    assert_eq!(deleted, 2);
+    let seen = server.await.unwrap();
+    assert_eq!(seen.iter().filter(|s| s.method == "DELETE").count(), 2, "only the gone replica's pods: {seen:?}");
 }

@@ -109,6 +109,8 @@ pub enum Error {
     UnknownSession { session: String },
     #[error("session {session} moved to another gateway replica while this one claimed it")]
     Moved { session: String },
+    #[error("McpSession {session} already exists: another gateway replica started this session first")]
+    SessionExists { session: String },
     #[error("this session has used {limit} confirm tokens that have not expired yet, the most its McpSession records: wait for the oldest to expire")]
     TooManyUsedTokens { limit: usize },
     #[error("the operating system gave no random bytes for a worker token: {0}")]
@@ -138,6 +140,7 @@ impl Error {
             Error::SessionEnded { .. } => "session_ended",
             Error::UnknownSession { .. } => "unknown_session",
             Error::Moved { .. } => "session_moved",
+            Error::SessionExists { .. } => SESSION_EXISTS,
             Error::Api { .. } => "api_error",
             Error::NoEntropy(_) => "no_entropy",
             Error::TooManyUsedTokens { .. } => "too_many_used_tokens",
@@ -153,6 +156,10 @@ impl Error {
         Error::Api { context: context.into(), source }
     }
 }
+
+/// The code of a session start whose McpSession another replica created first (a stateless session's
+/// name is derived from its id, so two replicas may start it at once).
+pub const SESSION_EXISTS: &str = "session_exists";
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

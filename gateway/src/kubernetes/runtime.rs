@@ -25,8 +25,11 @@ use super::restart::{ANNOTATION_SESSION_ID, RestartReport, recover};
 use super::session_store::{SessionStore, gateway_selector, merge_remote_decisions, session_object_name};
 use super::start_queue::StartQueue;
 use super::status_writes::Unwritten;
-use super::warm_pool::{WarmPods, WarmPools, bind, start_warm_pod};
+use super::warm_pool::{WarmPods, WarmPools, bind, delete_orphans, start_warm_pod};
 use super::{Error, KubernetesConfig, Metrics, Result, now_rfc3339, pods, random_hex, sha256_hex};
+
+/// How often warm pods of gateway replicas that are gone are looked for.
+const ORPHANS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the gateway knows when a session starts.
 #[derive(Clone, Debug, Default)]
@@ -121,6 +124,12 @@ impl KubernetesRuntime {
         let weak = Arc::downgrade(self);
         tokio::spawn(every(weak.clone(), self.config.status_interval, |rt| async move { rt.flush().await }));
         tokio::spawn(every(weak.clone(), self.config.sweep_interval, |rt| async move { rt.sweep().await }));
+        if let (Some(own), Some(pod_namespace)) = (self.config.advertise_address.clone(), self.config.pod_namespace.clone()) {
+            tokio::spawn(every(weak.clone(), ORPHANS_INTERVAL, move |rt| {
+                let (own, pod_namespace) = (own.clone(), pod_namespace.clone());
+                async move { rt.delete_orphan_warm_pods(&own, &pod_namespace).await }
+            }));
+        }
         tokio::spawn(watch_sessions(weak, self.client.clone(), gateway_selector(&self.config.gateway_id)));
         Ok(report)
     }
@@ -507,6 +516,15 @@ impl KubernetesRuntime {
             if let Err(e) = self.store.apply_status(&namespace, &name, &status).await {
                 tracing::warn!(session = %name, error = %e, "McpSession status not written; will retry");
                 self.with_session(&id, |_| ());
+            }
+        }
+    }
+
+    /// Deletes the warm pods that gateway replicas gone for good left in this gateway's pool namespaces.
+    async fn delete_orphan_warm_pods(&self, own_address: &str, pod_namespace: &str) {
+        for namespace in self.pools.namespaces() {
+            if let Err(e) = delete_orphans(&self.client, &namespace, own_address, pod_namespace).await {
+                tracing::warn!(namespace, error = %e, "looking for warm pods of gone gateway replicas");
             }
         }
     }

@@ -84,6 +84,7 @@ impl SessionStore {
         session.metadata.namespace = Some(namespace.to_owned());
         match self.api(namespace).create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &session).await {
             Ok(created) => Ok(created),
+            Err(e) if api_code(&e) == Some(409) => Err(Error::SessionExists { session: format!("{namespace}/{name}") }),
             Err(e) if api_code(&e) == Some(403) => Err(Error::Forbidden {
                 action: "create McpSessions",
                 namespace: namespace.to_owned(),

@@ -7,12 +7,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use toolwarden_core::config::ToolConfig;
 
 use super::pod::{Binding, LABEL_POOL, LABEL_SESSION, MANAGER, WorkerPodParams, build_worker_pod, label_value, pod_name, session_owner};
 use super::pods::{self, PodState};
+use super::failover::ANNOTATION_GATEWAY_ADDRESS;
 use super::{Error, KubernetesConfig, Metrics, Result, api_code, random_hex, sha256_hex};
 
 /// How long a warm pod may wait for a session before its deadline retires it.
@@ -142,6 +143,15 @@ impl WarmPools {
         pools.iter_mut().flat_map(|((ns, _), p)| p.ready.drain(..).map(|w| (ns.clone(), w.name)).collect::<Vec<_>>()).collect()
     }
 
+    /// The namespaces this gateway keeps warm pools in.
+    pub fn namespaces(&self) -> Vec<String> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut namespaces: Vec<String> = pools.keys().map(|(ns, _)| ns.clone()).collect();
+        namespaces.sort();
+        namespaces.dedup();
+        namespaces
+    }
+
     pub fn ready_count(&self) -> usize {
         self.pools.lock().unwrap_or_else(|e| e.into_inner()).values().map(|p| p.ready.len()).sum()
     }
@@ -164,6 +174,11 @@ pub async fn start_warm_pod(client: &Client, config: &KubernetesConfig, metrics:
         binding: Binding::Warm,
         active_deadline_seconds: (config.max_lifetime + WARM_MAX_AGE).as_secs() as i64,
     })?;
+    let mut pod = pod;
+    if let Some(address) = &config.advertise_address {
+        // Other replicas delete this pod if this replica goes for good (`delete_orphans`).
+        pod.metadata.annotations = Some([(ANNOTATION_GATEWAY_ADDRESS.to_owned(), address.clone())].into());
+    }
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
     let created = pods::create(&api, namespace, &pod).await.inspect_err(|e| metrics.worker_failed("kubernetes-warm", e.code()))?;
@@ -180,6 +195,37 @@ pub async fn start_warm_pod(client: &Client, config: &KubernetesConfig, metrics:
             Err(e)
         }
     }
+}
+
+/// Deletes the unbound warm pods in `namespace` of gateway replicas that are gone for good: the pod at
+/// the address a warm pod recorded no longer serves in `pod_namespace` (the same check as a failover's,
+/// `failover::holder_gone`). Nobody can bind such a pod (its token died with its replica), and it would
+/// otherwise wait out its deadline, the maximum session lifetime plus an hour. A replica that restarts
+/// in place (same pod) keeps its address and deletes its own leftovers at start. Returns how many went.
+pub async fn delete_orphans(client: &Client, namespace: &str, own_address: &str, pod_namespace: &str) -> Result<usize> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let unbound = api
+        .list(&ListParams::default().labels(&format!("{LABEL_POOL}=unbound")))
+        .await
+        .map_err(|e| Error::api(format!("listing warm pods in {namespace}"), e))?;
+    let mut by_address: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for pod in unbound.items {
+        if let Some(address) = pod.annotations().get(ANNOTATION_GATEWAY_ADDRESS).filter(|a| a.as_str() != own_address) {
+            by_address.entry(address.clone()).or_default().push(pod.name_any());
+        }
+    }
+    let mut deleted = 0;
+    for (address, names) in by_address {
+        if !super::failover::holder_gone(client, pod_namespace, &address).await {
+            continue;
+        }
+        for name in names {
+            pods::delete(&api, &name).await?;
+            deleted += 1;
+        }
+        tracing::info!(namespace, gateway_address = %address, "deleted the warm pods of a gateway replica that is gone");
+    }
+    Ok(deleted)
 }
 
 /// The merge patch that binds a warm pod to a session: session label, owner, and a deadline no later
