@@ -184,6 +184,26 @@ async fn retry_until_decided(url: &str, session: &str, approval: &str) -> String
     }
 }
 
+/// A release with two gateway replicas and no session affinity, and a tenant namespace (named from
+/// `prefix`) whose `tools` of [`MANIFESTS`] are Ready. Counters are written within a second (the default
+/// waits a minute), so they carry over a failover exactly.
+fn two_replicas_serving(prefix: &str, tools: &[&str]) -> (HelmRelease, TestNamespace) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let release = HelmRelease::install(&[
+        "gateway.replicas=2",
+        "gateway.service.sessionAffinity=None",
+        "gateway.sessionCountersInterval=1s",
+        "operator.replicas=1",
+    ]);
+    let tenant = TestNamespace::create(prefix);
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant.0, "-f", "-"], &MANIFESTS.replace("TOOL_IMAGE", &tool_image()));
+    assert!(ok, "{out}");
+    for tool in tools {
+        kubectl_ok(&["wait", "-n", &tenant.0, "--for=condition=Ready", &format!("mcptool/{tool}"), "--timeout=60s"]);
+    }
+    (release, tenant)
+}
+
 fn the_session(tenant: &str) -> Value {
     let sessions = items(&json_of(&["get", "mcpsessions", "-n", tenant, "-o", "json"]));
     assert_eq!(sessions.len(), 1, "one McpSession: {sessions:#?}");
@@ -196,21 +216,8 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
         return;
     }
     let _serial = ONE_RELEASE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    // Counters written within a second (the default waits a minute), so they carry over exactly.
-    let release = HelmRelease::install(&[
-        "gateway.replicas=2",
-        "gateway.service.sessionAffinity=None",
-        "gateway.sessionCountersInterval=1s",
-        "operator.replicas=1",
-    ]);
-    let tenant_namespace = TestNamespace::create("tw-e2e-replicas");
+    let (release, tenant_namespace) = two_replicas_serving("tw-e2e-replicas", &["get-page", "write-note", "delete-note", "send-note"]);
     let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());
-    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &MANIFESTS.replace("TOOL_IMAGE", &tool_image()));
-    assert!(ok, "{out}");
-    for tool in ["mcptool/get-page", "mcptool/write-note", "mcptool/delete-note", "mcptool/send-note"] {
-        kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", tool, "--timeout=60s"]);
-    }
     let url = release.mcp_url(&tenant);
     let session = open_session(&url).await;
 
@@ -357,20 +364,8 @@ async fn a_stateless_session_survives_the_loss_of_the_replica_holding_it() {
         return;
     }
     let _serial = ONE_RELEASE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let release = HelmRelease::install(&[
-        "gateway.replicas=2",
-        "gateway.service.sessionAffinity=None",
-        "gateway.sessionCountersInterval=1s",
-        "operator.replicas=1",
-    ]);
-    let tenant_namespace = TestNamespace::create("tw-e2e-stateless");
+    let (release, tenant_namespace) = two_replicas_serving("tw-e2e-stateless", &["get-page", "write-note", "send-note"]);
     let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());
-    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &MANIFESTS.replace("TOOL_IMAGE", &tool_image()));
-    assert!(ok, "{out}");
-    for tool in ["mcptool/get-page", "mcptool/write-note", "mcptool/send-note"] {
-        kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", tool, "--timeout=60s"]);
-    }
     let url = release.mcp_url(&tenant);
     // Both replicas serve the tools once each has read the config: listed five times in a row.
     let deadline = Instant::now() + Duration::from_secs(90);
