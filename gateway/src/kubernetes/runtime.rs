@@ -9,9 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::broadcast;
 use toolwarden_core::config::ToolConfig;
@@ -20,12 +18,15 @@ use toolwarden_core::resources::{
 };
 
 use super::failover::{self, SessionHome};
-use super::pod::{Binding, LABEL_GATEWAY, WORKER_PORT, WorkerPodParams, build_worker_pod, label_value, pod_name};
+use super::pod::{Binding, WORKER_PORT, WorkerPodParams, build_worker_pod, pod_name};
 use super::restart::{ANNOTATION_SESSION_ID, RestartReport, recover};
 use super::session_store::{SessionStore, gateway_selector, merge_remote_decisions, session_object_name};
 use super::start_queue::StartQueue;
 use super::status_writes::Unwritten;
 use super::warm_pool::{WarmPods, WarmPools, bind, delete_orphans, start_warm_pod};
+
+mod observe;
+use observe::watch_sessions;
 use super::{Error, KubernetesConfig, Metrics, Result, now_rfc3339, pods, random_hex, sha256_hex};
 
 /// How often warm pods of gateway replicas that are gone are looked for.
@@ -580,34 +581,6 @@ impl KubernetesRuntime {
         self.delete_warm(warm).await;
     }
 
-    /// Reacts to a change of one of this gateway's McpSessions seen by the watch.
-    pub async fn observe(&self, session: McpSession, deleted: bool) {
-        let (namespace, name) = (session.namespace().unwrap_or_default(), session.name_any());
-        let id = self.lock().iter().find(|(_, s)| s.namespace == namespace && s.name == name).map(|(id, _)| id.clone());
-        let Some(id) = id else { return };
-        // A watch by label reports an object whose label changed as deleted: another replica claimed it.
-        let claimed_elsewhere = session.labels().get(LABEL_GATEWAY).is_some_and(|holder| *holder != label_value(&self.config.gateway_id));
-        if claimed_elsewhere && session.metadata.deletion_timestamp.is_none() {
-            self.moved_away(&id);
-            return;
-        }
-        if deleted || session.metadata.deletion_timestamp.is_some() {
-            if let Err(e) = self.finish(&id, "deleted", false).await {
-                tracing::warn!(session = %name, error = %e, "ending a deleted session");
-            }
-            return;
-        }
-        let remote = session.status.map(|s| s.pending_approvals).unwrap_or_default();
-        let mut sessions = self.lock();
-        if let Some(s) = sessions.get_mut(&id)
-            && merge_remote_decisions(&mut s.status.pending_approvals, &remote)
-        {
-            s.status.pending_approval_count =
-                s.status.pending_approvals.iter().filter(|a| a.state == ApprovalState::Pending).count() as u32;
-            s.unwritten.note(Unwritten::Now);
-        }
-    }
-
     /// Ready warm pods across all pools.
     pub fn warm_ready(&self) -> usize {
         self.pools.ready_count()
@@ -629,19 +602,5 @@ where
         ticker.tick().await;
         let Some(rt) = runtime.upgrade() else { return };
         f(rt).await;
-    }
-}
-
-async fn watch_sessions(runtime: Weak<KubernetesRuntime>, client: Client, selector: String) {
-    let api: Api<McpSession> = Api::all(client);
-    let mut events = watcher(api, watcher::Config::default().labels(&selector)).default_backoff().boxed();
-    while let Some(event) = events.next().await {
-        let Some(rt) = runtime.upgrade() else { return };
-        match event {
-            Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => rt.observe(s, false).await,
-            Ok(watcher::Event::Delete(s)) => rt.observe(s, true).await,
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "watching McpSessions"),
-        }
     }
 }
