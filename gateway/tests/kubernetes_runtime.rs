@@ -298,7 +298,7 @@ async fn a_start_that_gets_no_turn_in_time_fails_start_timeout_without_creating_
     assert!(errors.iter().all(|e| e.code() == "start_timeout" && e.is_transient()), "{errors:?}");
     let queued: Vec<String> = errors.iter().map(ToString::to_string).filter(|e| e.contains("--max-pod-starts 1")).collect();
     assert_eq!(queued.len(), 1, "one start waited for the other's turn: {errors:?}");
-    assert!(queued[0].contains("within 1s") && queued[0].contains("1 starts were under way or waiting"), "{}", queued[0]);
+    assert!(queued[0].contains("within 1s") && queued[0].contains("1 starts were under way and 0 more waiting"), "{}", queued[0]);
     let seen = server.await.unwrap();
     assert_eq!(seen.iter().filter(|s| s.method == "POST" && s.uri.starts_with(PODS)).count(), 1, "the queued start created no pod");
     let failures = metrics.worker_start_failures.get_or_create(&vec![("runtime", "kubernetes".into()), ("reason", "start_timeout".into())]).get();

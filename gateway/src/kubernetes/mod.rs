@@ -87,8 +87,8 @@ pub enum Error {
     ImagePull { pod: String, image: String, message: String },
     #[error("worker pod {pod} did not become ready within {seconds}s: {detail}")]
     StartTimeout { pod: String, seconds: u64, detail: String },
-    #[error("no worker pod was started within {seconds}s: {waiting} starts were under way or waiting on this gateway replica, which starts at most {limit} at once (--max-pod-starts {limit}); the node is slow to start pods, retry later")]
-    StartQueueTimeout { seconds: u64, limit: usize, waiting: usize },
+    #[error("no worker pod was started within {seconds}s: when it asked, {under_way} starts were under way and {ahead} more waiting ahead of it on this gateway replica, which starts at most {limit} at once (--max-pod-starts {limit}); the node is slow to start pods, retry later")]
+    StartQueueTimeout { seconds: u64, limit: usize, under_way: usize, ahead: usize },
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("worker pod {pod} cannot start: Secret {secret} or one of its keys is missing in namespace {namespace} ({message})")]

@@ -9,6 +9,7 @@
 //! session's start for long.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -19,6 +20,8 @@ use super::{Error, Result};
 pub struct StartQueue {
     turns: Arc<Semaphore>,
     limit: usize,
+    /// Session starts waiting for a turn now.
+    waiting: AtomicUsize,
 }
 
 /// The right to start one pod; the turn passes on when it is dropped.
@@ -27,16 +30,20 @@ pub type Turn = OwnedSemaphorePermit;
 impl StartQueue {
     pub fn new(limit: usize) -> Self {
         let limit = limit.max(1);
-        StartQueue { turns: Arc::new(Semaphore::new(limit)), limit }
+        StartQueue { turns: Arc::new(Semaphore::new(limit)), limit, waiting: AtomicUsize::new(0) }
     }
 
     /// Waits for a session's turn until `deadline`.
     pub async fn session_turn(&self, deadline: Instant, timeout_seconds: u64) -> Result<Turn> {
-        let waiting = self.limit.saturating_sub(self.turns.available_permits());
-        match tokio::time::timeout_at(deadline.into(), self.turns.clone().acquire_owned()).await {
+        // What was ahead of this start when it asked, for the message if its turn does not come.
+        let under_way = self.limit.saturating_sub(self.turns.available_permits());
+        let ahead = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let turn = tokio::time::timeout_at(deadline.into(), self.turns.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        match turn {
             Ok(Ok(turn)) => Ok(turn),
             Ok(Err(_closed)) => Err(Error::ShuttingDown),
-            Err(_) => Err(Error::StartQueueTimeout { seconds: timeout_seconds, limit: self.limit, waiting }),
+            Err(_) => Err(Error::StartQueueTimeout { seconds: timeout_seconds, limit: self.limit, under_way, ahead }),
         }
     }
 
@@ -69,11 +76,21 @@ mod tests {
         let queue = StartQueue::new(2);
         let first = queue.session_turn(Instant::now() + Duration::from_secs(1), 1).await.expect("free turn");
         let _second = queue.session_turn(Instant::now() + Duration::from_secs(1), 1).await.expect("free turn");
-        let err = queue.session_turn(Instant::now() + Duration::from_millis(50), 7).await.expect_err("both turns taken");
+        // One start already waits (until after the next one gives up), so the next one has it ahead.
+        let (waiter, next) = tokio::join!(
+            queue.session_turn(Instant::now() + Duration::from_millis(300), 1),
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                queue.session_turn(Instant::now() + Duration::from_millis(50), 7).await
+            }
+        );
+        assert!(waiter.is_err(), "no turn came for the first waiter either");
+        let err = next.expect_err("both turns taken");
         assert_eq!(err.code(), "start_timeout");
         assert!(err.is_transient());
         let text = err.to_string();
         assert!(text.contains("7s") && text.contains("--max-pod-starts 2"), "{text}");
+        assert!(text.contains("2 starts were under way and 1 more waiting ahead of it"), "{text}");
         drop(first);
         let _third = queue.session_turn(Instant::now() + Duration::from_millis(50), 1).await.expect("a turn freed by the first start");
     }
