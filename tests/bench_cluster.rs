@@ -138,11 +138,17 @@ spec:
   decision: allow
 "#;
 
-/// The one gateway replica's count of warm-pool hits (its metrics Service).
-async fn warm_pool_hits(release: &HelmRelease) -> f64 {
+/// The one gateway replica's metrics, through its metrics Service.
+async fn gateway_metrics(release: &HelmRelease) -> String {
     let ip = kubectl_ok(&["get", "service", &format!("{}-gateway-metrics", release.fullname), "-n", &release.namespace.0, "-o", "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}"]);
-    let body = reqwest::get(format!("http://{ip}/metrics")).await.expect("gateway metrics").text().await.unwrap();
-    body.lines()
+    reqwest::get(format!("http://{ip}/metrics")).await.expect("gateway metrics").text().await.unwrap()
+}
+
+/// The one gateway replica's count of warm-pool hits.
+async fn warm_pool_hits(release: &HelmRelease) -> f64 {
+    gateway_metrics(release)
+        .await
+        .lines()
         .filter(|l| l.starts_with("toolwarden_warm_pool_hits_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -152,8 +158,7 @@ async fn warm_pool_hits(release: &HelmRelease) -> f64 {
 /// `kubernetes`: a new pod, its turn in the start queue included), from its histogram: the count and the
 /// upper bounds of the buckets holding the 50th and 99th percentiles.
 async fn worker_start_histogram(release: &HelmRelease, runtime: &str) -> (u64, f64, f64) {
-    let ip = kubectl_ok(&["get", "service", &format!("{}-gateway-metrics", release.fullname), "-n", &release.namespace.0, "-o", "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}"]);
-    let body = reqwest::get(format!("http://{ip}/metrics")).await.expect("gateway metrics").text().await.unwrap();
+    let body = gateway_metrics(release).await;
     let prefix = "toolwarden_worker_start_duration_seconds_bucket{";
     let label = format!("runtime=\"{runtime}\"");
     let mut buckets: Vec<(f64, u64)> = body
