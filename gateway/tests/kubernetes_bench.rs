@@ -10,8 +10,7 @@ mod kubernetes_support;
 use std::time::{Duration, Instant};
 
 use http::Response;
-use kube::client::Body;
-use kubernetes_support::{Handle, client, tool};
+use kubernetes_support::{Handle, client, tool, whole};
 use serde_json::json;
 use toolwarden_gateway::kubernetes::pod::{Binding, WorkerPodParams, build_worker_pod};
 use toolwarden_gateway::kubernetes::{KubernetesConfig, KubernetesRuntime, Metrics, SessionStart};
@@ -41,7 +40,7 @@ async fn auto_server(mut handle: Handle) {
             (_, true) => session.clone(),
             (_, false) => pod.clone(),
         };
-        send.send_response(Response::builder().status(200).body(Body::from(body.into_bytes())).unwrap());
+        send.send_response(Response::builder().status(200).body(whole(body)).unwrap());
     }
 }
 

@@ -4,7 +4,7 @@ mod kubernetes_support;
 
 use std::time::Duration;
 
-use kubernetes_support::{Reply, client, ready, serve, status_error, step, tool, waiting};
+use kubernetes_support::{Reply, client, pod_watch, push, ready, serve, status_error, step, tool, waiting};
 use serde_json::json;
 use toolwarden_core::resources::{ClientInfo, McpSession};
 use toolwarden_gateway::kubernetes::{KubernetesConfig, KubernetesRuntime, Metrics, SessionStart};
@@ -45,12 +45,13 @@ async fn session_start_creates_mcp_session_and_first_call_creates_its_pod() {
         vec![
             step("POST", &[SESSIONS], 201, Reply::Created),
             step("POST", &[PODS], 201, Reply::Created),
-            step("GET", &[PODS, "watch=true", "metadata.name%3Dtw-search-issues-"], 200, Reply::PodEvents(vec![
-                ("MODIFIED", json!({"phase": "Pending"})),
-                ("MODIFIED", ready("10.1.2.3")),
-            ])),
+        ]
+        .into_iter()
+        .chain(pod_watch(vec![("ADDED", json!({"phase": "Pending"})), ("MODIFIED", ready("10.1.2.3"))]))
+        .chain([
             step("PATCH", &[SESSIONS, "/sess-1/status", "fieldManager=toolwarden-gateway", "force=true"], 200, Reply::Json(kubernetes_support::mcp_session("team-a", "sess-1", "session-uid"))),
-        ],
+        ])
+        .collect(),
     ));
     let rt = KubernetesRuntime::new(client, config(), Metrics::default());
     assert_eq!(rt.start_session(start("sess-1")).await.unwrap(), "sess-1");
@@ -78,7 +79,7 @@ async fn session_start_creates_mcp_session_and_first_call_creates_its_pod() {
     assert!(command.contains(&json!(sha256(&endpoint.token))), "the pod gets the token's hash");
     assert!(!pod.to_string().contains(&endpoint.token), "and never the token");
 
-    let status = &seen[3].body["status"];
+    let status = &seen[4].body["status"];
     assert_eq!((status["calls"].as_u64(), status["denials"].as_u64()), (Some(1), Some(1)));
     assert_eq!(status["tainted"], true);
     assert_eq!(status["workers"][0]["pod"], json!(endpoint.pod));
@@ -95,7 +96,6 @@ async fn status_writes_are_batched_and_counters_alone_wait_for_their_interval() 
             step("PATCH", &[SESSIONS, "/busy/status"], 200, Reply::Json(kubernetes_support::mcp_session("team-a", "busy", "u"))),
             step("PATCH", &[SESSIONS, "/busy/status"], 200, Reply::Json(kubernetes_support::mcp_session("team-a", "busy", "u"))),
             // Ending the session comes next: a status write in between would fail this step.
-            step("DELETE", &[PODS, "labelSelector=toolwarden.dev%2Fsession%3Dbusy"], 200, Reply::Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}))),
             step("DELETE", &[SESSIONS, "/busy"], 200, Reply::Json(status_error(200, "", ""))),
         ],
     ));
@@ -137,15 +137,18 @@ async fn status_writes_are_batched_and_counters_alone_wait_for_their_interval() 
 }
 
 #[tokio::test]
-async fn ending_a_session_deletes_its_pods_and_its_mcp_session() {
+async fn ending_a_session_deletes_its_mcp_session_and_the_garbage_collector_its_pods() {
     let (client, handle) = client();
+    let [list, watch] = pod_watch(vec![("ADDED", ready("10.1.2.3"))]);
     let server = tokio::spawn(serve(
         handle,
         vec![
             step("POST", &[SESSIONS], 201, Reply::Created),
             step("POST", &[PODS], 201, Reply::Created),
-            step("GET", &[PODS, "watch=true"], 200, Reply::PodEvents(vec![("MODIFIED", ready("10.1.2.3"))])),
-            step("DELETE", &[PODS, "labelSelector=toolwarden.dev%2Fsession%3Dsess-2"], 200, Reply::Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []}))),
+            list,
+            watch,
+            // One request: the pods are the McpSession's dependents (owner reference, asserted in the
+            // first test), and the background propagation lets Kubernetes delete them.
             step("DELETE", &[SESSIONS, "/sess-2"], 200, Reply::Json(status_error(200, "", ""))),
         ],
     ));
@@ -156,7 +159,8 @@ async fn ending_a_session_deletes_its_pods_and_its_mcp_session() {
     rt.worker("sess-2", &tool(0)).await.unwrap();
     assert_eq!((metrics.sessions_active.get(), metrics.worker_pods_active.get()), (1, 1));
     rt.end_session("sess-2", "closed").await.unwrap();
-    server.await.unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!(seen[4].body["propagationPolicy"], "Background");
     assert_eq!((metrics.sessions_active.get(), metrics.worker_pods_active.get()), (0, 0));
     assert_eq!(ended.recv().await.unwrap().reason, "closed");
     assert_eq!(rt.worker("sess-2", &tool(0)).await.unwrap_err().code(), "unknown_session");
@@ -218,15 +222,11 @@ fn delete_pod() -> kubernetes_support::Step {
 
 #[tokio::test]
 async fn image_pull_failure_is_a_specific_error_and_the_pod_is_deleted() {
-    let (error, seen, metrics) = failed_start(vec![
-        step("POST", &[PODS], 201, Reply::Created),
-        step("GET", &[PODS, "watch=true"], 200, Reply::PodEvents(vec![("MODIFIED", waiting("ErrImagePull", "manifest unknown"))])),
-        delete_pod(),
-    ])
-    .await;
+    let [list, watch] = pod_watch(vec![("ADDED", waiting("ErrImagePull", "manifest unknown"))]);
+    let (error, seen, metrics) = failed_start(vec![step("POST", &[PODS], 201, Reply::Created), list, watch, delete_pod()]).await;
     assert_eq!(error.code(), "image_pull");
     assert!(error.to_string().contains("ghcr.io/acme/search:1"), "{error}");
-    assert!(seen[3].uri.contains(&seen[1].body["metadata"]["name"].as_str().unwrap().to_owned()));
+    assert!(seen[4].uri.contains(&seen[1].body["metadata"]["name"].as_str().unwrap().to_owned()));
     let failures = metrics.worker_start_failures.get_or_create(&vec![("runtime", "kubernetes".into()), ("reason", "image_pull".into())]).get();
     assert_eq!(failures, 1);
     assert_eq!(metrics.worker_pods_active.get(), 0);
@@ -234,15 +234,11 @@ async fn image_pull_failure_is_a_specific_error_and_the_pod_is_deleted() {
 
 #[tokio::test]
 async fn missing_scoped_secret_names_the_secret_and_the_pod_is_deleted() {
-    let (error, _, _) = failed_start(vec![
-        step("POST", &[PODS], 201, Reply::Created),
-        step("GET", &[PODS, "watch=true"], 200, Reply::PodEvents(vec![(
-            "MODIFIED",
-            waiting("CreateContainerConfigError", "secret \"toolwarden-tool-search-issues\" not found"),
-        )])),
-        delete_pod(),
-    ])
-    .await;
+    let [list, watch] = pod_watch(vec![(
+        "ADDED",
+        waiting("CreateContainerConfigError", "secret \"toolwarden-tool-search-issues\" not found"),
+    )]);
+    let (error, _, _) = failed_start(vec![step("POST", &[PODS], 201, Reply::Created), list, watch, delete_pod()]).await;
     assert_eq!(error.code(), "missing_secret");
     assert!(error.to_string().contains("Secret toolwarden-tool-search-issues"), "{error}");
 }
@@ -264,18 +260,16 @@ async fn quota_exceeded_is_a_specific_error_and_leaves_no_pod() {
 
 #[tokio::test]
 async fn pod_stuck_pending_times_out_and_is_deleted() {
-    let (error, _, _) = failed_start(vec![
-        step("POST", &[PODS], 201, Reply::Created),
-        step("GET", &[PODS, "watch=true"], 200, Reply::Hang(Duration::from_secs(3))),
-        delete_pod(),
-    ])
-    .await;
+    // The watch stays open and says nothing of the pod.
+    let [list, watch] = pod_watch(vec![]);
+    let (error, _, _) = failed_start(vec![step("POST", &[PODS], 201, Reply::Created), list, watch, delete_pod()]).await;
     assert_eq!(error.code(), "start_timeout");
 }
 
 #[tokio::test]
 async fn a_start_that_gets_no_turn_in_time_fails_start_timeout_without_creating_a_pod() {
     let (client, handle) = client();
+    let [list, watch] = pod_watch(vec![]);
     let server = tokio::spawn(serve(
         handle,
         vec![
@@ -283,7 +277,8 @@ async fn a_start_that_gets_no_turn_in_time_fails_start_timeout_without_creating_
             step("POST", &[SESSIONS], 201, Reply::Created),
             // Only one of the two sessions creates a pod; it never becomes ready.
             step("POST", &[PODS], 201, Reply::Created),
-            step("GET", &[PODS, "watch=true"], 200, Reply::Hang(Duration::from_secs(3))),
+            list,
+            watch,
             delete_pod(),
         ],
     ));
@@ -314,20 +309,23 @@ async fn api_server_refusing_is_an_api_error() {
 #[tokio::test]
 async fn pod_killed_mid_call_is_explained_and_the_next_call_gets_a_new_pod() {
     let (client, handle) = client();
+    let [list, watch] = pod_watch(vec![("ADDED", ready("10.1.2.3"))]);
     let server = tokio::spawn(serve(
         handle,
         vec![
             step("POST", &[SESSIONS], 201, Reply::Created),
             step("POST", &[PODS], 201, Reply::Created),
-            step("GET", &[PODS, "watch=true"], 200, Reply::PodEvents(vec![("MODIFIED", ready("10.1.2.3"))])),
+            list,
+            watch,
             step("GET", &[PODS, "/tw-search-issues-"], 200, Reply::Pod(json!({
                 "phase": "Failed",
                 "containerStatuses": [{"name": "worker", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
                     "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]
             }))),
             step("DELETE", &[PODS, "/tw-search-issues-"], 200, Reply::Pod(json!({"phase": "Failed"}))),
+            // The second pod's start opens no watch: the one open shows it.
             step("POST", &[PODS], 201, Reply::Created),
-            step("GET", &[PODS, "watch=true"], 200, Reply::PodEvents(vec![("MODIFIED", ready("10.1.2.4"))])),
+            push(vec![("ADDED", ready("10.1.2.4"))]),
         ],
     ));
     let rt = KubernetesRuntime::new(client, config(), Metrics::default());
@@ -345,11 +343,13 @@ async fn pod_killed_mid_call_is_explained_and_the_next_call_gets_a_new_pod() {
 #[tokio::test]
 async fn warm_pool_pod_is_bound_to_the_session_on_first_use() {
     let (client, handle) = client();
+    let [list, watch] = pod_watch(vec![("ADDED", ready("10.9.9.9"))]);
     let server = tokio::spawn(serve(
         handle,
         vec![
             step("POST", &[PODS], 201, Reply::Created),
-            step("GET", &[PODS, "watch=true"], 200, Reply::PodEvents(vec![("MODIFIED", ready("10.9.9.9"))])),
+            list,
+            watch,
             step("POST", &[SESSIONS], 201, Reply::Created),
             step("PATCH", &[PODS, "/tw-search-issues-", "fieldManager=toolwarden-gateway"], 200, Reply::Pod(ready("10.9.9.9"))),
         ],
@@ -376,7 +376,7 @@ async fn warm_pool_pod_is_bound_to_the_session_on_first_use() {
     assert!(warm["metadata"]["ownerReferences"].is_null());
     let command = warm["spec"]["containers"][0]["command"].as_array().unwrap();
     assert!(command.contains(&json!(sha256(&endpoint.token))), "the bound pod answers to the token the pool kept");
-    let bind = &seen[3].body;
+    let bind = &seen[4].body;
     assert_eq!(bind["metadata"]["labels"]["toolwarden.dev/session"], "sess-w");
     assert_eq!(bind["metadata"]["labels"]["toolwarden.dev/pool"], serde_json::Value::Null);
     assert_eq!(bind["metadata"]["ownerReferences"][0]["uid"], "session-uid");
@@ -385,13 +385,10 @@ async fn warm_pool_pod_is_bound_to_the_session_on_first_use() {
 #[tokio::test]
 async fn empty_warm_pool_counts_a_miss_and_starts_a_pod() {
     let (client, handle) = client();
+    let [list, watch] = pod_watch(vec![("ADDED", ready("10.1.1.1"))]);
     let server = tokio::spawn(serve(
         handle,
-        vec![
-            step("POST", &[SESSIONS], 201, Reply::Created),
-            step("POST", &[PODS], 201, Reply::Created),
-            step("GET", &[PODS, "watch=true"], 200, Reply::PodEvents(vec![("MODIFIED", ready("10.1.1.1"))])),
-        ],
+        vec![step("POST", &[SESSIONS], 201, Reply::Created), step("POST", &[PODS], 201, Reply::Created), list, watch],
     ));
     let metrics = Metrics::default();
     let rt = KubernetesRuntime::new(client, config(), metrics.clone());

@@ -9,6 +9,7 @@ use std::time::Duration;
 pub mod failover;
 pub mod metrics;
 pub mod pod;
+pub mod pod_watch;
 pub mod pods;
 pub mod restart;
 pub mod runtime;

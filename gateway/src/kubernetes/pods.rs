@@ -1,11 +1,9 @@
-//! Worker pod API calls: create, wait until ready (failing fast on what will never recover), delete.
+//! Worker pod API calls: create, read where a pod stands (failing fast on what will never recover),
+//! delete. Waiting for a pod to be ready is `pod_watch`'s.
 //! Every failure becomes a specific [`Error`]; whoever created a pod deletes it when starting fails.
 
-use std::time::{Duration, Instant};
-
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
-use kube::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 
 use super::pod::{LABEL_SESSION, label_value, tool_object_name};
@@ -111,68 +109,6 @@ pub fn classify(pod: &Pod) -> PodState {
                 .next()
                 .unwrap_or_else(|| format!("phase {phase}"));
             PodState::Starting(detail)
-        }
-    }
-}
-
-/// Waits until `deadline` for a just-created pod to be ready, watching from the create's resourceVersion
-/// so no change is missed; re-reads and re-watches when the server closes the watch. `timeout` is the
-/// start timeout the deadline came from, for the message.
-pub async fn wait_ready(api: &Api<Pod>, created: &Pod, deadline: Instant, timeout: Duration) -> Result<String> {
-    let name = created.name_any();
-    let mut last = match classify(created) {
-        PodState::Ready { ip } => return Ok(ip),
-        PodState::Failed(e) => return Err(e),
-        PodState::Starting(detail) => detail,
-    };
-    let mut version = created.resource_version().unwrap_or_else(|| "0".into());
-    let timed_out = |last: String| Error::StartTimeout { pod: name.clone(), seconds: timeout.as_secs(), detail: last };
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(timed_out(last));
-        }
-        let params = WatchParams::default().fields(&format!("metadata.name={name}")).timeout(left.as_secs().clamp(1, 290) as u32);
-        // The deadline covers opening the watch too: a slow API server is a start timeout, not a hang.
-        let outcome = tokio::time::timeout(left, async {
-            let stream = api.watch(&params, &version).await.map_err(|e| Error::api(format!("watching pod {name}"), e))?;
-            let mut stream = stream.boxed();
-            while let Some(event) = stream.try_next().await.map_err(|e| Error::api(format!("watching pod {name}"), e))? {
-                match event {
-                    WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
-                        version = pod.resource_version().unwrap_or_else(|| version.clone());
-                        match classify(&pod) {
-                            PodState::Ready { ip } => return Ok(Some(ip)),
-                            PodState::Failed(e) => return Err(e),
-                            PodState::Starting(detail) => last = detail,
-                        }
-                    }
-                    WatchEvent::Deleted(_) => return Err(Error::PodGone { pod: name.clone() }),
-                    WatchEvent::Bookmark(b) => version = b.metadata.resource_version,
-                    // 410 Gone: our version is too old; re-read below and watch from there.
-                    WatchEvent::Error(_) => return Ok(None),
-                }
-            }
-            Ok(None)
-        })
-        .await;
-        match outcome {
-            Ok(Ok(Some(ip))) => return Ok(ip),
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(timed_out(last)),
-            Ok(Ok(None)) => {
-                let pod = match api.get_opt(&name).await {
-                    Ok(Some(pod)) => pod,
-                    Ok(None) => return Err(Error::PodGone { pod: name }),
-                    Err(e) => return Err(Error::api(format!("reading pod {name}"), e)),
-                };
-                match classify(&pod) {
-                    PodState::Ready { ip } => return Ok(ip),
-                    PodState::Failed(e) => return Err(e),
-                    PodState::Starting(detail) => last = detail,
-                }
-                version = pod.resource_version().unwrap_or_else(|| "0".into());
-            }
         }
     }
 }

@@ -19,6 +19,7 @@ use toolwarden_core::resources::{
 
 use super::failover::{self, SessionHome};
 use super::pod::{Binding, WORKER_PORT, WorkerPodParams, build_worker_pod, pod_name};
+use super::pod_watch::PodWatch;
 use super::restart::{ANNOTATION_SESSION_ID, RestartReport, recover};
 use super::session_store::{SessionStore, gateway_selector, merge_remote_decisions, session_object_name};
 use super::start_queue::StartQueue;
@@ -88,6 +89,7 @@ pub struct KubernetesRuntime {
     sessions: Mutex<HashMap<String, Session>>,
     pools: WarmPools,
     starts: StartQueue,
+    pod_watch: PodWatch,
     ended_tx: broadcast::Sender<SessionEnded>,
 }
 
@@ -96,6 +98,7 @@ impl KubernetesRuntime {
         Arc::new(KubernetesRuntime {
             starts: StartQueue::new(config.max_pod_starts),
             store: SessionStore::new(client.clone()),
+            pod_watch: PodWatch::new(client.clone(), &config.gateway_id),
             client,
             config,
             metrics,
@@ -340,9 +343,10 @@ impl KubernetesRuntime {
         })
         .map_err(|e| fail(e.into()))?;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let waiter = self.pod_watch.expect(namespace, &pod.name_any());
         let created = pods::create(&api, namespace, &pod).await.map_err(fail)?;
         let name = created.name_any();
-        match pods::wait_ready(&api, &created, deadline, self.config.start_timeout).await {
+        match waiter.ready(&created, deadline, self.config.start_timeout).await {
             Ok(ip) => {
                 self.metrics.worker_pods_active.inc();
                 Ok(WorkerEndpoint {
@@ -468,7 +472,7 @@ impl KubernetesRuntime {
         }
     }
 
-    /// Ends a session: its pods are deleted, then its McpSession.
+    /// Ends a session: its McpSession is deleted, and with it (by Kubernetes' garbage collector) its pods.
     pub async fn end_session(&self, session_id: &str, reason: &'static str) -> Result<()> {
         self.finish(session_id, reason, true).await
     }
@@ -487,12 +491,21 @@ impl KubernetesRuntime {
         let Some(session) = self.lock().remove(session_id) else { return Ok(()) };
         self.metrics.sessions_active.dec();
         self.metrics.worker_pods_active.dec_by(session.status.workers.len() as i64);
+        // The session's pods are its McpSession's dependents: deleting the McpSession is one request,
+        // and Kubernetes' garbage collector deletes the pods. Explicitly only when that cannot work:
+        // the McpSession was deleted by someone else (maybe orphaning them), or deleting it failed.
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &session.namespace);
-        let pods_result = pods::delete_session_pods(&api, &session.name).await;
-        let object_result =
-            if delete_object { self.store.delete(&session.namespace, &session.name).await } else { Ok(()) };
+        let result = if delete_object {
+            let deleted = self.store.delete(&session.namespace, &session.name).await;
+            if deleted.is_err() {
+                let _ = pods::delete_session_pods(&api, &session.name).await;
+            }
+            deleted
+        } else {
+            pods::delete_session_pods(&api, &session.name).await
+        };
         let _ = self.ended_tx.send(SessionEnded { namespace: session.namespace, id: session_id.to_owned(), reason });
-        pods_result.and(object_result)
+        result
     }
 
     /// Sessions ended by anything but the gateway's own `end_session` (kubectl delete, idle, lifetime).
@@ -557,7 +570,7 @@ impl KubernetesRuntime {
                 let rt = self.clone();
                 let (namespace, tool) = (namespace.clone(), tool.clone());
                 tokio::spawn(async move {
-                    let outcome = start_warm_pod(&rt.client, &rt.config, &rt.metrics, &namespace, &tool).await;
+                    let outcome = start_warm_pod(&rt.client, &rt.config, &rt.metrics, &rt.pod_watch, &namespace, &tool).await;
                     drop(turn);
                     let warm = outcome.inspect_err(|e| tracing::warn!(tool = %tool.name, error = %e, "warm pod")).ok();
                     if let Some(stale) = rt.pools.started(&namespace, &tool, warm) {

@@ -12,6 +12,7 @@ use kube::{Api, Client, ResourceExt};
 use toolwarden_core::config::ToolConfig;
 
 use super::pod::{Binding, LABEL_POOL, LABEL_SESSION, MANAGER, WorkerPodParams, build_worker_pod, label_value, pod_name, session_owner};
+use super::pod_watch::PodWatch;
 use super::pods::{self, PodState};
 use super::failover::ANNOTATION_GATEWAY_ADDRESS;
 use super::{Error, KubernetesConfig, Metrics, Result, api_code, random_hex, sha256_hex};
@@ -162,7 +163,14 @@ fn wanted(tool: &ToolConfig) -> u32 {
 }
 
 /// Starts one warm pod and waits for it; on failure the pod is deleted and the failure counted.
-pub async fn start_warm_pod(client: &Client, config: &KubernetesConfig, metrics: &Metrics, namespace: &str, tool: &ToolConfig) -> Result<WarmPod> {
+pub async fn start_warm_pod(
+    client: &Client,
+    config: &KubernetesConfig,
+    metrics: &Metrics,
+    pod_watch: &PodWatch,
+    namespace: &str,
+    tool: &ToolConfig,
+) -> Result<WarmPod> {
     let token = random_hex(32)?;
     let pod = build_worker_pod(&WorkerPodParams {
         tool,
@@ -181,8 +189,9 @@ pub async fn start_warm_pod(client: &Client, config: &KubernetesConfig, metrics:
     }
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
+    let waiter = pod_watch.expect(namespace, &pod.name_any());
     let created = pods::create(&api, namespace, &pod).await.inspect_err(|e| metrics.worker_failed("kubernetes-warm", e.code()))?;
-    match pods::wait_ready(&api, &created, started + config.start_timeout, config.start_timeout).await {
+    match waiter.ready(&created, started + config.start_timeout, config.start_timeout).await {
         Ok(ip) => {
             metrics.worker_pods_active.inc();
             Ok(WarmPod { name: created.name_any(), ip, token, started })

@@ -2,15 +2,28 @@
 //! test lists the requests it expects, in order, and what the server answers.
 #![allow(dead_code)]
 
+use std::convert::Infallible;
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::StreamExt;
 use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use kube::client::Body;
 use kube::Client;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use toolwarden_core::config::ToolConfig;
 
-pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+/// An answer's body: whole, or a watch that stays open for more events ([`push`]).
+pub type Answer = UnsyncBoxBody<Bytes, Infallible>;
+pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Answer>>;
+
+/// The gateway's pod watch (`pod_watch`): all namespaces, this gateway's pods (`gw-0` in these tests).
+pub const POD_WATCH: &str = "/api/v1/pods?";
+const GATEWAY_PODS: &str = "labelSelector=toolwarden.dev%2Fgateway%3Dgw-0";
 
 /// One expected request and the answer.
 pub struct Step {
@@ -27,8 +40,10 @@ pub enum Reply {
     Created,
     /// The last created pod with this status.
     Pod(Value),
-    /// A watch of the last created pod: one event per status.
+    /// A watch of the last created pod: one event per status; it stays open for [`push`]ed events.
     PodEvents(Vec<(&'static str, Value)>),
+    /// Not a request: more events of the last created pod on the open pod watch.
+    Push(Vec<(&'static str, Value)>),
     /// A watch: newline-delimited events.
     Events(Vec<Value>),
     /// Never answer in time (the client gives up first).
@@ -48,15 +63,45 @@ pub fn step(method: &'static str, path: &[&str], status: u16, reply: Reply) -> S
 }
 
 pub fn client() -> (Client, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Answer>>();
     (Client::new(service, "default"), handle)
+}
+
+/// The pod watch opening at a namespace's first start: its list (no pod yet), then the watch with
+/// `events` of the pod just created.
+pub fn pod_watch(events: Vec<(&'static str, Value)>) -> [Step; 2] {
+    [
+        step("GET", &[POD_WATCH, GATEWAY_PODS], 200, Reply::Json(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "10"}, "items": []}))),
+        step("GET", &[POD_WATCH, GATEWAY_PODS, "watch=true"], 200, Reply::PodEvents(events)),
+    ]
+}
+
+/// More events of the last created pod on the pod watch opened before.
+pub fn push(events: Vec<(&'static str, Value)>) -> Step {
+    step("PUSH", &[], 0, Reply::Push(events))
+}
+
+pub fn whole(text: String) -> Answer {
+    Full::new(Bytes::from(text)).boxed_unsync()
+}
+
+fn lines(events: Vec<(&'static str, Value)>, pod: &Value) -> Vec<String> {
+    events.into_iter().map(|(kind, status)| format!("{}\n", event(kind, with_status(pod, status)))).collect()
 }
 
 /// Serves `steps` in order and returns what it saw; panics (failing the test) on any other request.
 pub async fn serve(mut handle: Handle, steps: Vec<Step>) -> Vec<Seen> {
     let mut seen = Vec::new();
     let mut last_pod = Value::Null;
+    let mut open_watch: Option<mpsc::UnboundedSender<String>> = None;
     for (i, step) in steps.into_iter().enumerate() {
+        if let Reply::Push(events) = step.reply {
+            let watch = open_watch.as_ref().unwrap_or_else(|| panic!("step {i}: no pod watch open to push to"));
+            for line in lines(events, &last_pod) {
+                watch.send(line).expect("the pod watch was closed");
+            }
+            continue;
+        }
         let (request, send) = tokio::time::timeout(Duration::from_secs(10), handle.next_request())
             .await
             .unwrap_or_else(|_| panic!("step {i}: no {} {:?} request came", step.method, step.path))
@@ -71,6 +116,7 @@ pub async fn serve(mut handle: Handle, steps: Vec<Step>) -> Vec<Seen> {
         }
         seen.push(Seen { method, uri, body });
         let text = match step.reply {
+            Reply::Push(_) => unreachable!(),
             Reply::Json(v) => v.to_string(),
             Reply::Created => {
                 let object = created(&seen.last().unwrap().body);
@@ -81,7 +127,19 @@ pub async fn serve(mut handle: Handle, steps: Vec<Step>) -> Vec<Seen> {
             }
             Reply::Pod(status) => with_status(&last_pod, status).to_string(),
             Reply::PodEvents(events) => {
-                events.into_iter().map(|(kind, status)| format!("{}\n", event(kind, with_status(&last_pod, status)))).collect()
+                let (tx, rx) = mpsc::unbounded_channel();
+                for line in lines(events, &last_pod) {
+                    tx.send(line).unwrap();
+                }
+                open_watch = Some(tx);
+                let frames = tokio_stream_of(rx).map(|line| Ok::<_, Infallible>(Frame::data(Bytes::from(line))));
+                let response = Response::builder()
+                    .status(StatusCode::from_u16(step.status).unwrap())
+                    .header("content-type", "application/json")
+                    .body(StreamBody::new(frames).boxed_unsync())
+                    .unwrap();
+                send.send_response(response);
+                continue;
             }
             Reply::Events(events) => events.iter().map(|e| format!("{e}\n")).collect(),
             Reply::Hang(d) => {
@@ -92,7 +150,7 @@ pub async fn serve(mut handle: Handle, steps: Vec<Step>) -> Vec<Seen> {
         let response = Response::builder()
             .status(StatusCode::from_u16(step.status).unwrap())
             .header("content-type", "application/json")
-            .body(Body::from(text.into_bytes()))
+            .body(whole(text))
             .unwrap();
         send.send_response(response);
     }
@@ -101,6 +159,11 @@ pub async fn serve(mut handle: Handle, steps: Vec<Step>) -> Vec<Seen> {
         panic!("unexpected request {} {}", request.method(), request.uri());
     }
     seen
+}
+
+/// The receiver as a stream that stays open while the sender lives.
+fn tokio_stream_of(mut rx: mpsc::UnboundedReceiver<String>) -> impl futures::Stream<Item = String> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 pub fn tool(warm_pool: u32) -> ToolConfig {
