@@ -5,6 +5,10 @@
 //! it runs once on the survivor; a confirm token issued before the kill runs once there, and a token
 //! used before the kill (and any replay) is refused. Ending it leaves nothing behind.
 //!
+//! Each replica keeps a warm pod of a tool in another namespace; the lost replica's warm pod (whose
+//! token died with it) is deleted by a live replica (the survivor, or the replacement at its start)
+//! within the orphan check's interval, and no other.
+//!
 //! The same for a stateless (2026-07-28) client, which sends no `Mcp-Session-Id`: its session, derived
 //! from each request's `_meta`, is held by one replica, its requests through the other are forwarded
 //! there, and the survivor continues it with its taint, counters and confirm tokens.
@@ -204,6 +208,30 @@ fn two_replicas_serving(prefix: &str, tools: &[&str]) -> (HelmRelease, TestNames
     (release, tenant)
 }
 
+/// A tool with a warm pool of one, for a namespace of its own.
+const WARM_TOOL: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: get-warm-page}
+spec:
+  description: Echoes its text (kept warm).
+  effect: read
+  inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
+  runtime:
+    exec: {image: "TOOL_IMAGE", command: [echo], args: ["{{text}}"]}
+  sandbox: {warmPool: 1}
+"#;
+
+/// Names of the ready, unbound warm pods in `namespace`, with the gateway replica each belongs to.
+fn warm_pods(namespace: &str) -> Vec<(String, String)> {
+    items(&json_of(&["get", "pods", "-n", namespace, "-l", "toolwarden.dev/pool=unbound", "-o", "json"]))
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .map(|p| (p["metadata"]["name"].as_str().unwrap_or_default().to_owned(), p["metadata"]["labels"]["toolwarden.dev/gateway"].as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
 fn the_session(tenant: &str) -> Value {
     let sessions = items(&json_of(&["get", "mcpsessions", "-n", tenant, "-o", "json"]));
     assert_eq!(sessions.len(), 1, "one McpSession: {sessions:#?}");
@@ -218,6 +246,10 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
     let _serial = ONE_RELEASE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (release, tenant_namespace) = two_replicas_serving("tw-e2e-replicas", &["get-page", "write-note", "delete-note", "send-note"]);
     let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());
+    let warm_namespace = TestNamespace::create("tw-e2e-replicas-warm");
+    let warm = warm_namespace.0.clone();
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &warm, "-f", "-"], &WARM_TOOL.replace("TOOL_IMAGE", &tool_image()));
+    assert!(ok, "{out}");
     let url = release.mcp_url(&tenant);
     let session = open_session(&url).await;
 
@@ -255,6 +287,10 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
     });
     let before = the_session(&tenant);
     let holder = before["metadata"]["labels"]["toolwarden.dev/gateway"].as_str().unwrap().to_owned();
+    let warm_before = wait_for("each replica keeps one warm pod of get-warm-page", Duration::from_secs(120), || {
+        let pods = warm_pods(&warm);
+        (pods.len() == 2 && pods.iter().any(|(_, gw)| *gw == holder)).then_some(pods)
+    });
     let old_workers: Vec<String> = items(&json_of(&["get", "pods", "-n", &tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]))
         .iter()
         .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
@@ -305,6 +341,21 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
     let again = call(&url, &session, "delete_note", "old.md").await;
     assert_eq!(refusal_field(&again, "code"), "approval_required", "{again}");
     assert_ne!(refusal_field(&again, "approvalId"), approval, "a used approval does not run a second call");
+
+    // The lost replica's warm pod can never be bound (its token died with it): a live replica deletes
+    // it at its next orphan check (every 60 s, and at a replica's start), and the survivor's stays.
+    let (lost_warm, kept_warm): (Vec<_>, Vec<_>) = warm_before.into_iter().partition(|(_, gw)| *gw == holder);
+    wait_for("the lost replica's warm pod is deleted", Duration::from_secs(150), || {
+        let names: Vec<String> = items(&json_of(&["get", "pods", "-n", &warm, "-o", "json"]))
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        (!lost_warm.iter().any(|(name, _)| names.contains(name))).then_some(())
+    });
+    println!("e2e_replicas: the lost replica's warm pod was deleted {} s after the kill", killed.elapsed().as_secs());
+    let warm_now: Vec<String> = warm_pods(&warm).into_iter().map(|(name, _)| name).collect();
+    assert!(kept_warm.iter().all(|(name, _)| warm_now.contains(name)), "the survivor's warm pod stays: {kept_warm:?} vs {warm_now:?}");
 
     // Ending it, through whichever replica the Service picks, leaves nothing behind.
     let ended = reqwest::Client::new().delete(&url).bearer_auth(AGENT_TOKEN).header("Mcp-Session-Id", &session).send().await.unwrap();
