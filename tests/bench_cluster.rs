@@ -206,6 +206,8 @@ async fn sessions_bench(release: &HelmRelease) {
     // Let the last sessions' pod deletions and status writes land before counting.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let requests = api_requests(&gateway_user, &since);
+    let slowest = (0..cold.len()).max_by_key(|&i| cold[i]).unwrap_or(0);
+    println!("bench: cold worker start: the first {} ms (it opens the gateway's pod watch); the slowest was number {} of {}", cold[0].as_millis(), slowest + 1, cold.len());
     summary("cold worker start (first call of a session, call to answer)", cold);
     println!("bench: gateway API requests per session (start, pod, status, end): {:.1}", requests as f64 / COLD_SESSIONS as f64);
 
