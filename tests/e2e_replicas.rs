@@ -9,6 +9,10 @@
 //! token died with it) is deleted by a live replica (the survivor, or the replacement at its start)
 //! within the orphan check's interval, and no other.
 //!
+//! Rate limits across the two replicas: a per-session limit holds exactly (the holder counts every call
+//! of its sessions, forwarded or not); a per-subject limit holds per replica, so a subject whose
+//! sessions two replicas hold gets at most twice it, the documented margin.
+//!
 //! The same for a stateless (2026-07-28) client, which sends no `Mcp-Session-Id`: its session, derived
 //! from each request's `_meta`, is held by one replica, its requests through the other are forwarded
 //! there, and the survivor continues it with its taint, counters and confirm tokens.
@@ -485,4 +489,116 @@ async fn a_stateless_session_survives_the_loss_of_the_replica_holding_it() {
         let pods = items(&json_of(&["get", "pods", "-n", &tenant, "-l", "app.kubernetes.io/component=worker", "-o", "json"]));
         (sessions.is_empty() && pods.is_empty()).then_some(())
     });
+}
+
+/// Two tools, one limited per session and one per subject, for the rate limit test.
+const LIMITED_TOOLS: &str = r#"
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: get-per-session}
+spec:
+  description: Echoes its text; three calls per session.
+  effect: read
+  inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
+  runtime:
+    exec: {image: "TOOL_IMAGE", command: [echo], args: ["{{text}}"]}
+  outputTrust: trusted
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: McpTool
+metadata: {name: get-per-subject}
+spec:
+  description: Echoes its text; three calls per subject.
+  effect: read
+  inputSchema: {type: object, properties: {text: {type: string}}, required: [text], additionalProperties: false}
+  runtime:
+    exec: {image: "TOOL_IMAGE", command: [echo], args: ["{{text}}"]}
+  outputTrust: trusted
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: e2e-per-session}
+spec:
+  subjects: {users: [e2e]}
+  tools: {names: [get-per-session]}
+  decision: allow
+  rateLimit: {calls: 3, interval: 1h, per: session}
+---
+apiVersion: toolwarden.dev/v1alpha1
+kind: ToolPolicy
+metadata: {name: e2e-per-subject}
+spec:
+  subjects: {users: [e2e]}
+  tools: {names: [get-per-subject]}
+  decision: allow
+  rateLimit: {calls: 3, interval: 1h, per: subject}
+"#;
+
+/// Of `calls` calls of `tool` in `session`: how many ran; the others must be refused `rate_limited`.
+async fn ran_of(url: &str, session: &str, tool: &str, calls: usize) -> usize {
+    let mut ran = 0;
+    for i in 0..calls {
+        let answer = call(url, session, tool, &format!("call {i}")).await;
+        if refusal_field(&answer, "code") == "rate_limited" {
+            continue;
+        }
+        assert!(answer.contains(&format!("call {i}")) && !answer.contains(r#""isError":true"#), "{answer}");
+        ran += 1;
+    }
+    ran
+}
+
+/// The replica holding `session`, from its McpSession.
+fn holder_of(tenant: &str, session: &str) -> Option<String> {
+    items(&json_of(&["get", "mcpsessions", "-n", tenant, "-o", "json"]))
+        .iter()
+        .find(|s| s["metadata"]["annotations"]["toolwarden.dev/session-id"] == session)
+        .and_then(|s| s["metadata"]["labels"]["toolwarden.dev/gateway"].as_str().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_across_replicas_within_the_documented_margin() {
+    if !enabled("rate_limits_hold_across_replicas_within_the_documented_margin") {
+        return;
+    }
+    let _serial = ONE_RELEASE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (release, tenant_namespace) = two_replicas_serving("tw-e2e-limits", &[]);
+    let tenant = tenant_namespace.0.clone();
+    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &LIMITED_TOOLS.replace("TOOL_IMAGE", &tool_image()));
+    assert!(ok, "{out}");
+    for tool in ["get-per-session", "get-per-subject"] {
+        kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", &format!("mcptool/{tool}"), "--timeout=60s"]);
+    }
+    let url = release.mcp_url(&tenant);
+    let tools = ["get_per_session", "get_per_subject"];
+
+    // Sessions of one subject until two replicas hold one each (the Service picks a replica per
+    // connection, with no affinity).
+    let mut held: Vec<(String, String)> = Vec::new();
+    for _ in 0..16 {
+        let session = e2e_support::open_raw_session(&url, &tools).await;
+        let holder = wait_for("the new session's McpSession", Duration::from_secs(30), || holder_of(&tenant, &session));
+        if !held.iter().any(|(_, h)| *h == holder) {
+            held.push((session, holder));
+        }
+        if held.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 2, "16 sessions all landed on one replica: {held:?}");
+    let (first, second) = (held[0].0.clone(), held[1].0.clone());
+
+    // Per session: exact, whichever replica each request reaches (the other forwards it to the holder).
+    let ran = ran_of(&url, &first, "get_per_session", 5).await;
+    assert_eq!(ran, 3, "a per-session limit of 3 lets exactly 3 of 5 calls run across two replicas");
+
+    // Per subject: each replica counts the subject's calls in its sessions (docs/sessions-kubernetes.md,
+    // "Replicas"): across two sessions held by different replicas, at least the limit and at most two
+    // times it run, and never more than the limit in one replica's sessions.
+    let in_first = ran_of(&url, &first, "get_per_subject", 5).await;
+    let in_second = ran_of(&url, &second, "get_per_subject", 5).await;
+    println!("e2e_replicas: a per-subject limit of 3 with two replicas let {in_first} + {in_second} calls run");
+    assert_eq!(in_first, 3, "one replica holds the limit for the subject");
+    assert!((0..=3).contains(&in_second), "the other replica holds it too: {in_second}");
+    assert!(in_first + in_second <= 2 * 3, "at most N × the limit with N = 2 replicas");
 }
