@@ -196,6 +196,31 @@ fn resources(tool: &ToolConfig) -> ResourceRequirements {
     }
 }
 
+/// What the init container that copies the worker may use. A pod is scheduled by the larger of its
+/// init containers' and its containers' requests, so the copy never asks for more CPU than the tool
+/// does: a tool limited to `5m` is a `5m` pod, and a node holds as many as their limits say.
+fn install_resources(tool: &ToolConfig) -> ResourceRequirements {
+    let tool_cpu = tool.cpu.as_deref().unwrap_or(DEFAULT_CPU_REQUEST);
+    let cpu_request = match cpu_millis(tool_cpu) {
+        Some(millis) if millis < 10.0 => tool_cpu,
+        _ => "10m",
+    };
+    ResourceRequirements {
+        limits: Some(BTreeMap::from([("cpu".into(), quantity("100m")), ("memory".into(), quantity("32Mi"))])),
+        requests: Some(BTreeMap::from([("cpu".into(), quantity(cpu_request)), ("memory".into(), quantity("16Mi"))])),
+        ..Default::default()
+    }
+}
+
+/// A CPU quantity in millicores (`500m`, `0.5`, `2`); `None` for other forms, which keep the default.
+fn cpu_millis(quantity: &str) -> Option<f64> {
+    let millis = match quantity.strip_suffix('m') {
+        Some(m) => m.parse::<f64>().ok()?,
+        None => quantity.parse::<f64>().ok()? * 1000.0,
+    };
+    (millis.is_finite() && millis > 0.0).then_some(millis)
+}
+
 /// Builds the worker pod for a tool.
 pub fn build_worker_pod(params: &WorkerPodParams<'_>) -> Result<Pod, PodBuildError> {
     let tool = params.tool;
@@ -267,11 +292,7 @@ pub fn build_worker_pod(params: &WorkerPodParams<'_>) -> Result<Pod, PodBuildErr
             command: Some(vec![IMAGE_WORKER_BIN.into(), "install".into(), WORKER_BIN.into()]),
             security_context: Some(hardened()),
             volume_mounts: Some(vec![mount("toolwarden-bin", BIN_DIR, false)]),
-            resources: Some(ResourceRequirements {
-                limits: Some(BTreeMap::from([("cpu".into(), quantity("100m")), ("memory".into(), quantity("32Mi"))])),
-                requests: Some(BTreeMap::from([("cpu".into(), quantity("10m")), ("memory".into(), quantity("16Mi"))])),
-                ..Default::default()
-            }),
+            resources: Some(install_resources(params.tool)),
             ..Default::default()
         });
         WORKER_BIN

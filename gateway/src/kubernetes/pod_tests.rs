@@ -230,6 +230,23 @@ fn init_container_copies_the_worker_into_the_tool_image() {
 }
 
 #[test]
+fn the_worker_copy_asks_for_no_more_cpu_than_the_tool() {
+    let init_cpu = |cpu: Option<&str>| {
+        let mut tool = exec_tool();
+        tool.cpu = cpu.map(str::to_owned);
+        let spec = build(&tool, session()).spec.unwrap();
+        let init = &spec.init_containers.as_ref().unwrap()[0];
+        init.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0.clone()
+    };
+    assert_eq!(init_cpu(Some("5m")), "5m", "a 5m tool is a 5m pod for the scheduler");
+    assert_eq!(init_cpu(Some("0.002")), "0.002");
+    assert_eq!(init_cpu(Some("500m")), "10m");
+    assert_eq!(init_cpu(Some("2")), "10m");
+    assert_eq!(init_cpu(None), "10m", "the default request (50m) is above the copy's 10m");
+    assert_eq!(init_cpu(Some("1k")), "10m", "a form it does not read keeps the default");
+}
+
+#[test]
 fn http_tool_runs_the_worker_image_without_an_init_container() {
     let spec = build(&tool(json!({"http": {"url": "https://example.com/x"}})), session()).spec.unwrap();
     assert!(spec.init_containers.is_none());
