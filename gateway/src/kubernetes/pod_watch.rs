@@ -3,9 +3,9 @@
 //! list when it opens and a request each time the server closes it (every few minutes), whatever the
 //! number of starts (docs/sessions-kubernetes.md, "What a session costs the API server").
 //!
-//! A start registers the pod's name before creating it ([`PodWatch::expect`]), so no change of it is
-//! missed, then waits on [`PodWaiter::ready`]. The watch keeps nothing but the latest object of each
-//! pod somebody waits for.
+//! [`PodWatch::start`] registers the pod's name before creating it, so no change of it is missed, waits
+//! for it, and deletes it when it does not become ready: whoever creates a worker pod starts it here.
+//! The watch keeps nothing but the latest object of each pod somebody waits for.
 
 use std::collections::{HashMap, HashSet};
 use std::collections::hash_map::Entry;
@@ -20,7 +20,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
 use super::pod::{LABEL_GATEWAY, label_value};
-use super::pods::{PodState, classify};
+use super::pods::{self, PodState, classify};
 use super::{Error, Result};
 
 /// (namespace, pod name).
@@ -73,8 +73,26 @@ impl PodWatch {
         }
     }
 
+    /// Creates `pod` and waits until `deadline` for it to be ready: its name and IP. Whatever fails
+    /// after the create, the pod is deleted, so no pod is leaked. `timeout` is the start timeout the
+    /// deadline came from, for the message.
+    pub async fn start(&self, api: &Api<Pod>, namespace: &str, pod: &Pod, deadline: Instant, timeout: Duration) -> Result<(String, String)> {
+        let waiter = self.expect(namespace, &pod.name_any());
+        let created = pods::create(api, namespace, pod).await?;
+        let name = created.name_any();
+        match waiter.ready(&created, deadline, timeout).await {
+            Ok(ip) => Ok((name, ip)),
+            Err(e) => {
+                if let Err(d) = pods::delete(api, &name).await {
+                    tracing::warn!(pod = %name, error = %d, "could not delete a worker pod that failed to start");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Registers interest in pod `name` of `namespace` before it is created.
-    pub fn expect(&self, namespace: &str, name: &str) -> PodWaiter {
+    fn expect(&self, namespace: &str, name: &str) -> PodWaiter {
         let key = (namespace.to_owned(), name.to_owned());
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (latest, changes) = watch::channel(Seen::Nothing);
@@ -100,7 +118,7 @@ impl Shared {
 }
 
 /// A start's wait for its pod; dropping it ends the interest.
-pub struct PodWaiter {
+struct PodWaiter {
     shared: Arc<Shared>,
     key: Key,
     id: u64,
@@ -119,7 +137,7 @@ impl Drop for PodWaiter {
 impl PodWaiter {
     /// Waits until `deadline` for the just-created pod to be ready, failing fast on what waiting will
     /// not fix. `timeout` is the start timeout the deadline came from, for the message.
-    pub async fn ready(mut self, created: &Pod, deadline: Instant, timeout: Duration) -> Result<String> {
+    async fn ready(mut self, created: &Pod, deadline: Instant, timeout: Duration) -> Result<String> {
         self.shared.open();
         let mut last = match classify(created) {
             PodState::Ready { ip } => return Ok(ip),

@@ -1,6 +1,6 @@
 //! Worker pod API calls: create, read where a pod stands (failing fast on what will never recover),
-//! delete. Waiting for a pod to be ready is `pod_watch`'s.
-//! Every failure becomes a specific [`Error`]; whoever created a pod deletes it when starting fails.
+//! delete. Starting one (create, wait until ready, delete on failure) is `pod_watch`'s.
+//! Every failure becomes a specific [`Error`].
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::api::{DeleteParams, ListParams, PostParams};

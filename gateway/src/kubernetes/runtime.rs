@@ -343,28 +343,15 @@ impl KubernetesRuntime {
         })
         .map_err(|e| fail(e.into()))?;
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let waiter = self.pod_watch.expect(namespace, &pod.name_any());
-        let created = pods::create(&api, namespace, &pod).await.map_err(fail)?;
-        let name = created.name_any();
-        match waiter.ready(&created, deadline, self.config.start_timeout).await {
-            Ok(ip) => {
-                self.metrics.worker_pods_active.inc();
-                Ok(WorkerEndpoint {
-                    namespace: namespace.to_owned(),
-                    url: format!("http://{}:{WORKER_PORT}", bracket(&ip)),
-                    pod: name,
-                    token,
-                    warm: false,
-                })
-            }
-            Err(e) => {
-                // No leaked pod: whatever went wrong, the pod we created goes.
-                if let Err(d) = pods::delete(&api, &name).await {
-                    tracing::warn!(pod = %name, error = %d, "could not delete a worker pod that failed to start");
-                }
-                Err(fail(e))
-            }
-        }
+        let (name, ip) = self.pod_watch.start(&api, namespace, &pod, deadline, self.config.start_timeout).await.map_err(fail)?;
+        self.metrics.worker_pods_active.inc();
+        Ok(WorkerEndpoint {
+            namespace: namespace.to_owned(),
+            url: format!("http://{}:{WORKER_PORT}", bracket(&ip)),
+            pod: name,
+            token,
+            warm: false,
+        })
     }
 
     /// After a call to `endpoint` failed in transport: says why (pod killed, evicted, OOM…), forgets

@@ -189,21 +189,12 @@ pub async fn start_warm_pod(
     }
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
-    let waiter = pod_watch.expect(namespace, &pod.name_any());
-    let created = pods::create(&api, namespace, &pod).await.inspect_err(|e| metrics.worker_failed("kubernetes-warm", e.code()))?;
-    match waiter.ready(&created, started + config.start_timeout, config.start_timeout).await {
-        Ok(ip) => {
-            metrics.worker_pods_active.inc();
-            Ok(WarmPod { name: created.name_any(), ip, token, started })
-        }
-        Err(e) => {
-            metrics.worker_failed("kubernetes-warm", e.code());
-            if let Err(d) = pods::delete(&api, &created.name_any()).await {
-                tracing::warn!(error = %d, "could not delete a warm pod that failed to start");
-            }
-            Err(e)
-        }
-    }
+    let (name, ip) = pod_watch
+        .start(&api, namespace, &pod, started + config.start_timeout, config.start_timeout)
+        .await
+        .inspect_err(|e| metrics.worker_failed("kubernetes-warm", e.code()))?;
+    metrics.worker_pods_active.inc();
+    Ok(WarmPod { name, ip, token, started })
 }
 
 /// Deletes the unbound warm pods in `namespace` of gateway replicas that are gone for good: the pod at
