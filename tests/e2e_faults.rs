@@ -55,7 +55,7 @@ fn ready_gateway_after(release: &HelmRelease, restarts: Option<u64>) -> (String,
         let ready: Vec<_> = pods
             .iter()
             .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+            .filter(|p| e2e_support::is_ready(p))
             .collect();
         let count = ready.first().map(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64().unwrap_or(0));
         (pods.len() == 1 && ready.len() == 1 && count > restarts).then(|| {

@@ -370,7 +370,7 @@ async fn a_warm_pool_pod_is_bound_to_the_session_that_calls_first() {
             .into_iter()
             .find(|p| {
                 p["metadata"]["labels"]["toolwarden.dev/tool"] == "get-warm-echo"
-                    && p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                    && e2e_support::is_ready(p)
             })
             .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
     });

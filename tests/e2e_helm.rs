@@ -96,7 +96,7 @@ async fn helm_install_serves_tools_upgrades_and_uninstalls_cleanly() {
     let pods = items(&json_of(&["get", "pods", "-n", &ns, "-l", &format!("app.kubernetes.io/instance={name}"), "-o", "json"]));
     assert_eq!(pods.len(), 4, "two gateway and two operator pods: {pods:?}");
     for pod in &pods {
-        let ready = pod["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        let ready = e2e_support::is_ready(pod);
         assert!(ready, "pod {} is not Ready: {}", pod["metadata"]["name"], pod["status"]);
     }
 

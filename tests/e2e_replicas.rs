@@ -204,12 +204,17 @@ fn two_replicas_serving(prefix: &str, tools: &[&str]) -> (HelmRelease, TestNames
         "operator.replicas=1",
     ]);
     let tenant = TestNamespace::create(prefix);
-    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant.0, "-f", "-"], &MANIFESTS.replace("TOOL_IMAGE", &tool_image()));
-    assert!(ok, "{out}");
-    for tool in tools {
-        kubectl_ok(&["wait", "-n", &tenant.0, "--for=condition=Ready", &format!("mcptool/{tool}"), "--timeout=60s"]);
-    }
+    apply_tools(&tenant.0, MANIFESTS, tools);
     (release, tenant)
+}
+
+/// Applies `manifests` (their `TOOL_IMAGE` replaced) in `namespace` and waits until `ready` McpTools are.
+fn apply_tools(namespace: &str, manifests: &str, ready: &[&str]) {
+    let (ok, out) = kubectl_stdin(&["apply", "-n", namespace, "-f", "-"], &manifests.replace("TOOL_IMAGE", &tool_image()));
+    assert!(ok, "{out}");
+    for tool in ready {
+        kubectl_ok(&["wait", "-n", namespace, "--for=condition=Ready", &format!("mcptool/{tool}"), "--timeout=60s"]);
+    }
 }
 
 /// A tool with a warm pool of one, for a namespace of its own.
@@ -231,7 +236,7 @@ fn warm_pods(namespace: &str) -> Vec<(String, String)> {
     items(&json_of(&["get", "pods", "-n", namespace, "-l", "toolwarden.dev/pool=unbound", "-o", "json"]))
         .iter()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .filter(|p| p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .filter(|p| e2e_support::is_ready(p))
         .map(|p| (p["metadata"]["name"].as_str().unwrap_or_default().to_owned(), p["metadata"]["labels"]["toolwarden.dev/gateway"].as_str().unwrap_or_default().to_owned()))
         .collect()
 }
@@ -252,8 +257,7 @@ async fn a_session_survives_the_loss_of_the_replica_holding_it() {
     let (ns, tenant) = (release.namespace.0.clone(), tenant_namespace.0.clone());
     let warm_namespace = TestNamespace::create("tw-e2e-replicas-warm");
     let warm = warm_namespace.0.clone();
-    let (ok, out) = kubectl_stdin(&["apply", "-n", &warm, "-f", "-"], &WARM_TOOL.replace("TOOL_IMAGE", &tool_image()));
-    assert!(ok, "{out}");
+    apply_tools(&warm, WARM_TOOL, &[]);
     let url = release.mcp_url(&tenant);
     let session = open_session(&url).await;
 
@@ -564,11 +568,7 @@ async fn rate_limits_hold_across_replicas_within_the_documented_margin() {
     let _serial = ONE_RELEASE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (release, tenant_namespace) = two_replicas_serving("tw-e2e-limits", &[]);
     let tenant = tenant_namespace.0.clone();
-    let (ok, out) = kubectl_stdin(&["apply", "-n", &tenant, "-f", "-"], &LIMITED_TOOLS.replace("TOOL_IMAGE", &tool_image()));
-    assert!(ok, "{out}");
-    for tool in ["get-per-session", "get-per-subject"] {
-        kubectl_ok(&["wait", "-n", &tenant, "--for=condition=Ready", &format!("mcptool/{tool}"), "--timeout=60s"]);
-    }
+    apply_tools(&tenant, LIMITED_TOOLS, &["get-per-session", "get-per-subject"]);
     let url = release.mcp_url(&tenant);
     let tools = ["get_per_session", "get_per_subject"];
 

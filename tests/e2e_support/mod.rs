@@ -83,6 +83,11 @@ pub fn items(list: &Value) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// Whether an object's status has the condition `Ready` at `True` (a pod, an McpTool).
+pub fn is_ready(object: &Value) -> bool {
+    object["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
 /// Polls (bounded) until `check` returns something.
 pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
